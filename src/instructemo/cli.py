@@ -1,0 +1,83 @@
+"""The `instructemo` command: verbs only. Each parses its arguments and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import describe_keys, load_config
+from .errors import UserError
+
+
+def _sft(cfg):
+    from .train import run_sft
+
+    run_sft(cfg)
+    if cfg.do_eval:
+        _generate_eval(cfg)
+
+
+def _generate_eval(cfg):
+    from .evaluate import run_generate_eval
+
+    run_generate_eval(cfg)
+
+
+VERBS = {
+    "sft": (_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
+    "generate-eval": (_generate_eval, "Generate answers on the evaluation split, parse them, score and report."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instructemo", description="Instruction-tune language models to classify emotion and sentiment.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (_, summary) in VERBS.items():
+        sub = verbs.add_parser(
+            name, help=summary, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config keys (in CONFIG.yaml or as key=value):\n" + describe_keys(),
+        )
+        sub.add_argument("config", metavar="CONFIG.yaml", help="YAML config file.")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="Override config keys.")
+        sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s" if verbose else "%(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("instructemo").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for name in ("transformers", "trl", "peft", "datasets", "accelerate", "httpx", "huggingface_hub", "torch"):
+            logging.getLogger(name).setLevel(level)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # keep our own progress bars, not per-shard loading bars
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    run, _ = VERBS[args.verb]
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run(cfg)
+    except UserError as exc:
+        print(f"instructemo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("instructemo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

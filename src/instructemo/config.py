@@ -1,0 +1,212 @@
+"""Every config key: its type, default and meaning, and the checks run before any heavy work.
+
+One YAML file drives `instructemo sft` and `instructemo generate-eval`, so an
+evaluation reuses the training settings. Key names follow LLaMA-Factory where
+it has one, so its users feel at home.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def _key(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+
+
+@dataclass
+class Config:
+    # --- model ---
+    model_name_or_path: str = _key(
+        "smollm2-135m-instruct",
+        "Hub id, local HF directory, .gguf file, or alias (smollm2-135m-instruct, gemma3-270m).",
+    )
+    adapter_name_or_path: str | None = _key(
+        None, "Adapter or fine-tuned model to evaluate; default: output_dir if it holds one."
+    )
+    flash_attn: str = _key(
+        "auto", "Attention: auto (fa2 on CUDA when installed, else sdpa), fa2, sdpa or eager.",
+        choices=("auto", "fa2", "sdpa", "eager"),
+    )
+    bf16: bool | str = _key(
+        "auto", "bfloat16 weights and autocast: auto (when the hardware has it), true or false.",
+        choices=("auto",),
+    )
+    # --- data ---
+    dataset: str = _key(
+        "emotion", "Training data: a name in the registry (optionally name:split) or a CSV/TSV/JSONL path."
+    )
+    eval_dataset: str | None = _key(
+        None, "Evaluation data, same forms as dataset; default: the test (else dev) split of dataset."
+    )
+    dataset_dir: str = _key(
+        "data", "Folder searched first for dataset files and an extra datasets.yaml registry."
+    )
+    text_column: str | None = _key(None, "Text column of a CSV/TSV/JSONL path dataset; inferred when unset.")
+    label_column: str | None = _key(None, "Label column of a CSV/TSV/JSONL path dataset; inferred when unset.")
+    template: str = _key(
+        "auto", "Prompt template: auto (the dataset's), single_label, multi_label, sentiment, or a .jinja path."
+    )
+    max_samples: int | None = _key(None, "Use at most this many training rows (in file order).", minimum=1)
+    max_eval_samples: int | None = _key(None, "Use at most this many evaluation rows (in file order).", minimum=1)
+    cutoff_len: int = _key(512, "Maximum tokens of prompt plus answer; longer training rows are truncated.", minimum=16)
+    # --- fine-tuning ---
+    finetuning_type: str = _key("lora", "lora or full.", choices=("lora", "full"))
+    lora_rank: int = _key(8, "LoRA rank r.", minimum=1)
+    lora_alpha: float | None = _key(None, "LoRA alpha; default: 2 * lora_rank.", minimum=0)
+    lora_dropout: float = _key(0.0, "LoRA dropout probability.", minimum=0)
+    lora_target: str = _key(
+        "all", "Modules that get LoRA: all (every linear layer but the LM head) or comma-separated names."
+    )
+    per_device_train_batch_size: int = _key(8, "Training batch size per device.", minimum=1)
+    gradient_accumulation_steps: int = _key(1, "Batches accumulated per optimizer step.", minimum=1)
+    learning_rate: float = _key(1e-4, "Peak learning rate.", minimum=0)
+    num_train_epochs: float = _key(1.0, "Training epochs.", minimum=0)
+    max_steps: int = _key(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
+    lr_scheduler_type: str = _key(
+        "cosine", "Learning-rate schedule.",
+        choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"),
+    )
+    warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
+    weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0)
+    gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
+    logging_steps: int = _key(10, "Log loss every this many optimizer steps.", minimum=1)
+    output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.")
+    seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
+    report_to: str = _key("none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb"))
+    do_eval: bool = _key(False, "After sft, run generate-eval on eval_dataset.")
+    # --- generation and evaluation ---
+    per_device_eval_batch_size: int = _key(16, "Prompts generated per batch.", minimum=1)
+    max_new_tokens: int = _key(16, "Tokens generated per answer at most.", minimum=1)
+    do_sample: bool = _key(False, "Sample instead of greedy decoding (greedy is the honest default).")
+    temperature: float = _key(1.0, "Sampling temperature (only with do_sample).", minimum=0)
+    top_p: float = _key(1.0, "Nucleus sampling mass (only with do_sample).", minimum=0)
+    eval_output_dir: str | None = _key(None, "Where generate-eval writes; default: output_dir/eval.")
+
+    @property
+    def resolved_lora_alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+    @property
+    def resolved_eval_output_dir(self) -> Path:
+        return Path(self.eval_output_dir) if self.eval_output_dir else Path(self.output_dir) / "eval"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def describe_keys() -> str:
+    """Every key with its default and meaning, for --help."""
+    width = max(len(name) for name in FIELDS)
+    lines = []
+    for name, f in FIELDS.items():
+        default = "null" if f.default is None else f.default
+        lines.append(f"  {name:<{width}}  {f.metadata['help']} [default: {default}]")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply key=value overrides, and validate every key."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value; write it like learning_rate=2e-4")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return make_config(values)
+
+
+def make_config(values: dict[str, Any]) -> Config:
+    """Build a Config from plain values, rejecting unknown keys, wrong types and impossible values."""
+    for key in values:
+        if key not in FIELDS:
+            hint = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else "; run `instructemo sft --help` for the keys"
+            raise UserError(f"unknown config key {key!r}{suggestion}")
+    checked = {key: _check_value(key, value) for key, value in values.items()}
+    config = Config(**checked)
+    _check_consistency(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass the path of a YAML file such as examples/smollm2_emotion.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"config file {path} is not valid YAML{where}: {problem}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of key: value lines, not a {type(data).__name__}")
+    return data
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for t in typing.get_args(hint))
+    return (hint,)
+
+
+def _check_value(key: str, value: Any) -> Any:
+    allowed = _allowed_types(_HINTS[key])
+    meta = FIELDS[key].metadata
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise UserError(f"config key {key!r} needs a value; its default is {FIELDS[key].default!r}")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if int in allowed and isinstance(value, float) and value.is_integer() and float not in allowed:
+        value = int(value)
+    if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)):
+        names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+        raise UserError(f"config key {key!r} must be {names}, got {value!r}")
+    choices = meta["choices"]
+    if choices and isinstance(value, str) and value not in choices:
+        extra = " or true/false" if bool in allowed else ""
+        raise UserError(f"config key {key!r} must be one of {', '.join(choices)}{extra}; got {value!r}")
+    minimum = meta["minimum"]
+    if minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
+        raise UserError(f"config key {key!r} must be at least {minimum}, got {value!r}")
+    return value
+
+
+def _check_consistency(config: Config) -> None:
+    if config.learning_rate <= 0 and config.num_train_epochs > 0:
+        raise UserError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
+    if config.lora_dropout >= 1:
+        raise UserError(f"config key 'lora_dropout' must be below 1, got {config.lora_dropout}")
+    if not 0 < config.top_p <= 1:
+        raise UserError(f"config key 'top_p' must be in (0, 1], got {config.top_p}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise UserError(f"config key 'max_steps' must be positive or -1, got {config.max_steps}")
+    if config.do_sample and config.temperature <= 0:
+        raise UserError("config key 'temperature' must be positive when do_sample is true")
+    if not config.output_dir.strip():
+        raise UserError("config key 'output_dir' must not be empty")

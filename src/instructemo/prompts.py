@@ -1,0 +1,85 @@
+"""Prompts: a jinja2 template renders the user turn; the model's chat template wraps it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .data import PROJECT_ROOT, Record
+from .errors import UserError
+from .labels import LabelSpace
+
+TEMPLATE_DIR = PROJECT_ROOT / "templates"
+# Templates may come from strangers: the sandbox keeps them from reaching Python internals.
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+
+def builtin_templates() -> list[str]:
+    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.jinja"))
+
+
+def load_template(name_or_path: str, dataset_default: str) -> jinja2.Template:
+    """A template by name (templates/NAME.jinja), by path, or the dataset's default for 'auto'."""
+    name = dataset_default if name_or_path == "auto" else name_or_path
+    path = Path(name) if name.endswith(".jinja") else TEMPLATE_DIR / f"{name}.jinja"
+    if not path.is_file():
+        raise UserError(f"template {name!r} not found; use one of {', '.join(builtin_templates())} or a .jinja file path")
+    try:
+        return _ENV.from_string(path.read_text(encoding="utf-8").strip())
+    except jinja2.TemplateSyntaxError as exc:
+        raise UserError(f"template {path}:{exc.lineno}: {exc.message}; fix the jinja2 syntax") from None
+
+
+def render_user_turn(template: jinja2.Template, text: str, label_space: LabelSpace) -> str:
+    try:
+        return template.render(
+            text=text.strip(), labels=list(label_space.names),
+            multi_label=label_space.multi_label, none_word=label_space.none_word,
+        )
+    except jinja2.UndefinedError as exc:
+        raise UserError(f"template uses an unknown variable ({exc.message}); it can use text, labels, multi_label, none_word") from None
+
+
+class PromptBuilder:
+    """Chat messages for one task, with texts cut so prompt plus answer fit in cutoff_len tokens.
+
+    Cutting the text, not the tokenized sequence, keeps the answer: truncating
+    a long review from the right would otherwise train on a missing label.
+    """
+
+    def __init__(self, tokenizer, template: jinja2.Template, label_space: LabelSpace, cutoff_len: int):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.label_space = label_space
+        longest_answer = label_space.answer(label_space.names if label_space.multi_label else label_space.names[:1])
+        longest_answer = max([longest_answer, *label_space.names], key=len)
+        overhead = len(tokenizer.apply_chat_template(
+            self.messages("") + [{"role": "assistant", "content": longest_answer}], tokenize=True, return_dict=False,
+        ))
+        self.text_budget = cutoff_len - overhead - 4
+        if self.text_budget < 8:
+            raise UserError(f"cutoff_len={cutoff_len} leaves no room for the text (the prompt alone takes {overhead} tokens); raise cutoff_len")
+        self.truncated = 0
+
+    def fit(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.text_budget:
+            return text
+        self.truncated += 1
+        return self.tokenizer.decode(ids[: self.text_budget])
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": render_user_turn(self.template, text, self.label_space)}]
+
+    def prompt(self, text: str) -> list[dict[str, str]]:
+        """The user turn for a text, cut to fit."""
+        return self.messages(self.fit(text))
+
+    def training_example(self, record: Record) -> dict:
+        """A conversational prompt/completion pair, the form trl trains on with completion-only loss."""
+        return {
+            "prompt": self.prompt(record.text),
+            "completion": [{"role": "assistant", "content": self.label_space.answer(record.labels)}],
+        }

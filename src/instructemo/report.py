@@ -1,0 +1,86 @@
+"""Files a person reads: predictions, metrics, a markdown report and the loss curve.
+
+Every file is written to a temporary name and renamed into place, so an
+interrupted run never leaves a truncated file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    """Training loss against step, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    if points:
+        ax.plot(*zip(*points), marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    temp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(temp)
+    plt.close(fig)
+    os.replace(temp, path)
+
+
+def write_eval_outputs(out_dir: Path, rows: Iterable[dict], metrics: dict, context: dict) -> None:
+    """predictions.jsonl, metrics.json and report.md for one evaluation."""
+    rows = list(rows)
+    write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(out_dir / "metrics.json", json.dumps({**context, "metrics": metrics}, indent=2))
+    write_atomic(out_dir / "report.md", markdown_report(rows, metrics, context))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
+    lines = [f"# Evaluation of {context.get('model', '?')}", ""]
+    lines += [f"- {k}: {v}" for k, v in context.items()]
+    lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
+    summary_keys = ["n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate"]
+    lines += [f"| {k} | {_fmt(metrics[k])} |" for k in summary_keys if k in metrics]
+    lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for label, m in metrics["per_class"].items():
+        lines.append(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    if "confusion_matrix" in metrics:
+        cm = metrics["confusion_matrix"]
+        lines += ["", "## Confusion matrix (rows: gold, columns: predicted)", ""]
+        lines.append("| gold \\ predicted | " + " | ".join(cm["columns"]) + " |")
+        lines.append("|---" * (len(cm["columns"]) + 1) + "|")
+        for label, counts in zip(cm["labels"], cm["counts"]):
+            lines.append(f"| {label} | " + " | ".join(str(c) for c in counts) + " |")
+    if "label_confusion" in metrics:
+        lines += ["", "## Per-label counts", "", "| label | TP | FP | FN | TN |", "|---|---|---|---|---|"]
+        for label, c in metrics["label_confusion"].items():
+            lines.append(f"| {label} | {c['tp']} | {c['fp']} | {c['fn']} | {c['tn']} |")
+    invalid = [r for r in rows if r["predicted"] is None]
+    if invalid:
+        lines += ["", f"## Invalid answers (first {min(10, len(invalid))} of {len(invalid)})", ""]
+        lines += [f"- {json.dumps(r['generation'])} for gold {r['gold']}" for r in invalid[:10]]
+    return "\n".join(lines) + "\n"

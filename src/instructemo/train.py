@@ -1,0 +1,187 @@
+"""`instructemo sft`: supervised fine-tuning with trl's SFTTrainer and peft.
+
+Reads top to bottom: validate data, load the model, train, save what a person
+and `generate-eval` need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import Config
+from .data import default_eval_spec, load_split
+from .errors import UserError
+from .labels import LABEL_SPACE_FILE
+from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
+from .prompts import PromptBuilder, load_template
+from .report import plot_loss, write_atomic
+
+log = logging.getLogger(__name__)
+
+RESOLVED_CONFIG_FILE = "instructemo_config.yaml"
+
+
+def run_sft(cfg: Config) -> Path:
+    """Train an adapter (or a full model) into cfg.output_dir and return that directory."""
+    # Everything a user can get wrong is checked before the model loads.
+    train = load_split(
+        cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
+        text_column=cfg.text_column, label_column=cfg.label_column,
+    )
+    template = load_template(cfg.template, train.template)
+    if cfg.do_eval:
+        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+        load_split(eval_spec, cfg.dataset_dir, label_space=train.label_space, max_samples=cfg.max_eval_samples,
+                   text_column=cfg.text_column, label_column=cfg.label_column)
+    output_dir = Path(cfg.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output_dir {output_dir} is a file; choose a directory path")
+    bf16 = use_bf16(cfg.bf16)
+    model_path = resolve_model_path(cfg.model_name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    log.info("training on %d rows of %s (%s)", len(train.records), cfg.dataset, train.origin)
+
+    builder = PromptBuilder(tokenizer, template, train.label_space, cfg.cutoff_len)
+    examples = [builder.training_example(r) for r in train.records]
+    if builder.truncated:
+        log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
+
+    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16)
+    trainer = _build_trainer(cfg, model, tokenizer, examples, bf16)
+    started = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - started
+
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    write_atomic(output_dir / LABEL_SPACE_FILE, json.dumps(train.label_space.to_dict(), indent=2))
+    resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
+    write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    history = trainer.state.log_history
+    write_atomic(output_dir / "trainer_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    plot_loss(history, output_dir / "loss.png")
+    summary = {
+        "train_rows": len(examples),
+        "train_seconds": round(train_seconds, 1),
+        "train_examples_per_second": round(len(examples) * cfg.num_train_epochs / train_seconds, 2) if cfg.max_steps == -1 else None,
+        "global_steps": result.global_step,
+        "final_loss": result.training_loss,
+    }
+    write_atomic(output_dir / "train_results.json", json.dumps(summary, indent=2))
+    log.info("saved %s to %s (%.0fs, mean loss %.4f)", cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
+    return output_dir
+
+
+class LeftPadCollator:
+    """Pads on the left, so every answer ends at the last position of its row.
+
+    With the answers aligned, the LM head only needs the last few positions
+    (see AnswerOnlySFTTrainer). Position ids skip the padding, so each row is
+    computed exactly as it would be alone.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            size = len(example["input_ids"])
+            input_ids[row, width - size :] = torch.as_tensor(example["input_ids"])
+            labels[row, width - size :] = torch.as_tensor(example["labels"])
+            attention_mask[row, width - size :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels}
+
+
+def _answer_only_trainer_class():
+    from trl import SFTTrainer
+
+    class AnswerOnlySFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss projects only the answer positions through the LM head.
+
+        A classification answer is a few tokens after a prompt of dozens, and
+        the LM head (vocabulary x hidden) is a large share of a small model's
+        compute. Asking the model for `logits_to_keep` = the answer span keeps
+        the forward call whole (DDP and DeepSpeed see it) while skipping the
+        head and softmax on every prompt position.
+        """
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            answer_columns = (labels != -100).any(dim=0).nonzero()
+            first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
+            keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
+            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            logits = outputs.logits[:, :-1].float()
+            targets = labels[:, first:]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            if num_items_in_batch is None:
+                loss = loss / (targets != -100).sum().clamp(min=1)
+            else:
+                loss = loss / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+    return AnswerOnlySFTTrainer
+
+
+def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bool):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    AnswerOnlySFTTrainer = _answer_only_trainer_class()
+
+    peft_config = None
+    if cfg.finetuning_type == "lora":
+        target = "all-linear" if cfg.lora_target == "all" else [m.strip() for m in cfg.lora_target.split(",") if m.strip()]
+        peft_config = LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=target, task_type="CAUSAL_LM",
+        )
+    args = SFTConfig(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        # Batches of similar lengths waste little compute on padding.
+        train_sampling_strategy="group_by_length",
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        max_length=cfg.cutoff_len,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
+    try:
+        return AnswerOnlySFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+            peft_config=peft_config, data_collator=LeftPadCollator(tokenizer.pad_token_id),
+        )
+    except ValueError as exc:
+        if "target modules" in str(exc):
+            raise UserError(f"lora_target {cfg.lora_target!r} matches no module of the model ({exc}); use lora_target: all") from None
+        raise
