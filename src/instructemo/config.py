@@ -182,6 +182,11 @@ def _check_value(key: str, value: Any) -> Any:
         raise UserError(f"config key {key!r} needs a value; its default is {FIELDS[key].default!r}")
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if float in allowed and isinstance(value, str):
+        try:  # YAML 1.1 reads 5e-5 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if int in allowed and isinstance(value, float) and value.is_integer() and float not in allowed:
         value = int(value)
     if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)):

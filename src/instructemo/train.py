@@ -6,6 +6,7 @@ and `generate-eval` need.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -42,6 +43,8 @@ def run_sft(cfg: Config) -> Path:
     output_dir = Path(cfg.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir {output_dir} is a file; choose a directory path")
+    if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
+        raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
@@ -170,6 +173,7 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=cfg.logging_steps,
+        disable_tqdm=False,  # the progress bar with ETA, even with library logs quiet
         save_strategy="no",
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         max_length=cfg.cutoff_len,

