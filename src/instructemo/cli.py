@@ -11,7 +11,7 @@ from .config import describe_keys, load_config
 from .errors import UserError
 
 
-def _sft(cfg):
+def _sft(cfg, args=None):
     from .train import run_sft
 
     run_sft(cfg)
@@ -19,15 +19,24 @@ def _sft(cfg):
         _generate_eval(cfg)
 
 
-def _generate_eval(cfg):
+def _generate_eval(cfg, args=None):
     from .evaluate import run_generate_eval
 
     run_generate_eval(cfg)
 
 
+def _predict(cfg, args):
+    from pathlib import Path
+
+    from .predict import run_predict
+
+    run_predict(cfg, Path(args.input), Path(args.output), text_column=args.text_column, id_column=args.id_column)
+
+
 VERBS = {
     "sft": (_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
-    "generate-eval": (_generate_eval, "Generate answers on the evaluation split, parse them, score and report."),
+    "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
+    "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
 }
 
 
@@ -43,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", metavar="CONFIG.yaml", help="YAML config file.")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="Override config keys.")
         sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+        if name == "predict":
+            sub.add_argument("--input", required=True, help="Unlabelled .csv, .tsv or .jsonl file.")
+            sub.add_argument("--output", required=True, help="Where to write predictions (.csv, .tsv or .jsonl).")
+            sub.add_argument("--text-column", help="Column holding the text; default: inferred (text, sentence, tweet, ...).")
+            sub.add_argument("--id-column", help="Column to copy as the row id; default: id/ID when present.")
     return parser
 
 
@@ -69,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     run, _ = VERBS[args.verb]
     try:
         cfg = load_config(args.config, args.overrides)
-        run(cfg)
+        run(cfg, args)
     except UserError as exc:
         print(f"instructemo: error: {exc}", file=sys.stderr)
         return 2

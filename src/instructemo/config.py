@@ -85,7 +85,17 @@ class Config:
     seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
     report_to: str = _key("none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb"))
     do_eval: bool = _key(False, "After sft, run generate-eval on eval_dataset.")
-    # --- generation and evaluation ---
+    # --- inference: generate-eval and predict ---
+    backend: str = _key("hf", "Inference engine: hf (transformers) or vllm (offline LLM engine).", choices=("hf", "vllm"))
+    mode: str = _key(
+        "generate", "generate (decode an answer, parse it) or score (likelihood of every label: always valid, with probabilities).",
+        choices=("generate", "score"),
+    )
+    score_threshold: float | None = _key(
+        None, "Multi-label score mode: predict labels whose probability reaches this; default 1 / (labels + 1).", minimum=0
+    )
+    tensor_parallel_size: int = _key(1, "vLLM: GPUs to split the model across.", minimum=1)
+    gpu_memory_utilization: float = _key(0.9, "vLLM: share of GPU memory the engine may take.", minimum=0)
     per_device_eval_batch_size: int = _key(16, "Prompts generated per batch.", minimum=1)
     max_new_tokens: int = _key(16, "Tokens generated per answer at most.", minimum=1)
     do_sample: bool = _key(False, "Sample instead of greedy decoding (greedy is the honest default).")
@@ -213,5 +223,9 @@ def _check_consistency(config: Config) -> None:
         raise UserError(f"config key 'max_steps' must be positive or -1, got {config.max_steps}")
     if config.do_sample and config.temperature <= 0:
         raise UserError("config key 'temperature' must be positive when do_sample is true")
+    if not 0 < config.gpu_memory_utilization <= 1:
+        raise UserError(f"config key 'gpu_memory_utilization' must be in (0, 1], got {config.gpu_memory_utilization}")
+    if config.score_threshold is not None and not 0 < config.score_threshold < 1:
+        raise UserError(f"config key 'score_threshold' must be in (0, 1), got {config.score_threshold}")
     if not config.output_dir.strip():
         raise UserError("config key 'output_dir' must not be empty")

@@ -204,8 +204,8 @@ def _path_entry(path: Path, text_column: str | None, label_column: str | None) -
     )
     columns = _columns_of(probe, path)
     if fmt != "semicolon":
-        probe.text_column = _pick_column(path, columns, text_column, TEXT_COLUMN_GUESSES, "text")
-        probe.label_column = _pick_column(path, columns, label_column, LABEL_COLUMN_GUESSES, "label")
+        probe.text_column = pick_column(path, columns, text_column, TEXT_COLUMN_GUESSES, "text")
+        probe.label_column = pick_column(path, columns, label_column, LABEL_COLUMN_GUESSES, "label")
     labels: set[str] = set()
     multi = False
     for record in _read_rows(probe, probe.splits["data"], path, path.parent):
@@ -223,17 +223,6 @@ def _has_header_line(path: Path) -> bool:
     return first.strip().lower() in ("text;label", "text;label_name", "text;labels")
 
 
-def _pick_column(path: Path, columns: list[str], given: str | None, guesses, what: str) -> str:
-    if given is not None:
-        if given not in columns:
-            raise UserError(f"{path}: no {what} column {given!r}; the columns are {columns}")
-        return given
-    for guess in guesses:
-        if guess in columns:
-            return guess
-    raise UserError(f"{path}: cannot tell which column holds the {what} (columns: {columns}); set {what}_column")
-
-
 def _columns_of(entry: DatasetEntry, path: Path) -> list[str]:
     if entry.format == "jsonl":
         for line in _decode(path).split("\n"):
@@ -248,6 +237,49 @@ def _columns_of(entry: DatasetEntry, path: Path) -> list[str]:
         reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="," if entry.format == "csv" else "\t")
         return next(reader, [])
     return []
+
+
+def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """Columns and (line, row) pairs of an unlabelled CSV, TSV or JSONL file."""
+    fmt = PATH_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+    if not path.is_file():
+        raise UserError(f"input file {path} not found; check the path")
+    if fmt == "jsonl":
+        rows = []
+        for number, line in _lines(_decode(path)):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+        columns = list(dict.fromkeys(k for _, row in rows for k in row))
+    else:
+        reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter="," if fmt == "csv" else "\t")
+        columns = list(reader.fieldnames or [])
+        rows = []
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise UserError(f"{path}:{reader.line_num}: expected {len(columns)} fields; check the quoting and delimiters")
+            rows.append((reader.line_num, row))
+    if not rows:
+        raise UserError(f"input file {path} has no rows")
+    return columns, rows
+
+
+def pick_column(path: Path, columns: list[str], given: str | None, guesses, what: str) -> str:
+    """The column the user named, or the first that looks like a text / label / id column."""
+    if given is not None:
+        if given not in columns:
+            raise UserError(f"{path}: no {what} column {given!r}; the columns are {columns}")
+        return given
+    for guess in guesses:
+        if guess in columns:
+            return guess
+    raise UserError(f"{path}: cannot tell which column holds the {what} (columns: {columns}); set {what}_column")
 
 
 def _find_file(relative: str, dataset_dir: str | Path) -> Path | None:

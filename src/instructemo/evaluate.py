@@ -1,4 +1,4 @@
-"""`instructemo generate-eval`: generate answers, parse them into labels, score and report."""
+"""`instructemo generate-eval`: run the model on a labelled split, score it and report."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 from .config import Config
 from .data import default_eval_spec, load_split, resolve_label_space
 from .errors import UserError
-from .infer.hf import generate, load_for_inference
+from .infer import classify, load_engine
 from .labels import LABEL_SPACE_FILE, LabelSpace
 from .metrics import score
 from .models import resolve_model_path, use_bf16
-from .parse import parse_labels
 from .prompts import PromptBuilder, load_template
 from .report import write_eval_outputs
 
@@ -35,51 +34,66 @@ def find_adapter(cfg: Config) -> Path | None:
 
 
 def trained_label_space(cfg: Config, adapter: Path | None) -> tuple[LabelSpace, str]:
-    """The label space the model was trained on, else the training dataset's."""
+    """The label space the model was trained on, else the training dataset's; and the default template."""
     space, template = resolve_label_space(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
     if adapter is not None and (adapter / LABEL_SPACE_FILE).is_file():
         space = LabelSpace.from_dict(json.loads((adapter / LABEL_SPACE_FILE).read_text()), str(adapter / LABEL_SPACE_FILE))
     return space, template
 
 
+class Classifier:
+    """A loaded model with its prompts and label space: texts in, labels (and probabilities) out."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.adapter = find_adapter(cfg)
+        self.space, default_template = trained_label_space(cfg, self.adapter)
+        self.template = load_template(cfg.template, default_template)
+        self.bf16 = use_bf16(cfg.bf16)
+
+    def load(self) -> "Classifier":
+        """Load the model; separate from __init__ so input checks run first."""
+        if self.adapter is None:
+            log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
+        self.engine = load_engine(self.cfg, resolve_model_path(self.cfg.model_name_or_path), self.adapter, self.bf16)
+        self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
+        return self
+
+    def classify(self, texts: list[str]):
+        return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space)
+
+
 def run_generate_eval(cfg: Config) -> dict:
     """Evaluate on cfg.eval_dataset and write predictions, metrics and a report; return the metrics."""
-    adapter = find_adapter(cfg)
-    space, default_template = trained_label_space(cfg, adapter)
+    classifier = Classifier(cfg)
+    space = classifier.space
     eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
     split = load_split(
         eval_spec, cfg.dataset_dir, default_split="test", label_space=space, max_samples=cfg.max_eval_samples,
         text_column=cfg.text_column, label_column=cfg.label_column,
     )
-    template = load_template(cfg.template, default_template)
-    bf16 = use_bf16(cfg.bf16)
-    base_path = resolve_model_path(cfg.model_name_or_path)
-    if adapter is None:
-        log.warning("no trained adapter in %s: evaluating the base model zero-shot", cfg.output_dir)
-    model, tokenizer = load_for_inference(base_path, adapter, flash_attn=cfg.flash_attn, bf16=bf16)
-    builder = PromptBuilder(tokenizer, template, space, cfg.cutoff_len)
-    conversations = [builder.prompt(r.text) for r in split.records]
-
+    classifier.load()
     started = time.perf_counter()
-    answers = generate(
-        model, tokenizer, conversations, batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-        do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-    )
+    result = classifier.classify([r.text for r in split.records])
     seconds = time.perf_counter() - started
-    predicted = [parse_labels(a, space) for a in answers]
-    metrics = score([r.labels for r in split.records], predicted, space)
-    rows = [
-        {"id": r.id, "source": r.source, "text": r.text, "gold": list(r.labels), "generation": a,
-         "predicted": list(p) if p is not None else None}
-        for r, a, p in zip(split.records, answers, predicted)
-    ]
+    metrics = score([r.labels for r in split.records], result.labels, space, result.probabilities)
+    rows = []
+    for i, (record, labels) in enumerate(zip(split.records, result.labels)):
+        row = {"id": record.id, "source": record.source, "text": record.text, "gold": list(record.labels),
+               "generation": result.answers[i] if result.answers is not None else None,
+               "predicted": list(labels) if labels is not None else None}
+        if result.probabilities is not None:
+            row["probabilities"] = {n: round(float(p), 6) for n, p in zip(space.names, result.probabilities[i])}
+        rows.append(row)
     context = {
         "model": cfg.model_name_or_path,
-        "adapter": str(adapter) if adapter else None,
+        "adapter": str(classifier.adapter) if classifier.adapter else None,
         "eval_dataset": eval_spec,
         "data_origin": split.origin,
-        "decoding": "sampling" if cfg.do_sample else "greedy",
-        "generation_seconds": round(seconds, 1),
+        "backend": cfg.backend,
+        "mode": cfg.mode,
+        "decoding": "sampling" if cfg.do_sample and cfg.mode == "generate" else "greedy",
+        "inference_seconds": round(seconds, 1),
         "examples_per_second": round(len(rows) / seconds, 2),
     }
     out_dir = cfg.resolved_eval_output_dir

@@ -22,14 +22,47 @@ from .labels import LabelSpace
 INVALID = "<invalid>"
 
 
-def score(gold: Sequence[tuple[str, ...]], predicted: Sequence[tuple[str, ...] | None], space: LabelSpace) -> dict:
-    """All metrics for one evaluation, as plain JSON-ready values."""
+def score(
+    gold: Sequence[tuple[str, ...]], predicted: Sequence[tuple[str, ...] | None], space: LabelSpace,
+    probabilities: np.ndarray | None = None,
+) -> dict:
+    """All metrics for one evaluation, as plain JSON-ready values.
+
+    With `probabilities` (rows x labels, from score mode) the expected
+    calibration error is added.
+    """
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold rows but {len(predicted)} predictions")
     invalid = sum(p is None for p in predicted)
     common = {"n": len(gold), "invalid": invalid, "invalid_rate": invalid / len(gold) if gold else 0.0}
     body = _multi_label(gold, predicted, space) if space.multi_label else _single_label(gold, predicted, space)
+    if probabilities is not None:
+        body["ece"] = _calibration(gold, predicted, space, np.asarray(probabilities))
     return {**common, **body}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    if confidence.size == 0:
+        return 0.0
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.sum() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(total / confidence.size)
+
+
+def _calibration(gold, predicted, space: LabelSpace, probabilities: np.ndarray) -> float:
+    if space.multi_label:
+        # Each label's probability against whether the label is present.
+        return expected_calibration_error(probabilities.ravel(), binarize(gold, space).ravel())
+    index = {name: i for i, name in enumerate(space.names)}
+    top = probabilities.argmax(axis=1)
+    correct = np.array([index[g[0]] == t for g, t in zip(gold, top)])
+    return expected_calibration_error(probabilities.max(axis=1), correct)
 
 
 def _per_class(y_true, y_pred, names, labels) -> dict:

@@ -63,7 +63,7 @@ def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
     lines = [f"# Evaluation of {context.get('model', '?')}", ""]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
-    summary_keys = ["n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate"]
+    summary_keys = ["n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate", "ece"]
     lines += [f"| {k} | {_fmt(metrics[k])} |" for k in summary_keys if k in metrics]
     lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, m in metrics["per_class"].items():

@@ -1,1 +1,58 @@
-"""Inference back-ends. Each turns chat prompts into answer texts."""
+"""One inference interface over two engines (hf, vllm) and two modes (generate, score).
+
+`generate` decodes an answer and parses it into labels; the answer may name no
+label (invalid). `score` asks the model for the likelihood of every label's
+answer after the prompt and returns probabilities, so every row gets a valid
+label and a confidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from ..labels import LabelSpace
+from ..parse import parse_labels
+
+
+@dataclass
+class Classified:
+    """What an engine said about each row."""
+
+    labels: list[tuple[str, ...] | None]  # None: the answer named no label (generate mode only)
+    answers: list[str] | None  # raw generations (generate mode)
+    probabilities: np.ndarray | None  # rows x labels (score mode)
+
+
+def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool):
+    """The configured engine, with the base model plus adapter (or the fine-tuned model) loaded."""
+    if cfg.backend == "vllm":
+        from .vllm import VLLMEngine
+
+        return VLLMEngine(cfg, base_path, adapter, bf16)
+    from .hf import HFEngine
+
+    return HFEngine(cfg, base_path, adapter, bf16)
+
+
+def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelSpace) -> Classified:
+    if cfg.mode == "generate":
+        answers = engine.generate(conversations)
+        return Classified([parse_labels(a, space) for a in answers], answers, None)
+    candidates = [space.answer([name]) for name in space.names]
+    if space.multi_label:
+        candidates.append(space.answer([]))
+    loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
+    probabilities = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    names = space.names
+    if not space.multi_label:
+        return Classified([(names[i],) for i in probabilities.argmax(axis=1)], None, probabilities)
+    # Multi-label: each label's probability of opening the answer, against a threshold.
+    threshold = cfg.score_threshold if cfg.score_threshold is not None else 1.0 / (len(names) + 1)
+    label_probs = probabilities[:, : len(names)]
+    labels = [tuple(n for n, p in zip(names, row) if p >= threshold) for row in label_probs]
+    return Classified(labels, None, label_probs)

@@ -14,6 +14,25 @@ from ..models import load_causal_lm, load_tokenizer
 log = logging.getLogger(__name__)
 
 
+class HFEngine:
+    """transformers: batched greedy generation, and label scoring with shared prompt caches."""
+
+    def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
+        self.cfg = cfg
+        self.model, self.tokenizer = load_for_inference(base_path, adapter, flash_attn=cfg.flash_attn, bf16=bf16)
+
+    def generate(self, conversations: list[list[dict]]) -> list[str]:
+        cfg = self.cfg
+        return generate(
+            self.model, self.tokenizer, conversations, batch_size=cfg.per_device_eval_batch_size,
+            max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
+            top_p=cfg.top_p, seed=cfg.seed,
+        )
+
+    def score(self, conversations: list[list[dict]], answers: list[str]):
+        return score_answers(self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size)
+
+
 def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: str, bf16: bool):
     """(model, tokenizer): the base alone, base + LoRA adapter merged, or a fully fine-tuned directory."""
     if adapter_dir is not None and (adapter_dir / "config.json").is_file():

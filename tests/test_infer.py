@@ -1,0 +1,134 @@
+"""Inference modes on a tiny Llama: generate, score (with shared caches), and predict on files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from instructemo.cli import main
+from instructemo.infer.hf import answer_tokens, score_answers
+from instructemo.metrics import expected_calibration_error
+from test_end_to_end import tiny_config
+
+CONVERSATIONS = [[{"role": "user", "content": f"classify this : {t}"}] for t in
+                 ["i feel happy", "so sad and lonely tonight i cried", "wow", "i adore my sweet partner"]]
+
+
+def brute_force_loglik(model, tokenizer, conversation, answer):
+    prompt = tokenizer(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"]
+    cont = answer_tokens(tokenizer, conversation, answer)
+    with torch.no_grad():
+        logp = model(torch.tensor([prompt + cont])).logits[0].float().log_softmax(-1)
+    return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(cont))
+
+
+def test_score_answers_equals_full_forward(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    answers = ["joy", "sadness", "none", "i feel happy"]  # one and several tokens
+    scores = score_answers(model, tokenizer, CONVERSATIONS, answers, batch_size=3)
+    expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in CONVERSATIONS]
+    assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+
+
+def test_answer_tokens_end_at_end_of_turn(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = answer_tokens(tokenizer, CONVERSATIONS[0], "joy")
+    assert tokenizer.convert_ids_to_tokens(ids) == ["joy", "<|im_end|>"]
+
+
+def test_expected_calibration_error():
+    assert expected_calibration_error(np.array([0.9, 0.9]), np.array([1, 1])) == pytest.approx(0.1)
+    assert expected_calibration_error(np.array([0.25, 0.75]), np.array([0, 1])) == pytest.approx(0.25)
+
+
+def test_score_mode_gives_a_valid_label_and_probabilities(tmp_path, tiny_llama, emotion_dir):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, mode="score")
+    assert main(["generate-eval", config]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["predicted"] is not None and len(row["predicted"]) == 1
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["predicted"][0] == max(row["probabilities"], key=row["probabilities"].get)
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["mode"] == "score" and metrics["metrics"]["invalid"] == 0
+    assert 0 <= metrics["metrics"]["ece"] <= 1
+
+
+def test_multi_label_score_mode_uses_the_threshold(tmp_path, tiny_llama):
+    data = tmp_path / "ml.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in
+                            [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("here", [])]))
+    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(data), eval_dataset=str(data), mode="score",
+                         score_threshold=0.01)
+    assert main(["generate-eval", config]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for row in rows:  # a tiny threshold keeps every label above it
+        assert row["predicted"] == [n for n, p in row["probabilities"].items() if p >= 0.01]
+
+
+def write_input(path, rows):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter="," if path.suffix == ".csv" else "\t")
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_predict_each_format_keeps_ids_and_reports_empty_text(tmp_path, tiny_llama, emotion_dir, suffix, caplog):
+    rows = [{"id": "a1", "text": "i feel happy"}, {"id": "a2", "text": "  "}, {"id": "a3", "text": "so sad"}]
+    source = write_input(tmp_path / f"in{suffix}", rows)
+    out = tmp_path / f"out{suffix}"
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, mode="score")
+    assert main(["predict", config, "--input", str(source), "--output", str(out)]) == 0
+    if suffix == ".jsonl":
+        written = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        written = list(csv.DictReader(out.open(), delimiter="," if suffix == ".csv" else "\t"))
+    assert [r["id"] for r in written] == ["a1", "a2", "a3"]  # no row dropped
+    assert written[1]["label"] == "" and written[0]["label"] in {"sadness", "joy", "love", "anger", "fear", "surprise"}
+    assert float(written[0]["probability"]) > 0
+    assert "1 row(s) have empty text" in caplog.text
+
+
+def test_predict_multi_label_writes_the_submission_layout(tmp_path, tiny_llama):
+    data = tmp_path / "ml.jsonl"
+    data.write_text('{"text": "happy and scared", "labels": ["joy", "fear"]}\n{"text": "so sad", "labels": ["sadness"]}\n')
+    source = write_input(tmp_path / "test.tsv", [{"ID": "2018-En-1", "Tweet": "so sad"}, {"ID": "2018-En-2", "Tweet": "yay"}])
+    out = tmp_path / "submission.csv"
+    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(data), mode="score")
+    assert main(["predict", config, "--input", str(source), "--output", str(out), "--text-column", "Tweet"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "ID,fear,joy,sadness"
+    assert lines[1].startswith("2018-En-1,") and set(lines[1].split(",")[1:]) <= {"0", "1"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("words,id\nhello,1\n", "cannot tell which column holds the text"),
+    ("", "has no rows"),
+    ("text,id\n", "has no rows"),
+])
+def test_predict_bad_input(tmp_path, tiny_llama, emotion_dir, capsys, content, message):
+    source = tmp_path / "in.csv"
+    source.write_text(content)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir)
+    assert main(["predict", config, "--input", str(source), "--output", str(tmp_path / "out.csv")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_unknown_label_in_a_gold_column(tmp_path, tiny_llama, emotion_dir, capsys):
+    gold = tmp_path / "gold.csv"
+    gold.write_text("text,label\ni feel happy,joy\ni feel odd,confusion\n")
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, eval_dataset=str(gold))
+    assert main(["generate-eval", config]) == 2
+    err = capsys.readouterr().err
+    assert "1 row(s) have labels outside the label space" in err and "gold.csv:3 ['confusion']" in err
