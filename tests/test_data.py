@@ -199,31 +199,19 @@ def test_label_outside_the_space_gives_count_and_examples(tmp_path):
     assert f"train.txt:{len(EMOTION_ROWS) + 2} ['boredom']" in message
 
 
-def test_empty_split(tmp_path):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"text;label_name\n", "has no rows"),
+        (b"text;label_name\ni am happy;joy\nno separator here\n", r"train.txt:3: expected 'text;label'"),
+        (b"text;label_name\ni am happy;joy\n ;joy\n", r"train.txt:3: empty text"),
+        (b"text;label_name\ni am happy;joy\nbad \xff byte;joy\n", r"train.txt:3: invalid UTF-8"),
+    ],
+)
+def test_bad_rows_are_reported_with_file_and_line(tmp_path, content, message):
     (tmp_path / "emotion").mkdir()
-    (tmp_path / "emotion" / "train.txt").write_text("text;label_name\n")
-    with pytest.raises(UserError, match="has no rows"):
-        load_split("emotion", tmp_path)
-
-
-def test_malformed_row_has_file_and_line(tmp_path):
-    (tmp_path / "emotion").mkdir()
-    (tmp_path / "emotion" / "train.txt").write_text("text;label_name\ni am happy;joy\nno separator here\n")
-    with pytest.raises(UserError, match=r"train.txt:3: expected 'text;label'"):
-        load_split("emotion", tmp_path)
-
-
-def test_empty_text_has_file_and_line(tmp_path):
-    (tmp_path / "emotion").mkdir()
-    (tmp_path / "emotion" / "train.txt").write_text("text;label_name\ni am happy;joy\n ;joy\n")
-    with pytest.raises(UserError, match=r"train.txt:3: empty text"):
-        load_split("emotion", tmp_path)
-
-
-def test_invalid_utf8_has_file_and_line(tmp_path):
-    (tmp_path / "emotion").mkdir()
-    (tmp_path / "emotion" / "train.txt").write_bytes(b"text;label_name\ni am happy;joy\nbad \xff byte;joy\n")
-    with pytest.raises(UserError, match=r"train.txt:3: invalid UTF-8"):
+    (tmp_path / "emotion" / "train.txt").write_bytes(content)
+    with pytest.raises(UserError, match=message):
         load_split("emotion", tmp_path)
 
 

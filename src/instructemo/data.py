@@ -225,14 +225,8 @@ def _has_header_line(path: Path) -> bool:
 
 def _columns_of(entry: DatasetEntry, path: Path) -> list[str]:
     if entry.format == "jsonl":
-        for line in _decode(path).split("\n"):
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:1: not valid JSON ({exc.msg}); write one JSON object per line") from None
-                return list(first) if isinstance(first, dict) else []
-        return []
+        first = next(_json_objects(path), (0, {}))[1]
+        return list(first)
     if entry.format in ("csv", "tsv"):
         reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="," if entry.format == "csv" else "\t")
         return next(reader, [])
@@ -247,15 +241,7 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]
     if not path.is_file():
         raise UserError(f"input file {path} not found; check the path")
     if fmt == "jsonl":
-        rows = []
-        for number, line in _lines(_decode(path)):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
+        rows = list(_json_objects(path))
         columns = list(dict.fromkeys(k for _, row in rows for k in row))
     else:
         reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter="," if fmt == "csv" else "\t")
@@ -390,15 +376,21 @@ def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> I
         yield Record(row[0], tuple(labels), row[2] if len(row) > 2 else None, source)
 
 
-def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file."""
     for number, line in _lines(_decode(path)):
-        source = f"{path}:{number}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{source}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); write one JSON object per line") from None
         if not isinstance(row, dict):
-            raise UserError(f"{source}: expected a JSON object, got {type(row).__name__}")
+            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+    for number, row in _json_objects(path):
+        source = f"{path}:{number}"
         for column in (entry.text_column, entry.label_column):
             if column not in row:
                 raise UserError(f"{source}: missing key {column!r}; the row has {sorted(row)}")
