@@ -49,7 +49,7 @@ def shared_data() -> Path:
     return path
 
 
-def build_tiny_llama(directory: Path, extra_words: list[str] = ()) -> Path:
+def build_tiny_llama(directory: Path, hidden_size: int = 32, heads: int = 4) -> Path:
     """A 2-layer randomly initialised Llama with a word-level tokenizer and a ChatML template."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -58,7 +58,7 @@ def build_tiny_llama(directory: Path, extra_words: list[str] = ()) -> Path:
     from instructemo.prompts import TEMPLATE_DIR
 
     specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
-    corpus = " ".join([t for t, _ in EMOTION_ROWS] + [l for _, l in EMOTION_ROWS] + list(extra_words))
+    corpus = " ".join([t for t, _ in EMOTION_ROWS] + [l for _, l in EMOTION_ROWS])
     corpus += " user assistant system none " + " ".join(p.read_text() for p in TEMPLATE_DIR.glob("*.jinja"))
     words = sorted(set(re.findall(r"\w+|[^\w\s]", corpus.lower())))
     vocab = {token: i for i, token in enumerate(specials + words)}
@@ -72,8 +72,8 @@ def build_tiny_llama(directory: Path, extra_words: list[str] = ()) -> Path:
     tokenizer.chat_template = CHATML
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=vocab["<|im_start|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"],
     )
     model = LlamaForCausalLM(config)

@@ -20,6 +20,7 @@ def tiny_config(tmp_path, tiny_llama, dataset_dir, **extra) -> str:
         "learning_rate": 2e-2, "num_train_epochs": 5, "logging_steps": 1, "lora_rank": 4,
         "per_device_eval_batch_size": 4, "max_new_tokens": 4, "warmup_steps": 0, **extra,
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
     return str(path)

@@ -86,19 +86,23 @@ def materialise_gguf(gguf_path: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("dequantizing %s into %s (once)", gguf_path.name, target)
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+    config = quantized.config
+    del config.quantization_config  # the weights below are dense
+    dense = AutoModelForCausalLM.from_config(config)
+    dense.load_state_dict(quantized.state_dict(), strict=True)
+    return save_atomically(target, lambda staging: (dense.save_pretrained(staging), tokenizer.save_pretrained(staging)))
+
+
+def save_atomically(target: Path, write) -> Path:
+    """Run write(staging_dir), then rename it to target: a half-written directory never looks like a model."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
-        config = quantized.config
-        del config.quantization_config  # the weights below are dense
-        dense = AutoModelForCausalLM.from_config(config)
-        dense.load_state_dict(quantized.state_dict(), strict=True)
-        dense.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        staging.rename(target)  # atomic: a half-written directory is never mistaken for a model
+        write(staging)
+        staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

