@@ -30,7 +30,7 @@ def predictions(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, request):
-    """A tiny base model, a fully fine-tuned copy and a LoRA adapter, all trained on the tiny emotion set."""
+    """A tiny model fully fine-tuned on the tiny emotion set, and a LoRA adapter trained on top of it."""
     from conftest import write_emotion_txt, EMOTION_ROWS
 
     root = tmp_path_factory.mktemp("vllm")
@@ -40,9 +40,9 @@ def trained(tmp_path_factory, request):
     write_emotion_txt(data / "emotion" / "test.txt")
     common = dict(bf16=False, num_train_epochs=4, per_device_train_batch_size=8, max_new_tokens=4, cutoff_len=64)
     full = tiny_config(root / "full", base, data, finetuning_type="full", learning_rate=3e-3, **common)
-    lora = tiny_config(root / "lora", base, data, finetuning_type="lora", lora_rank=8, learning_rate=2e-2, **common)
-    for config in (full, lora):
-        cli("sft", config)
+    cli("sft", full)
+    lora = tiny_config(root / "lora", root / "full" / "run", data, finetuning_type="lora", lora_rank=8, learning_rate=1e-3, **common)
+    cli("sft", lora)
     return {"full": (root / "full", full), "lora": (root / "lora", lora)}
 
 
