@@ -28,16 +28,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", default="saves/bench-emotion")
     parser.add_argument("--runs", default="hf:generate,hf:score,vllm:generate")
+    parser.add_argument("--batch-size", type=int, default=32, help="per_device_eval_batch_size for the hf runs")
     args = parser.parse_args()
     if not (ROOT / args.adapter / "adapter_config.json").is_file():
         sys.exit(f"no adapter in {args.adapter}: run python bench/emotion_smollm2.py first")
     exe = str(Path(sys.executable).with_name("instructemo"))
-    results = {}
-    for run in args.runs.split(","):
+    # Runs not repeated this time keep their earlier figures.
+    results = json.loads(RESULTS.read_text())["runs"] if RESULTS.is_file() else {}
+    for run in filter(None, args.runs.split(",")):
         backend, mode = run.split(":")
         out_dir = f"{args.adapter}/infer-{backend}-{mode}"
         command = [exe, "generate-eval", CONFIG, f"output_dir={args.adapter}", f"eval_output_dir={out_dir}",
-                   f"backend={backend}", f"mode={mode}"]
+                   f"backend={backend}", f"mode={mode}", f"per_device_eval_batch_size={args.batch_size}"]
         print("$", " ".join(command), flush=True)
         started = time.perf_counter()
         subprocess.run(command, cwd=ROOT, check=True)

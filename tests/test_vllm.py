@@ -46,17 +46,18 @@ def trained(tmp_path_factory, request):
     return {"full": (root / "full", full), "lora": (root / "lora", lora)}
 
 
-@pytest.mark.parametrize("kind", ["full", "lora"])
-def test_generate_agrees_with_hf(trained, kind):
+@pytest.mark.parametrize("kind, merge", [("full", "auto"), ("lora", "true"), ("lora", "false")])
+def test_generate_agrees_with_hf(trained, kind, merge):
+    """LoRA is served merged into the base (true) and through a LoRARequest (false)."""
     root, config = trained[kind]
     cli("generate-eval", config, "backend=hf", f"eval_output_dir={root}/hf")
-    cli("generate-eval", config, "backend=vllm", f"eval_output_dir={root}/vllm")
-    hf, vllm = predictions(root / "hf" / "predictions.jsonl"), predictions(root / "vllm" / "predictions.jsonl")
+    cli("generate-eval", config, "backend=vllm", f"vllm_merge_lora={merge}", f"eval_output_dir={root}/vllm-{merge}")
+    hf, vllm = predictions(root / "hf" / "predictions.jsonl"), predictions(root / f"vllm-{merge}" / "predictions.jsonl")
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
     assert sum(r["predicted"] is not None for r in hf) >= len(hf) // 2  # the model answers with labels
     same_text = sum(a["generation"] == b["generation"] for a, b in zip(hf, vllm))
     assert same_text >= len(hf) - 1  # fp32 greedy: identical but for a rare near-tie
-    assert json.loads((root / "vllm" / "metrics.json").read_text())["backend"] == "vllm"
+    assert json.loads((root / f"vllm-{merge}" / "metrics.json").read_text())["backend"] == "vllm"
 
 
 def test_score_agrees_with_hf(trained):

@@ -96,6 +96,10 @@ class Config:
     )
     tensor_parallel_size: int = _key(1, "vLLM: GPUs to split the model across.", minimum=1)
     gpu_memory_utilization: float = _key(0.9, "vLLM: share of GPU memory the engine may take.", minimum=0)
+    vllm_merge_lora: bool | str = _key(
+        "auto", "vLLM: serve a LoRA adapter merged into the base (auto: on CPU, where vLLM's LoRA kernels are slow) "
+        "or through a LoRARequest (false).", choices=("auto",),
+    )
     per_device_eval_batch_size: int = _key(16, "Prompts generated per batch.", minimum=1)
     max_new_tokens: int = _key(16, "Tokens generated per answer at most.", minimum=1)
     do_sample: bool = _key(False, "Sample instead of greedy decoding (greedy is the honest default).")

