@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -137,8 +138,6 @@ def score_answers(model, tokenizer, conversations: list[list[dict]], answers: li
 
 
 def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, continuations: list[list[int]], pad_id: int) -> torch.Tensor:
-    import copy
-
     device = model.device
     batch, n_answers = len(rests), len(continuations)
     width = max(len(r) for r in rests)
