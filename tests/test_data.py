@@ -182,13 +182,6 @@ def test_missing_file(tmp_path):
         load_split("mine", tmp_path)
 
 
-def test_missing_column(tmp_path):
-    (tmp_path / "d.csv").write_text("words,label\nhi,x\n")
-    registry(tmp_path, "mine:\n  format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}\n")
-    with pytest.raises(UserError, match=r"missing column\(s\) \['text'\]"):
-        load_split("mine", tmp_path)
-
-
 def test_label_outside_the_space_gives_count_and_examples(tmp_path):
     rows = EMOTION_ROWS + [("i feel meh", "boredom"), ("so dull", "boredom")]
     write_emotion_txt(tmp_path / "emotion" / "train.txt", rows)
@@ -215,25 +208,26 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path, content, message):
         load_split("emotion", tmp_path)
 
 
-def test_wrong_field_count_in_csv(tmp_path):
-    (tmp_path / "d.csv").write_text("text,label\nok,x\ntoo,many,fields\n")
-    registry(tmp_path, "mine:\n  format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}\n")
-    with pytest.raises(UserError, match=r"d.csv:3: expected 2 fields"):
-        load_split("mine", tmp_path)
-
-
-def test_bad_binary_value(tmp_path):
-    (tmp_path / "s.tsv").write_text("Tweet\tx\nhello\tyes\n")
-    registry(tmp_path, "mine:\n  format: tsv_binary\n  text_column: Tweet\n  splits: {train: s.tsv}\n  labels: {names: [x], multi_label: true}\n")
-    with pytest.raises(UserError, match=r"s.tsv:2: column 'x' must be 0 or 1"):
-        load_split("mine", tmp_path)
-
-
-def test_bad_label_id(tmp_path):
-    (tmp_path / "names.txt").write_text("x\ny")
-    (tmp_path / "g.tsv").write_text("text\t5\tid\n")
-    registry(tmp_path, "mine:\n  format: tsv_ids\n  names_file: names.txt\n  splits: {train: g.tsv}\n  labels: {names: [x, y], multi_label: true}\n")
-    with pytest.raises(UserError, match=r"g.tsv:1: label id '5' is not an index"):
+@pytest.mark.parametrize(
+    "files, entry, message",
+    [
+        ({"d.csv": "words,label\nhi,x\n"}, "format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}",
+         r"missing column\(s\) \['text'\]"),
+        ({"d.csv": "text,label\nok,x\ntoo,many,fields\n"}, "format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}",
+         r"d.csv:3: expected 2 fields"),
+        ({"s.tsv": "Tweet\tx\nhello\tyes\n"},
+         "format: tsv_binary\n  text_column: Tweet\n  splits: {train: s.tsv}\n  labels: {names: [x], multi_label: true}",
+         r"s.tsv:2: column 'x' must be 0 or 1"),
+        ({"names.txt": "x\ny", "g.tsv": "text\t5\tid\n"},
+         "format: tsv_ids\n  names_file: names.txt\n  splits: {train: g.tsv}\n  labels: {names: [x, y], multi_label: true}",
+         r"g.tsv:1: label id '5' is not an index"),
+    ],
+)
+def test_bad_files_of_a_registry_entry(tmp_path, files, entry, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    registry(tmp_path, f"mine:\n  {entry}\n")
+    with pytest.raises(UserError, match=message):
         load_split("mine", tmp_path)
 
 
