@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -115,74 +116,108 @@ def answer_tokens(tokenizer, conversation: list[dict], answer: str) -> list[int]
 def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:
     """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor.
 
-    Work is shared twice: the prefix common to all prompts (system prompt and
-    instruction) is encoded once for the whole run, and each prompt is encoded
-    once for all answers, whose tokens then run as one batch on its cache.
+    Work is shared twice. The prefix common to all prompts (system prompt and
+    instruction) is encoded once for the whole run. Each prompt then runs once
+    for all answers: its own tokens are followed in the same row by every
+    answer's tokens, and an attention mask lets each answer see the prompt and
+    its own earlier tokens only (a tree of continuations), so one forward pass
+    scores every label.
     """
     tokenizer.padding_side = "left"
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
+    tree = AnswerTree([answer_tokens(tokenizer, conversations[0], a) for a in answers])
     device = model.device
     prefix_len = _common_prefix_length(tokens)
     prefix_cache = model(torch.tensor([tokens[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
     order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
     scores = torch.zeros(len(tokens), len(answers))
     model.eval()
-    with tqdm(total=len(tokens), desc="scoring", unit="ex") as progress:
+    with _attention_that_takes_a_mask(model), tqdm(total=len(tokens), desc="scoring", unit="ex") as progress:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            scores[chunk] = _score_batch(model, [tokens[i][prefix_len:] for i in chunk], prefix_len, prefix_cache, continuations, tokenizer.pad_token_id)
+            rests = [tokens[i][prefix_len:] for i in chunk]
+            scores[chunk] = _score_batch(model, rests, prefix_len, prefix_cache, tree, tokenizer.pad_token_id)
             progress.update(len(chunk))
     return scores
 
 
-def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, continuations: list[list[int]], pad_id: int) -> torch.Tensor:
-    device = model.device
-    batch, n_answers = len(rests), len(continuations)
-    width = max(len(r) for r in rests)
+class AnswerTree:
+    """Every answer's tokens side by side after a prompt, with who may attend to whom.
+
+    Each answer feeds all but its last token: the prompt's last position
+    predicts an answer's first token, and its fed tokens predict the rest.
+    """
+
+    def __init__(self, continuations: list[list[int]]):
+        self.continuations = continuations
+        fed = [c[:-1] for c in continuations]
+        self.width = sum(len(f) for f in fed)
+        self.input_ids = torch.tensor([t for f in fed for t in f], dtype=torch.long)
+        self.depth = torch.tensor([d for f in fed for d in range(1, len(f) + 1)], dtype=torch.long)
+        owner = torch.tensor([k for k, f in enumerate(fed) for _ in f], dtype=torch.long)
+        later = torch.arange(self.width)
+        self.visible = (owner[:, None] == owner[None, :]) & (later[None, :] <= later[:, None])
+        # Where each answer token's log-probability is read, in a window that starts
+        # at the prompt's last position: (answer, token) -> (window column, token id).
+        self.columns, self.targets, self.answer_of = [], [], []
+        offset = 0
+        for k, c in enumerate(continuations):
+            for j, token in enumerate(c):
+                self.columns.append(0 if j == 0 else offset + j)
+                self.targets.append(token)
+                self.answer_of.append(k)
+            offset += len(c) - 1
+        self.columns, self.targets, self.answer_of = map(torch.tensor, (self.columns, self.targets, self.answer_of))
+
+
+def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, tree: AnswerTree, pad_id: int) -> torch.Tensor:
+    """One row per prompt: [left padding][prompt tokens after the shared prefix][every answer's tokens]."""
+    batch, width, answers = len(rests), max(len(r) for r in rests), tree.width
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    rest_mask = torch.zeros((batch, width), dtype=torch.long)
+    real = torch.zeros((batch, width), dtype=torch.bool)
     for row, rest in enumerate(rests):
         input_ids[row, width - len(rest) :] = torch.tensor(rest)
-        rest_mask[row, width - len(rest) :] = 1
-    mask = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long), rest_mask], dim=1)
-    positions = prefix_len + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+        real[row, width - len(rest) :] = True
+    input_ids = torch.cat([input_ids, tree.input_ids.expand(batch, -1)], dim=1)
+    positions = prefix_len + (real.long().cumsum(-1) - 1).clamp(min=0)
+    positions = torch.cat([positions, positions[:, -1:] + tree.depth], dim=1)
+
+    # allowed[b, query, key] over [prefix | prompt rest | answers]; every query sees itself, so no row is empty.
+    length = width + answers
+    allowed = torch.zeros((batch, length, prefix_len + length), dtype=torch.bool)
+    allowed[:, :, :prefix_len] = True
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    allowed[:, :width, prefix_len : prefix_len + width] = causal & real[:, None, :]
+    allowed[:, width:, prefix_len : prefix_len + width] = real[:, None, :]
+    allowed[:, width:, prefix_len + width :] = tree.visible
+    allowed[:, :, prefix_len:] |= torch.eye(length, dtype=torch.bool)
+    dtype = model.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
     cache = None
     if prefix_cache is not None:
         cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(batch)
-    out = model(
-        input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-        past_key_values=cache, use_cache=True, logits_to_keep=1,
-    )
-    first = out.logits[:, -1].float().log_softmax(-1)  # (batch, vocab)
-    scores = torch.stack([first[:, c[0]] for c in continuations], dim=1).cpu()  # (batch, answers)
-    longest = max(len(c) for c in continuations)
-    if longest == 1:
-        return scores
-    # Every answer's remaining tokens, for every prompt, in one batch on the prompt's cache.
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(n_answers)
-    steps = longest - 1
-    cont_ids = torch.full((n_answers, steps), pad_id, dtype=torch.long)
-    cont_mask = torch.zeros((n_answers, steps), dtype=torch.long)
-    for k, c in enumerate(continuations):
-        cont_ids[k, : len(c) - 1] = torch.tensor(c[:-1])
-        cont_mask[k, : len(c) - 1] = 1
-    cont_ids = cont_ids.repeat(batch, 1)
-    cont_mask = cont_mask.repeat(batch, 1)
-    full_mask = torch.cat([mask.repeat_interleave(n_answers, dim=0), cont_mask], dim=1)
-    last_position = positions[:, -1:].repeat_interleave(n_answers, dim=0)
-    cont_positions = last_position + torch.arange(1, steps + 1)
+    device = model.device
     logits = model(
-        input_ids=cont_ids.to(device), attention_mask=full_mask.to(device), position_ids=cont_positions.to(device),
-        past_key_values=cache, use_cache=True,
-    ).logits.float().log_softmax(-1).cpu()  # (batch * answers, steps, vocab)
-    targets = torch.full((n_answers, steps), 0, dtype=torch.long)
-    valid = torch.zeros((n_answers, steps))
-    for k, c in enumerate(continuations):
-        targets[k, : len(c) - 1] = torch.tensor(c[1:])
-        valid[k, : len(c) - 1] = 1
-    gathered = logits.gather(-1, targets.repeat(batch, 1).unsqueeze(-1)).squeeze(-1) * valid.repeat(batch, 1)
-    return scores + gathered.sum(-1).view(batch, n_answers)
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+        past_key_values=cache, use_cache=prefix_cache is not None, logits_to_keep=answers + 1,
+    ).logits  # (batch, 1 + answers, vocab): the prompt's last position, then every answer token
+    logprobs = logits.float().log_softmax(-1)[:, tree.columns.to(device), tree.targets.to(device)].cpu()
+    scores = torch.zeros(batch, len(tree.continuations))
+    return scores.index_add_(1, tree.answer_of, logprobs)
+
+
+@contextlib.contextmanager
+def _attention_that_takes_a_mask(model):
+    """Scoring passes its own 4D attention mask, which FlashAttention-2 cannot take: use SDPA meanwhile."""
+    implementation = model.config._attn_implementation
+    if not implementation.startswith("flash"):
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(implementation)
