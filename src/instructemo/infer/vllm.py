@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # KV-cache room on a CPU; a GPU sizes it from gpu_memory_utilization instead
 # (on a CPU that key means a share of RAM, and the default 0.9 fails to start).
 CPU_KV_CACHE_BYTES = 2 << 30
+# Prefix caching shares whole KV blocks only. vLLM's CPU default (128 tokens) is
+# longer than a system prompt plus instruction, so nothing would be shared;
+# 32 is the smallest block its CPU attention takes (1.6x faster on emotion).
+CPU_BLOCK_SIZE = 32
 # Ranks vLLM pre-allocates LoRA buffers for.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -61,7 +65,7 @@ class VLLMEngine:
             options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
             # torch.compile on a CPU costs minutes of start-up for a one-off batch job.
-            options.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
+            options.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True, block_size=CPU_BLOCK_SIZE)
         self.lora_request = None
         if lora:
             rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
