@@ -25,6 +25,12 @@ def _generate_eval(cfg, args=None):
     run_generate_eval(cfg)
 
 
+def _calibrate(cfg, args=None):
+    from .calibrate import run_calibrate
+
+    run_calibrate(cfg)
+
+
 def _predict(cfg, args):
     from pathlib import Path
 
@@ -36,6 +42,7 @@ def _predict(cfg, args):
 VERBS = {
     "sft": (_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
     "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
+    "calibrate": (_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
     "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
 }
 

@@ -81,6 +81,22 @@ class Config:
     weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0)
     gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
     logging_steps: int = _key(10, "Log loss every this many optimizer steps.", minimum=1)
+    label_balancing: str = _key(
+        "none", "Imbalance: none, oversample (repeat rows carrying rare labels) or loss_weight "
+        "(weight each row's loss by the inverse frequency of its rarest label).",
+        choices=("none", "oversample", "loss_weight"),
+    )
+    select_best: bool = _key(
+        False, "Score the dev split greedily at each epoch's end (and every select_steps) and keep the "
+        "weights with the best select_metric instead of the last ones.",
+    )
+    select_steps: int | None = _key(None, "With select_best: also score every this many optimizer steps.", minimum=1)
+    select_dataset: str | None = _key(None, "Split for checkpoint selection and threshold calibration; default: the dataset's dev split.")
+    select_metric: str = _key(
+        "macro_f1", "Metric that picks the checkpoint (higher is better).",
+        choices=("macro_f1", "micro_f1", "accuracy", "jaccard", "exact_match"),
+    )
+    max_select_samples: int | None = _key(300, "Dev rows scored at each selection point (the first ones).", minimum=1)
     output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.")
     seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
     report_to: str = _key("none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb"))

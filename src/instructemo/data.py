@@ -27,6 +27,7 @@ PATH_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl
 TEXT_COLUMN_GUESSES = ("text", "sentence", "tweet", "Tweet", "review", "content", "comment")
 LABEL_COLUMN_GUESSES = ("label", "labels", "emotion", "emotions", "sentiment", "label_name", "class")
 EVAL_SPLIT_PREFERENCE = ("test", "dev", "validation", "val")
+DEV_SPLIT_PREFERENCE = ("dev", "validation", "val")
 
 
 def shared_data_dir() -> Path:
@@ -170,6 +171,15 @@ def default_eval_spec(train_spec: str, dataset_dir: str | Path, text_column=None
         if split in entry.splits:
             return f"{entry.name}:{split}"
     raise UserError(f"dataset {entry.name!r} has no test or dev split; set eval_dataset to name:split")
+
+
+def default_dev_spec(train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None) -> str:
+    """The split used to choose checkpoints and thresholds: the dataset's dev/validation split."""
+    entry, _ = _entry_for(train_spec, dataset_dir, text_column, label_column, "train")
+    for split in DEV_SPLIT_PREFERENCE:
+        if split in entry.splits:
+            return f"{entry.name}:{split}"
+    raise UserError(f"dataset {entry.name!r} has no dev or validation split; set select_dataset to a name:split or file")
 
 
 # --- resolving a spec ----------------------------------------------------------

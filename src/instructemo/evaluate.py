@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .config import Config
 from .data import default_eval_spec, load_split, resolve_label_space
 from .errors import UserError
@@ -18,6 +20,8 @@ from .prompts import PromptBuilder, load_template
 from .report import write_eval_outputs
 
 log = logging.getLogger(__name__)
+
+THRESHOLDS_FILE = "thresholds.json"
 
 
 def find_adapter(cfg: Config) -> Path | None:
@@ -41,6 +45,17 @@ def trained_label_space(cfg: Config, adapter: Path | None) -> tuple[LabelSpace, 
     return space, template
 
 
+def load_thresholds(adapter: Path | None, space: LabelSpace):
+    """Per-label thresholds calibrated by `instructemo calibrate`, in label order, or None."""
+    path = adapter / THRESHOLDS_FILE if adapter is not None else None
+    if path is None or not path.is_file():
+        return None
+    stored = json.loads(path.read_text())["thresholds"]
+    if set(stored) != set(space.names):
+        raise UserError(f"{path} holds thresholds for other labels than the model's; run instructemo calibrate again")
+    return np.array([stored[n] for n in space.names])
+
+
 class Classifier:
     """A loaded model with its prompts and label space: texts in, labels (and probabilities) out."""
 
@@ -50,6 +65,7 @@ class Classifier:
         self.space, default_template = trained_label_space(cfg, self.adapter)
         self.template = load_template(cfg.template, default_template)
         self.bf16 = use_bf16(cfg.bf16)
+        self.thresholds = load_thresholds(self.adapter, self.space)
 
     def load(self) -> "Classifier":
         """Load the model; separate from __init__ so input checks run first."""
@@ -60,7 +76,7 @@ class Classifier:
         return self
 
     def classify(self, texts: list[str]):
-        return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space)
+        return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space, self.thresholds)
 
 
 def run_generate_eval(cfg: Config) -> dict:

@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from .balance import oversample_counts, rarest_label_weights
 from .config import Config
-from .data import default_eval_spec, load_split
+from .checkpoints import SELECTION_FILE, BestCheckpoint
+from .data import default_dev_spec, default_eval_spec, load_split
 from .errors import UserError
 from .labels import LABEL_SPACE_FILE
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
@@ -40,6 +42,7 @@ def run_sft(cfg: Config) -> Path:
         eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
         load_split(eval_spec, cfg.dataset_dir, label_space=train.label_space, max_samples=cfg.max_eval_samples,
                    text_column=cfg.text_column, label_column=cfg.label_column)
+    select = _selection_split(cfg, train) if cfg.select_best else None
     output_dir = Path(cfg.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir {output_dir} is a file; choose a directory path")
@@ -54,12 +57,23 @@ def run_sft(cfg: Config) -> Path:
     examples = [builder.training_example(r) for r in train.records]
     if builder.truncated:
         log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
+    examples = _balanced(cfg.label_balancing, [r.labels for r in train.records], examples)
 
     model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16)
     trainer = _build_trainer(cfg, model, tokenizer, examples, bf16)
+    selector = None
+    if select is not None:
+        selector = BestCheckpoint(
+            tokenizer, [builder.prompt(r.text) for r in select.records], [r.labels for r in select.records],
+            train.label_space, metric=cfg.select_metric, every_steps=cfg.select_steps,
+            batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+        )
+        trainer.add_callback(selector)
     started = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - started
+    if selector is not None:
+        write_atomic(output_dir / SELECTION_FILE, json.dumps(selector.restore_best(trainer.model, result.global_step), indent=2))
 
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
@@ -79,6 +93,28 @@ def run_sft(cfg: Config) -> Path:
     write_atomic(output_dir / "train_results.json", json.dumps(summary, indent=2))
     log.info("saved %s to %s (%.0fs, mean loss %.4f)", cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
     return output_dir
+
+
+def _selection_split(cfg: Config, train):
+    """The dev rows that pick the checkpoint, checked before any model loads."""
+    if cfg.select_metric in ("jaccard", "exact_match") and not train.label_space.multi_label:
+        raise UserError(f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy")
+    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+    return load_split(spec, cfg.dataset_dir, default_split="dev", label_space=train.label_space,
+                      max_samples=cfg.max_select_samples, text_column=cfg.text_column, label_column=cfg.label_column)
+
+
+def _balanced(policy: str, label_sets: list[tuple[str, ...]], examples: list[dict]) -> list[dict]:
+    """The training rows under a label_balancing policy (see balance.py)."""
+    if policy == "none":
+        return examples
+    weights = rarest_label_weights(label_sets)
+    if policy == "loss_weight":
+        log.info("loss weights by rarest label: %.2f to %.2f", min(weights), max(weights))
+        return [{**e, "weight": w} for e, w in zip(examples, weights)]
+    counts = oversample_counts(weights)
+    log.info("oversampling rare labels: %d rows become %d", len(examples), sum(counts))
+    return [e for e, n in zip(examples, counts) for _ in range(n)]
 
 
 class LeftPadCollator:
@@ -103,7 +139,10 @@ class LeftPadCollator:
             labels[row, width - size :] = torch.as_tensor(example["labels"])
             attention_mask[row, width - size :] = 1
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels}
+        if "weight" in examples[0]:
+            batch["weights"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
+        return batch
 
 
 def _answer_only_trainer_class():
@@ -119,17 +158,25 @@ def _answer_only_trainer_class():
         head and softmax on every prompt position.
         """
 
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            self._signature_columns = [*self._signature_columns, "weight"]  # label_balancing: loss_weight
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
+            weights = inputs.pop("weights", None)
             answer_columns = (labels != -100).any(dim=0).nonzero()
             first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
             keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
             outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
             logits = outputs.logits[:, :-1].float()
             targets = labels[:, first:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-            )
+            token_loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+            ).view(targets.shape)
+            if weights is not None:
+                token_loss = token_loss * weights.to(token_loss.device)[:, None]
+            loss = token_loss.sum()
             if num_items_in_batch is None:
                 loss = loss / (targets != -100).sum().clamp(min=1)
             else:

@@ -17,6 +17,9 @@ from ..config import Config
 from ..labels import LabelSpace
 from ..parse import parse_labels
 
+# Multi-label score mode without calibrated thresholds: the label is likelier than everything else that could come next.
+DEFAULT_THRESHOLD = 0.5
+
 
 @dataclass
 class Classified:
@@ -38,21 +41,30 @@ def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool):
     return HFEngine(cfg, base_path, adapter, bf16)
 
 
-def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelSpace) -> Classified:
+def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelSpace,
+             thresholds: np.ndarray | None = None) -> Classified:
+    """Labels for each conversation; in score mode with probabilities.
+
+    Multi-label score mode predicts a label when its probability reaches its
+    threshold: `thresholds` (calibrated per label on dev), else score_threshold,
+    else 0.5.
+    """
     if cfg.mode == "generate":
         answers = engine.generate(conversations)
         return Classified([parse_labels(a, space) for a in answers], answers, None)
-    candidates = [space.answer([name]) for name in space.names]
+    names = space.names
     if space.multi_label:
-        candidates.append(space.answer([]))
+        from .multilabel import label_probabilities
+
+        probabilities, answers = label_probabilities(engine, conversations, space)
+        if cfg.score_threshold is not None:
+            thresholds = np.full(len(names), cfg.score_threshold)
+        elif thresholds is None:
+            thresholds = np.full(len(names), DEFAULT_THRESHOLD)
+        labels = [tuple(n for n, p, t in zip(names, row, thresholds) if p >= t) for row in probabilities]
+        return Classified(labels, answers, probabilities)
+    candidates = [space.answer([name]) for name in names]
     loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
     probabilities = np.exp(loglik - loglik.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    names = space.names
-    if not space.multi_label:
-        return Classified([(names[i],) for i in probabilities.argmax(axis=1)], None, probabilities)
-    # Multi-label: each label's probability of opening the answer, against a threshold.
-    threshold = cfg.score_threshold if cfg.score_threshold is not None else 1.0 / (len(names) + 1)
-    label_probs = probabilities[:, : len(names)]
-    labels = [tuple(n for n, p in zip(names, row) if p >= threshold) for row in label_probs]
-    return Classified(labels, None, label_probs)
+    return Classified([(names[i],) for i in probabilities.argmax(axis=1)], None, probabilities)

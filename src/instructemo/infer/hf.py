@@ -34,6 +34,10 @@ class HFEngine:
     def score(self, conversations: list[list[dict]], answers: list[str]):
         return score_answers(self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size)
 
+    def score_tokens(self, contexts: list[list[int]], continuations: list[list[int]]):
+        return score_continuations(self.model, contexts, continuations, batch_size=self.cfg.per_device_eval_batch_size,
+                                   pad_id=self.tokenizer.pad_token_id)
+
 
 def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: str, bf16: bool):
     """(model, tokenizer): the base alone, base + LoRA adapter merged, or a fully fine-tuned directory."""
@@ -55,7 +59,7 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
 @torch.inference_mode()
 def generate(
     model, tokenizer, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
-    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
 ) -> list[str]:
     """The model's answer to each conversation, in input order (greedy unless do_sample)."""
     tokenizer.padding_side = "left"
@@ -69,7 +73,7 @@ def generate(
         torch.manual_seed(seed)
     answers: list[str] = [""] * len(prompts)
     model.eval()
-    with tqdm(total=len(prompts), desc="generating", unit="ex") as progress:
+    with tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -81,7 +85,7 @@ def generate(
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text.strip()
-            progress.update(len(chunk))
+            bar.update(len(chunk))
     return answers
 
 
@@ -112,32 +116,38 @@ def answer_tokens(tokenizer, conversation: list[dict], answer: str) -> list[int]
     return ids
 
 
-@torch.inference_mode()
 def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:
-    """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor.
-
-    Work is shared twice. The prefix common to all prompts (system prompt and
-    instruction) is encoded once for the whole run. Each prompt then runs once
-    for all answers: its own tokens are followed in the same row by every
-    answer's tokens, and an attention mask lets each answer see the prompt and
-    its own earlier tokens only (a tree of continuations), so one forward pass
-    scores every label.
-    """
-    tokenizer.padding_side = "left"
+    """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor."""
     prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    tree = AnswerTree([answer_tokens(tokenizer, conversations[0], a) for a in answers])
+    continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
+    return score_continuations(model, tokens, continuations, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
+
+
+@torch.inference_mode()
+def score_continuations(model, contexts: list[list[int]], continuations: list[list[int]], *, batch_size: int,
+                        pad_id: int) -> torch.Tensor:
+    """Log-likelihood of each continuation after each context (token ids): a (contexts x continuations) tensor.
+
+    Work is shared twice. The prefix common to all contexts (system prompt and
+    instruction) is encoded once for the whole run. Each context then runs once
+    for all continuations: its own tokens are followed in the same row by every
+    continuation's tokens, and an attention mask lets each continuation see the
+    context and its own earlier tokens only (a tree), so one forward pass
+    scores every label.
+    """
+    tree = AnswerTree(continuations)
     device = model.device
-    prefix_len = _common_prefix_length(tokens)
-    prefix_cache = model(torch.tensor([tokens[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
-    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
-    scores = torch.zeros(len(tokens), len(answers))
+    prefix_len = _common_prefix_length(contexts)
+    prefix_cache = model(torch.tensor([contexts[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    scores = torch.zeros(len(contexts), len(continuations))
     model.eval()
-    with _attention_that_takes_a_mask(model), tqdm(total=len(tokens), desc="scoring", unit="ex") as progress:
+    with _attention_that_takes_a_mask(model), tqdm(total=len(contexts), desc="scoring", unit="ex") as progress:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            rests = [tokens[i][prefix_len:] for i in chunk]
-            scores[chunk] = _score_batch(model, rests, prefix_len, prefix_cache, tree, tokenizer.pad_token_id)
+            rests = [contexts[i][prefix_len:] for i in chunk]
+            scores[chunk] = _score_batch(model, rests, prefix_len, prefix_cache, tree, pad_id)
             progress.update(len(chunk))
     return scores
 

@@ -90,20 +90,24 @@ class VLLMEngine:
         return [o.outputs[0].text.strip() for o in outputs]
 
     def score(self, conversations: list[list[dict]], answers: list[str]) -> torch.Tensor:
-        """Log-likelihood of each answer after each prompt, from vLLM's prompt log-probabilities.
+        """Log-likelihood of each answer (through end-of-turn) after each prompt."""
+        continuations = [answer_tokens(self.tokenizer, conversations[0], a) for a in answers]
+        return self.score_tokens(self._prompt_ids(conversations), continuations)
 
-        Each (prompt, answer) pair is one request; prefix caching encodes the
-        shared prompt tokens once.
+    def score_tokens(self, contexts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+        """Log-likelihood of each continuation after each context, from vLLM's prompt log-probabilities.
+
+        Each (context, continuation) pair is one request; prefix caching encodes
+        the shared tokens once.
         """
         from vllm import SamplingParams
 
-        continuations = [answer_tokens(self.tokenizer, conversations[0], a) for a in answers]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        requests = [{"prompt_token_ids": ids + c} for ids in self._prompt_ids(conversations) for c in continuations]
+        requests = [{"prompt_token_ids": ids + c} for ids in contexts for c in continuations]
         outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
-        scores = torch.zeros(len(conversations), len(answers))
+        scores = torch.zeros(len(contexts), len(continuations))
         for index, output in enumerate(outputs):
-            row, k = divmod(index, len(answers))
+            row, k = divmod(index, len(continuations))
             tokens = output.prompt_token_ids
             start = len(tokens) - len(continuations[k])
             scores[row, k] = sum(output.prompt_logprobs[p][tokens[p]].logprob for p in range(start, len(tokens)))

@@ -1,0 +1,51 @@
+"""`instructemo calibrate`: per-label thresholds for multi-label score mode, chosen on the dev split.
+
+One threshold for all labels under-predicts the rare ones: `surprise` rarely
+gets a high probability even when present. For each label, the threshold that
+maximises its F1 on the dev split is stored in the adapter's thresholds.json,
+which generate-eval and predict then use in score mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from .config import Config
+from .data import default_dev_spec, load_split
+from .errors import UserError
+from .evaluate import THRESHOLDS_FILE, Classifier
+from .infer.multilabel import best_thresholds
+from .metrics import binarize
+from .report import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def run_calibrate(cfg: Config) -> dict:
+    cfg = dataclasses.replace(cfg, mode="score", score_threshold=None)
+    classifier = Classifier(cfg)
+    space = classifier.space
+    if not space.multi_label:
+        raise UserError("calibrate picks per-label thresholds for multi-label models; single-label score mode takes the most probable label")
+    if classifier.adapter is None:
+        raise UserError(f"no trained model in {cfg.output_dir}; run instructemo sft first (or set adapter_name_or_path)")
+    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+    split = load_split(spec, cfg.dataset_dir, default_split="dev", label_space=space,
+                       text_column=cfg.text_column, label_column=cfg.label_column)
+    classifier.thresholds = None  # probabilities only; old thresholds play no part
+    result = classifier.load().classify([r.text for r in split.records])
+    thresholds, f1 = best_thresholds(result.probabilities, binarize([r.labels for r in split.records], space))
+    record = {
+        "thresholds": {n: round(float(t), 6) for n, t in zip(space.names, thresholds)},
+        "dev_f1": {n: round(float(f), 4) for n, f in zip(space.names, f1)},
+        "dataset": spec,
+        "rows": len(split.records),
+    }
+    write_atomic(classifier.adapter / THRESHOLDS_FILE, json.dumps(record, indent=2))
+    log.info("thresholds on %d rows of %s, mean dev F1 %.4f; wrote %s", len(split.records), spec, f1.mean(),
+             classifier.adapter / THRESHOLDS_FILE)
+    for name in space.names:
+        log.info("  %-14s threshold %.3f  F1 %.3f", name, record["thresholds"][name], record["dev_f1"][name])
+    return record

@@ -1,0 +1,73 @@
+"""Checkpoint selection: keep the weights that classify the dev split best, not the last ones.
+
+The lowest loss is not the best F1: on imbalanced data a model keeps lowering
+its loss on the frequent labels while its rare-label F1 peaks and falls. So at
+each epoch's end (and every `select_steps` optimizer steps) the model answers
+the first `max_select_samples` dev rows greedily, the parser maps the answers
+to labels, and the trainable weights of the best score so far are kept in
+memory (for LoRA, a few MB). After training they are put back before saving.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import TrainerCallback
+
+from .labels import LabelSpace
+from .metrics import score
+from .parse import parse_labels
+
+log = logging.getLogger(__name__)
+
+SELECTION_FILE = "selection.json"
+
+
+class BestCheckpoint(TrainerCallback):
+    def __init__(self, tokenizer, conversations: list[list[dict]], gold: list[tuple[str, ...]], space: LabelSpace,
+                 *, metric: str, every_steps: int | None, batch_size: int, max_new_tokens: int):
+        self.tokenizer, self.conversations, self.gold, self.space = tokenizer, conversations, gold, space
+        self.metric, self.every_steps = metric, every_steps
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every_steps and state.global_step % self.every_steps == 0:
+            self.evaluate(model, state.global_step, state.epoch)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.evaluate(model, state.global_step, state.epoch)
+
+    def evaluate(self, model, step: int, epoch: float | None) -> None:
+        if self.history and self.history[-1]["step"] == step:
+            return
+        from .infer.hf import generate
+
+        was_training = model.training
+        model.eval()
+        answers = generate(model, self.tokenizer, self.conversations, batch_size=self.batch_size,
+                           max_new_tokens=self.max_new_tokens, progress=False)
+        model.train(was_training)
+        metrics = score(self.gold, [parse_labels(a, self.space) for a in answers], self.space)
+        point = {"step": step, "epoch": round(epoch or 0.0, 3), self.metric: metrics[self.metric],
+                 "invalid_rate": metrics["invalid_rate"]}
+        self.history.append(point)
+        improved = self.best is None or point[self.metric] > self.best[self.metric]
+        if improved:
+            self.best = point
+            self._best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        log.info("step %d: dev %s %.4f%s", step, self.metric, point[self.metric], " (best so far)" if improved else "")
+
+    def restore_best(self, model, final_step: int) -> dict:
+        """Score the final weights too, put the best ones back, and return the selection record."""
+        self.evaluate(model, final_step, self.history[-1]["epoch"] if self.history else None)
+        if self.best["step"] != final_step:
+            parameters = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, saved in self._best_weights.items():
+                    parameters[name].copy_(saved)
+            log.info("kept the step-%d weights: dev %s %.4f", self.best["step"], self.metric, self.best[self.metric])
+        return {"metric": self.metric, "best": self.best, "history": self.history, "dev_rows": len(self.gold)}

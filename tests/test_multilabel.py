@@ -1,0 +1,161 @@
+"""Multi-label and imbalance: balancing, checkpoint selection, thresholds and cross-validation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from instructemo.balance import oversample_counts, rarest_label_weights
+from instructemo.train import LeftPadCollator, _balanced
+from test_end_to_end import run_cli, tiny_config
+
+
+def test_rarest_label_weights_favour_rare_labels():
+    sets = [("anger",), ("anger",), ("anger", "surprise"), ()]
+    weights = rarest_label_weights(sets)
+    assert np.mean(weights) == pytest.approx(1.0)
+    # anger: 3 of 4 rows, surprise and "no label": 1 of 4 each.
+    assert weights[0] == weights[1] < weights[2] == weights[3]
+    assert weights[2] / weights[0] == pytest.approx(3.0)
+    assert oversample_counts([0.2, 1.4, 2.6]) == [1, 1, 3]
+
+
+def test_balanced_policies():
+    sets = [("joy",)] * 8 + [("fear",)] * 2
+    rows = [{"i": i} for i in range(10)]
+    assert _balanced("none", sets, rows) is rows
+    weighted = _balanced("loss_weight", sets, rows)
+    assert [r["weight"] for r in weighted][-1] == pytest.approx(4 * weighted[0]["weight"])
+    oversampled = _balanced("oversample", sets, rows)  # weights 0.625 and 2.5
+    assert [r["i"] for r in oversampled].count(9) == 2 and [r["i"] for r in oversampled].count(0) == 1
+
+
+def test_collator_passes_loss_weights():
+    batch = LeftPadCollator(0)([{"input_ids": [5, 6], "labels": [-100, 6], "weight": 2.0},
+                                {"input_ids": [7], "labels": [7], "weight": 0.5}])
+    assert batch["weights"].tolist() == [2.0, 0.5]
+
+
+@pytest.mark.parametrize("policy", ["oversample", "loss_weight"])
+def test_sft_with_label_balancing(tmp_path, tiny_llama, emotion_dir, policy):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, label_balancing=policy, num_train_epochs=1)
+    assert run_cli("sft", config) == 0
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+
+
+def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, select_best=True, select_steps=2, num_train_epochs=2)
+    assert run_cli("sft", config) == 0
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())
+    steps = [p["step"] for p in selection["history"]]
+    assert steps == sorted(set(steps)) and len(steps) >= 3  # every 2 steps, each epoch's end, the final step
+    best = selection["best"]
+    assert best["macro_f1"] == max(p["macro_f1"] for p in selection["history"])
+    assert selection["metric"] == "macro_f1" and selection["dev_rows"] == 6
+
+
+def test_selecting_on_a_multi_label_metric_needs_multi_label_data(tmp_path, tiny_llama, emotion_dir, capsys):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, select_best=True, select_metric="jaccard")
+    assert run_cli("sft", config) == 2
+    assert "select_metric jaccard is for multi-label data" in capsys.readouterr().err
+
+
+# --- score mode: per-label probabilities and thresholds ---------------------------
+
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from instructemo.infer.hf import answer_tokens, score_continuations  # noqa: E402
+from instructemo.infer.multilabel import best_thresholds, label_probabilities  # noqa: E402
+from instructemo.labels import LabelSpace  # noqa: E402
+from instructemo.metrics import binarize  # noqa: E402
+
+SPACE = LabelSpace(("joy", "fear", "sadness", "anger"), multi_label=True)
+PROMPTS = [[{"role": "user", "content": f"labels for : {t}"}] for t in ["i feel happy and scared", "so sad", "wow"]]
+
+
+class FixedAnswers:
+    """An engine whose greedy answers are given, scoring with the real tree scorer."""
+
+    def __init__(self, model, tokenizer, answers):
+        self.model, self.tokenizer, self.answers = model, tokenizer, answers
+
+    def generate(self, conversations):
+        return self.answers
+
+    def score_tokens(self, contexts, continuations):
+        return score_continuations(self.model, contexts, continuations, batch_size=2, pad_id=self.tokenizer.pad_token_id)
+
+
+def brute_force_logprob(model, tokenizer, conversation, answer_ids):
+    import torch
+
+    prompt = tokenizer(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([prompt + answer_ids])).logits[0].float().log_softmax(-1)
+    return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer_ids))
+
+
+def test_label_probabilities_follow_the_greedy_answer(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    greedy = ["joy, sadness", "sadness", "not a label at all"]
+    probabilities, answers = label_probabilities(FixedAnswers(model, tokenizer, greedy), PROMPTS, SPACE)
+    assert answers == greedy and probabilities.shape == (3, 4)
+    eot = tokenizer.eos_token_id
+    for row, labels in enumerate([("joy", "sadness"), ("sadness",), ()]):
+        for k, name in enumerate(SPACE.names):
+            before = tuple(l for l in labels if SPACE.names.index(l) < k)
+            last = SPACE.names.index(before[-1]) if before else -1
+            options = {}
+            for later in SPACE.names[last + 1 :]:
+                ids = answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before + (later,)))
+                options[later] = brute_force_logprob(model, tokenizer, PROMPTS[row], ids[:-1] if ids[-1] == eot else ids)
+            options["<end>"] = brute_force_logprob(model, tokenizer, PROMPTS[row],
+                                                   answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before)))
+            expected = np.exp(options[name]) / sum(np.exp(v) for v in options.values()) if name in options else 0.0
+            assert probabilities[row, k] == pytest.approx(expected, abs=1e-4), (row, name)
+
+
+def test_best_thresholds_maximise_each_labels_f1():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    gold = rng.random((60, 3)) < [0.5, 0.1, 0.0]
+    probabilities = np.clip(gold * 0.3 + rng.random((60, 3)) * 0.7, 0, 1).round(2)  # ties included
+    thresholds, f1 = best_thresholds(probabilities, gold)
+    for k in range(2):
+        candidates = [f1_score(gold[:, k], probabilities[:, k] >= t) for t in np.unique(probabilities[:, k])]
+        assert f1[k] == pytest.approx(max(candidates))
+        assert f1_score(gold[:, k], probabilities[:, k] >= thresholds[k]) == pytest.approx(f1[k])
+    assert thresholds[2] == 1.0 and f1[2] == 0.0  # never present: never predicted
+
+
+def multi_label_files(tmp_path):
+    rows = [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("here", []),
+            ("happy happy", ["joy"]), ("scared and sad", ["fear", "sadness"]), ("ok", [])]
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
+    return tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+
+
+def test_calibrate_then_score_mode_uses_the_thresholds(tmp_path, tiny_llama):
+    train, dev = multi_label_files(tmp_path)
+    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(train), eval_dataset=str(dev),
+                         select_dataset=str(dev), mode="score", max_steps=3, max_new_tokens=8)
+    assert run_cli("sft", config) == 0
+    assert run_cli("calibrate", config) == 0
+    stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    assert list(stored["thresholds"]) == ["fear", "joy", "sadness"] and stored["rows"] == 6  # inferred: sorted
+    assert run_cli("generate-eval", config) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["predicted"] == [n for n, p in row["probabilities"].items() if p >= stored["thresholds"][n]]
+        assert row["generation"] is not None  # the greedy answer the probabilities condition on
+
+
+def test_calibrate_refuses_single_label_models(tmp_path, tiny_llama, emotion_dir, capsys):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)
+    assert run_cli("sft", config) == 0
+    assert run_cli("calibrate", config) == 2
+    assert "per-label thresholds for multi-label models" in capsys.readouterr().err
