@@ -54,6 +54,10 @@ def main() -> None:
             "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "invalid_rate": m["invalid_rate"],
             **({"ece": m["ece"]} if "ece" in m else {}),
         }
+        write_summary(results)  # after every run, so an interrupted benchmark keeps what it measured
+
+
+def write_summary(results: dict) -> None:
     summary = {"benchmark": "2000-row dair-ai emotion test split, SmolLM2-135M-Instruct + the foundation LoRA adapter",
                "machine": {"cpus": os.cpu_count()}, "runs": results}
     base = results.get("hf:generate")
@@ -62,7 +66,7 @@ def main() -> None:
             run: round(r["examples_per_second"] / base["examples_per_second"], 2) for run, r in results.items()
         }
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary.get("speedup_vs_hf_generate", {})), flush=True)
 
 
 if __name__ == "__main__":
