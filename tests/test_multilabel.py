@@ -159,3 +159,56 @@ def test_calibrate_refuses_single_label_models(tmp_path, tiny_llama, emotion_dir
     assert run_cli("sft", config) == 0
     assert run_cli("calibrate", config) == 2
     assert "per-label thresholds for multi-label models" in capsys.readouterr().err
+
+
+# --- cross-validation -------------------------------------------------------------
+
+from instructemo.cv import fold_indices  # noqa: E402
+from instructemo.data import Record, Split  # noqa: E402
+
+
+def make_split(label_sets, multi_label):
+    names = tuple(sorted({l for s in label_sets for l in s}))
+    records = [Record(f"text {i}", tuple(s), str(i), f"f:{i}") for i, s in enumerate(label_sets)]
+    return Split("train", records, LabelSpace(names, multi_label=multi_label), "auto", "test")
+
+
+def test_folds_partition_the_rows_and_keep_label_shares():
+    rng = np.random.default_rng(1)
+    sets = [tuple(l for l, p in zip("abcd", [0.5, 0.3, 0.15, 0.08]) if rng.random() < p) for _ in range(200)]
+    split = make_split(sets, multi_label=True)
+    folds = fold_indices(split, 4, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(200))
+    gold = binarize([r.labels for r in split.records], split.label_space)
+    overall = gold.mean(axis=0)
+    for held_out in folds:  # every fold holds close to the overall share of each label, rare ones included
+        assert np.abs(gold[held_out].mean(axis=0) - overall).max() < 0.05
+
+    single = make_split([("x",)] * 30 + [("y",)] * 10, multi_label=False)
+    for held_out in fold_indices(single, 5, seed=0):
+        assert sorted(r.labels[0] for r in np.array(single.records)[held_out]) == ["x"] * 6 + ["y"] * 2
+
+
+def test_fold_errors_say_what_to_change():
+    from instructemo.errors import UserError
+
+    with pytest.raises(UserError, match="fewer than --folds 3"):
+        fold_indices(make_split([("x",)] * 5 + [("y",)] * 2, multi_label=False), 3, seed=0)
+    with pytest.raises(UserError, match="at least 2 folds"):
+        fold_indices(make_split([("x",)] * 5, multi_label=False), 1, seed=0)
+
+
+def test_cv_runs_every_fold_and_summarises(tmp_path, tiny_llama, emotion_dir, capsys):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, num_train_epochs=1)
+    assert run_cli("cv", config, "--folds", 2) == 0
+    root = tmp_path / "run" / "cv"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["folds"] == 2 and summary["rows"] == 12 and summary["stratification"] == "stratified"
+    accuracy = summary["metrics"]["accuracy"]
+    assert len(accuracy["folds"]) == 2 and accuracy["mean"] == pytest.approx(np.mean(accuracy["folds"]))
+    assert accuracy["std"] == pytest.approx(np.std(accuracy["folds"], ddof=1))
+    for k in (1, 2):
+        fold = json.loads((root / f"fold-{k}" / "eval" / "metrics.json").read_text())
+        assert fold["metrics"]["n"] == 6 and fold["metrics"]["accuracy"] == accuracy["folds"][k - 1]
+    assert set(summary["per_label_f1"]) == {"sadness", "joy", "love", "anger", "fear", "surprise"}
+    assert "| macro_f1 |" in capsys.readouterr().out

@@ -31,6 +31,12 @@ def _calibrate(cfg, args=None):
     run_calibrate(cfg)
 
 
+def _cv(cfg, args):
+    from .cv import run_cv
+
+    run_cv(cfg, args.folds)
+
+
 def _predict(cfg, args):
     from pathlib import Path
 
@@ -43,6 +49,7 @@ VERBS = {
     "sft": (_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
     "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
     "calibrate": (_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
+    "cv": (_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
     "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
 }
 
@@ -59,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", metavar="CONFIG.yaml", help="YAML config file.")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="Override config keys.")
         sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+        if name == "cv":
+            sub.add_argument("--folds", type=int, default=5, help="Number of folds (default 5).")
         if name == "predict":
             sub.add_argument("--input", required=True, help="Unlabelled .csv, .tsv or .jsonl file.")
             sub.add_argument("--output", required=True, help="Where to write predictions (.csv, .tsv or .jsonl).")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .data import default_eval_spec, load_split, resolve_label_space
+from .data import Split, default_eval_spec, load_split, resolve_label_space
 from .errors import UserError
 from .infer import classify, load_engine
 from .labels import LABEL_SPACE_FILE, LabelSpace
@@ -79,15 +79,18 @@ class Classifier:
         return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space, self.thresholds)
 
 
-def run_generate_eval(cfg: Config) -> dict:
-    """Evaluate on cfg.eval_dataset and write predictions, metrics and a report; return the metrics."""
+def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
+    """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report."""
     classifier = Classifier(cfg)
     space = classifier.space
-    eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
-    split = load_split(
-        eval_spec, cfg.dataset_dir, default_split="test", label_space=space, max_samples=cfg.max_eval_samples,
-        text_column=cfg.text_column, label_column=cfg.label_column,
-    )
+    if split is None:
+        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+        split = load_split(
+            eval_spec, cfg.dataset_dir, default_split="test", label_space=space, max_samples=cfg.max_eval_samples,
+            text_column=cfg.text_column, label_column=cfg.label_column,
+        )
+    else:
+        eval_spec = split.name
     classifier.load()
     started = time.perf_counter()
     result = classifier.classify([r.text for r in split.records])

@@ -18,7 +18,7 @@ import yaml
 from .balance import oversample_counts, rarest_label_weights
 from .config import Config
 from .checkpoints import SELECTION_FILE, BestCheckpoint
-from .data import default_dev_spec, default_eval_spec, load_split
+from .data import Split, default_dev_spec, default_eval_spec, load_split
 from .errors import UserError
 from .labels import LABEL_SPACE_FILE
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
@@ -30,13 +30,17 @@ log = logging.getLogger(__name__)
 RESOLVED_CONFIG_FILE = "instructemo_config.yaml"
 
 
-def run_sft(cfg: Config) -> Path:
-    """Train an adapter (or a full model) into cfg.output_dir and return that directory."""
+def run_sft(cfg: Config, train: Split | None = None) -> Path:
+    """Train an adapter (or a full model) into cfg.output_dir and return that directory.
+
+    `train` replaces cfg.dataset's rows (cross-validation passes its folds this way).
+    """
     # Everything a user can get wrong is checked before the model loads.
-    train = load_split(
-        cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
-        text_column=cfg.text_column, label_column=cfg.label_column,
-    )
+    if train is None:
+        train = load_split(
+            cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
+            text_column=cfg.text_column, label_column=cfg.label_column,
+        )
     template = load_template(cfg.template, train.template)
     if cfg.do_eval:
         eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)

@@ -1,0 +1,103 @@
+"""`instructemo cv CONFIG.yaml --folds K`: K-fold cross-validation of the whole recipe.
+
+The training rows are split into K folds, stratified so every fold has about
+the same share of each label: scikit-learn's StratifiedKFold for single-label
+data, iterative stratification (Sechidis et al. 2011, the
+`iterative-stratification` package) for multi-label data, where plain
+stratification cannot see label combinations. Each fold trains on the other
+K-1 folds into output_dir/cv/fold-k and is evaluated on its held-out rows; the
+summary gives every metric's mean and standard deviation over the folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .data import Split, load_split
+from .errors import UserError
+from .metrics import binarize
+from .report import write_atomic
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "jaccard", "exact_match", "invalid_rate", "ece")
+
+
+def fold_indices(split: Split, folds: int, seed: int) -> list[np.ndarray]:
+    """The held-out row indices of each fold."""
+    space = split.label_space
+    if folds < 2:
+        raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    if len(split.records) < folds:
+        raise UserError(f"--folds {folds} is more than the {len(split.records)} training rows; use fewer folds")
+    rows = np.zeros(len(split.records))
+    if space.multi_label:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        target = binarize([r.labels for r in split.records], space)
+    else:
+        from sklearn.model_selection import StratifiedKFold
+
+        target = np.array([r.labels[0] for r in split.records])
+        names, counts = np.unique(target, return_counts=True)
+        if counts.min() < folds:
+            raise UserError(f"label {names[counts.argmin()]!r} has {counts.min()} rows, fewer than --folds {folds}; use fewer folds or more data")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [held_out for _, held_out in splitter.split(rows, target)]
+
+
+def run_cv(cfg: Config, folds: int) -> dict:
+    from .evaluate import run_generate_eval
+    from .train import run_sft
+
+    data = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
+                      text_column=cfg.text_column, label_column=cfg.label_column)
+    held_out = fold_indices(data, folds, cfg.seed)
+    root = Path(cfg.output_dir) / "cv"
+    results = []
+    for k, test_rows in enumerate(held_out, start=1):
+        chosen = set(test_rows.tolist())
+        train = dataclasses.replace(data, records=[r for i, r in enumerate(data.records) if i not in chosen],
+                                    origin=f"{data.origin}, folds other than {k}")
+        test = dataclasses.replace(data, name=f"{cfg.dataset} fold {k} of {folds}",
+                                   records=[data.records[i] for i in test_rows], origin=f"{data.origin}, fold {k}")
+        fold_cfg = dataclasses.replace(cfg, output_dir=str(root / f"fold-{k}"), eval_output_dir=None,
+                                       adapter_name_or_path=None)
+        log.info("fold %d of %d: training on %d rows, evaluating on %d", k, folds, len(train.records), len(test.records))
+        run_sft(fold_cfg, train)
+        metrics = run_generate_eval(fold_cfg, test)
+        results.append(metrics)
+    summary = summarise(results, data.label_space.names)
+    summary.update({"folds": folds, "rows": len(data.records), "dataset": cfg.dataset, "seed": cfg.seed,
+                    "stratification": "iterative (multi-label)" if data.label_space.multi_label else "stratified"})
+    write_atomic(root / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(root / "summary.md", summary_markdown(summary))
+    print(summary_markdown(summary))
+    return summary
+
+
+def summarise(results: list[dict], names) -> dict:
+    """Mean and standard deviation over folds of each metric and of each label's F1."""
+    def stats(values):
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "folds": [float(v) for v in values]}
+
+    metrics = {m: stats([r[m] for r in results]) for m in SUMMARY_METRICS if all(m in r for r in results)}
+    per_label = {n: stats([r["per_class"][n]["f1"] for r in results]) for n in names}
+    return {"metrics": metrics, "per_label_f1": per_label}
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = [f"# {summary['folds']}-fold cross-validation of {summary['dataset']} ({summary['rows']} rows, {summary['stratification']})",
+             "", "| metric | mean | std |", "|---|---|---|"]
+    lines += [f"| {m} | {v['mean']:.4f} | {v['std']:.4f} |" for m, v in summary["metrics"].items()]
+    lines += ["", "| label | F1 mean | F1 std |", "|---|---|---|"]
+    lines += [f"| {n} | {v['mean']:.4f} | {v['std']:.4f} |" for n, v in summary["per_label_f1"].items()]
+    return "\n".join(lines) + "\n"
