@@ -212,3 +212,21 @@ def test_cv_runs_every_fold_and_summarises(tmp_path, tiny_llama, emotion_dir, ca
         assert fold["metrics"]["n"] == 6 and fold["metrics"]["accuracy"] == accuracy["folds"][k - 1]
     assert set(summary["per_label_f1"]) == {"sadness", "joy", "love", "anger", "fear", "surprise"}
     assert "| macro_f1 |" in capsys.readouterr().out
+
+
+# --- the real multi-label datasets, end to end on the tiny model -------------------
+
+
+@pytest.mark.parametrize("dataset, eval_split, labels", [("semeval2018_ec", "dev", 11), ("goemotions", "dev", 28)])
+def test_real_multi_label_datasets_end_to_end(tmp_path, tiny_llama, shared_data, dataset, eval_split, labels):
+    config = tiny_config(tmp_path, tiny_llama, tmp_path / "nothing-here", dataset=dataset,
+                         eval_dataset=f"{dataset}:{eval_split}", max_samples=48, max_eval_samples=16, max_steps=2,
+                         cutoff_len=256, max_new_tokens=8, label_balancing="loss_weight")
+    assert run_cli("sft", config) == 0
+    space = json.loads((tmp_path / "run" / "label_space.json").read_text())
+    assert space["multi_label"] and len(space["names"]) == labels and space["none_word"]
+    for mode in ("generate", "score"):
+        assert run_cli("generate-eval", config, f"mode={mode}", f"eval_output_dir={tmp_path / mode}") == 0
+        metrics = json.loads((tmp_path / mode / "metrics.json").read_text())["metrics"]
+        assert metrics["n"] == 16 and {"jaccard", "exact_match", "micro_f1", "macro_f1", "label_confusion"} <= set(metrics)
+        assert len(metrics["per_class"]) == labels
