@@ -49,11 +49,12 @@ def shared_data() -> Path:
     return path
 
 
-def build_tiny_llama(directory: Path, hidden_size: int = 32, heads: int = 4) -> Path:
-    """A 2-layer randomly initialised Llama with a word-level tokenizer and a ChatML template."""
+def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size: int = 32, heads: int = 4) -> Path:
+    """A 2-layer randomly initialised decoder (llama, mistral, qwen2, gemma3_text, ...) with a
+    word-level tokenizer and a ChatML template."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from instructemo.prompts import TEMPLATE_DIR
 
@@ -71,17 +72,21 @@ def build_tiny_llama(directory: Path, hidden_size: int = 32, heads: int = 4) -> 
     )
     tokenizer.chat_template = CHATML
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=512, tie_word_embeddings=True,
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+        head_dim=hidden_size // heads, max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=vocab["<|im_start|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"],
     )
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = vocab["<|im_end|>"]
     model.generation_config.pad_token_id = vocab["<pad>"]
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+build_tiny_llama = build_tiny_causal_lm
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,20 @@ from .errors import UserError
 
 
 def _sft(cfg, args=None):
+    from .launch import inside_launcher, relaunch
     from .train import run_sft
 
-    run_sft(cfg)
-    if cfg.do_eval:
+    nproc = args.nproc if args is not None and args.nproc else cfg.nproc_per_node
+    if nproc > 1 and not inside_launcher():
+        from .models import resolve_model_path
+        from .train import check_before_training
+
+        check_before_training(cfg)  # config and data errors surface once, before any worker starts
+        resolve_model_path(cfg.model_name_or_path)  # materialise an alias once, not once per worker
+        relaunch(nproc, args.config, [o for o in args.overrides if not o.startswith("nproc_per_node=")])
+    else:
+        run_sft(cfg)
+    if cfg.do_eval and not inside_launcher():
         _generate_eval(cfg)
 
 
@@ -66,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", metavar="CONFIG.yaml", help="YAML config file.")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="Override config keys.")
         sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+        if name == "sft":
+            sub.add_argument("--nproc", type=int, help="Training processes on this machine (torchrun); overrides nproc_per_node.")
         if name == "cv":
             sub.add_argument("--folds", type=int, default=5, help="Number of folds (default 5).")
         if name == "predict":

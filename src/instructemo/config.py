@@ -61,7 +61,10 @@ class Config:
     max_eval_samples: int | None = _key(None, "Use at most this many evaluation rows (in file order).", minimum=1)
     cutoff_len: int = _key(512, "Maximum tokens of prompt plus answer; longer training rows are truncated.", minimum=16)
     # --- fine-tuning ---
-    finetuning_type: str = _key("lora", "lora or full.", choices=("lora", "full"))
+    finetuning_type: str = _key(
+        "lora", "lora, qlora (LoRA on a 4-bit NF4 base; needs a CUDA GPU and bitsandbytes), ia3, or full.",
+        choices=("lora", "qlora", "ia3", "full"),
+    )
     lora_rank: int = _key(8, "LoRA rank r.", minimum=1)
     lora_alpha: float | None = _key(None, "LoRA alpha; default: 2 * lora_rank.", minimum=0)
     lora_dropout: float = _key(0.0, "LoRA dropout probability.", minimum=0)
@@ -97,6 +100,13 @@ class Config:
         choices=("macro_f1", "micro_f1", "accuracy", "jaccard", "exact_match"),
     )
     max_select_samples: int | None = _key(300, "Dev rows scored at each selection point (the first ones).", minimum=1)
+    deepspeed: str | None = _key(
+        None, "DeepSpeed JSON config (examples/deepspeed/ds_z2.json, ds_z3.json, *_offload.json); needs the deepspeed package.",
+    )
+    nproc_per_node: int = _key(
+        1, "Training processes on this machine; above 1, sft re-launches itself under torchrun "
+        "(multi-node through NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).", minimum=1,
+    )
     output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.")
     seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
     report_to: str = _key("none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb"))

@@ -147,12 +147,22 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_causal_lm(path: str, *, flash_attn: str, bf16: bool):
+def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = False):
+    """A causal LM in bf16 or fp32; with four_bit, quantized to NF4 by bitsandbytes (QLoRA, CUDA only)."""
     from transformers import AutoModelForCausalLM
 
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    extra = {}
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+        )
+        extra["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation=pick_attention(flash_attn)
+            path, dtype=dtype, attn_implementation=pick_attention(flash_attn), **extra
         )
     except OSError as exc:
         raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None

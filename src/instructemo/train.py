@@ -35,7 +35,65 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
 
     `train` replaces cfg.dataset's rows (cross-validation passes its folds this way).
     """
-    # Everything a user can get wrong is checked before the model loads.
+    train, template, select = check_before_training(cfg, train)
+    output_dir = Path(cfg.output_dir)
+    bf16 = use_bf16(cfg.bf16)
+    model_path = resolve_model_path(cfg.model_name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    log.info("training on %d rows of %s (%s)", len(train.records), cfg.dataset, train.origin)
+
+    builder = PromptBuilder(tokenizer, template, train.label_space, cfg.cutoff_len)
+    examples = [builder.training_example(r) for r in train.records]
+    if builder.truncated:
+        log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
+    examples = _balanced(cfg.label_balancing, [r.labels for r in train.records], examples)
+
+    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16, four_bit=cfg.finetuning_type == "qlora")
+    if cfg.finetuning_type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    trainer = _build_trainer(cfg, model, tokenizer, examples, bf16)
+    selector = None
+    if select is not None:
+        selector = BestCheckpoint(
+            tokenizer, [builder.prompt(r.text) for r in select.records], [r.labels for r in select.records],
+            train.label_space, metric=cfg.select_metric, every_steps=cfg.select_steps,
+            batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+        )
+        trainer.add_callback(selector)
+    started = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - started
+    selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
+
+    trainer.save_model(str(output_dir))  # every process takes part (DeepSpeed ZeRO-3 gathers the weights)
+    if not trainer.is_world_process_zero():
+        return output_dir  # in multi-process runs the first process writes the rest
+    if selection is not None:
+        write_atomic(output_dir / SELECTION_FILE, json.dumps(selection, indent=2))
+    tokenizer.save_pretrained(str(output_dir))
+    write_atomic(output_dir / LABEL_SPACE_FILE, json.dumps(train.label_space.to_dict(), indent=2))
+    resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
+    write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    history = trainer.state.log_history
+    write_atomic(output_dir / "trainer_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    plot_loss(history, output_dir / "loss.png")
+    summary = {
+        "train_rows": len(examples),
+        "train_seconds": round(train_seconds, 1),
+        "train_examples_per_second": round(len(examples) * cfg.num_train_epochs / train_seconds, 2) if cfg.max_steps == -1 else None,
+        "global_steps": result.global_step,
+        "processes": trainer.args.world_size,
+        "final_loss": result.training_loss,
+    }
+    write_atomic(output_dir / "train_results.json", json.dumps(summary, indent=2))
+    log.info("saved %s to %s (%.0fs, mean loss %.4f)", cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
+    return output_dir
+
+
+def check_before_training(cfg: Config, train: Split | None = None) -> tuple[Split, object, Split | None]:
+    """Everything a user can get wrong, checked before a model loads: (train rows, template, selection rows)."""
     if train is None:
         train = load_split(
             cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
@@ -52,51 +110,27 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
         raise UserError(f"output_dir {output_dir} is a file; choose a directory path")
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
-    bf16 = use_bf16(cfg.bf16)
-    model_path = resolve_model_path(cfg.model_name_or_path)
-    tokenizer = load_tokenizer(model_path)
-    log.info("training on %d rows of %s (%s)", len(train.records), cfg.dataset, train.origin)
+    check_engines(cfg)
+    return train, template, select
 
-    builder = PromptBuilder(tokenizer, template, train.label_space, cfg.cutoff_len)
-    examples = [builder.training_example(r) for r in train.records]
-    if builder.truncated:
-        log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
-    examples = _balanced(cfg.label_balancing, [r.labels for r in train.records], examples)
 
-    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16)
-    trainer = _build_trainer(cfg, model, tokenizer, examples, bf16)
-    selector = None
-    if select is not None:
-        selector = BestCheckpoint(
-            tokenizer, [builder.prompt(r.text) for r in select.records], [r.labels for r in select.records],
-            train.label_space, metric=cfg.select_metric, every_steps=cfg.select_steps,
-            batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-        )
-        trainer.add_callback(selector)
-    started = time.perf_counter()
-    result = trainer.train()
-    train_seconds = time.perf_counter() - started
-    if selector is not None:
-        write_atomic(output_dir / SELECTION_FILE, json.dumps(selector.restore_best(trainer.model, result.global_step), indent=2))
-
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    write_atomic(output_dir / LABEL_SPACE_FILE, json.dumps(train.label_space.to_dict(), indent=2))
-    resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
-    write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
-    history = trainer.state.log_history
-    write_atomic(output_dir / "trainer_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    plot_loss(history, output_dir / "loss.png")
-    summary = {
-        "train_rows": len(examples),
-        "train_seconds": round(train_seconds, 1),
-        "train_examples_per_second": round(len(examples) * cfg.num_train_epochs / train_seconds, 2) if cfg.max_steps == -1 else None,
-        "global_steps": result.global_step,
-        "final_loss": result.training_loss,
-    }
-    write_atomic(output_dir / "train_results.json", json.dumps(summary, indent=2))
-    log.info("saved %s to %s (%.0fs, mean loss %.4f)", cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
-    return output_dir
+def check_engines(cfg: Config) -> None:
+    """QLoRA and DeepSpeed need hardware or packages this machine may lack: say so before loading anything."""
+    if cfg.finetuning_type == "qlora":
+        if not torch.cuda.is_available():
+            raise UserError("finetuning_type: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; use finetuning_type: lora")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("finetuning_type: qlora needs bitsandbytes: pip install bitsandbytes")
+    if cfg.deepspeed:
+        path = Path(cfg.deepspeed)
+        if not path.is_file():
+            raise UserError(f"deepspeed config {path} not found; see examples/deepspeed/")
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"deepspeed config {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError("deepspeed: needs the deepspeed package: pip install deepspeed")
 
 
 def _selection_split(cfg: Config, train):
@@ -194,18 +228,22 @@ def _answer_only_trainer_class():
 
 def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bool):
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import IA3Config, LoraConfig
     from trl import SFTConfig
 
     AnswerOnlySFTTrainer = _answer_only_trainer_class()
 
     peft_config = None
-    if cfg.finetuning_type == "lora":
-        target = "all-linear" if cfg.lora_target == "all" else [m.strip() for m in cfg.lora_target.split(",") if m.strip()]
+    named = [m.strip() for m in cfg.lora_target.split(",") if m.strip()]
+    if cfg.finetuning_type in ("lora", "qlora"):
         peft_config = LoraConfig(
             r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=target, task_type="CAUSAL_LM",
+            target_modules="all-linear" if cfg.lora_target == "all" else named, task_type="CAUSAL_LM",
         )
+    elif cfg.finetuning_type == "ia3":
+        # IA3 scales keys, values and the MLP output; "all" lets peft pick them for the architecture.
+        peft_config = IA3Config(task_type="CAUSAL_LM", target_modules=None if cfg.lora_target == "all" else named,
+                                feedforward_modules=None if cfg.lora_target == "all" else [])
     args = SFTConfig(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -227,6 +265,7 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
         disable_tqdm=False,  # the progress bar with ETA, even with library logs quiet
         save_strategy="no",
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        deepspeed=cfg.deepspeed,
         max_length=cfg.cutoff_len,
         completion_only_loss=True,
         dataset_num_proc=None,
@@ -237,6 +276,7 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
             peft_config=peft_config, data_collator=LeftPadCollator(tokenizer.pad_token_id),
         )
     except ValueError as exc:
-        if "target modules" in str(exc):
-            raise UserError(f"lora_target {cfg.lora_target!r} matches no module of the model ({exc}); use lora_target: all") from None
+        if "target modules" in str(exc) or "target_modules" in str(exc):
+            raise UserError(f"lora_target {cfg.lora_target!r} does not fit this model ({str(exc).splitlines()[0]}); "
+                            "name its modules, e.g. lora_target: q_proj,v_proj") from None
         raise

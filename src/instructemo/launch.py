@@ -1,0 +1,51 @@
+"""Multi-process training: `instructemo sft` re-launches itself under torchrun.
+
+We hand distribution to the tools built for it: torchrun starts one process per
+device, accelerate (inside the Trainer) sets up DDP (NCCL on GPUs, gloo on
+CPUs), and DeepSpeed takes over when the config names a `deepspeed` JSON.
+Multi-node runs read the standard NNODES, NODE_RANK, MASTER_ADDR and
+MASTER_PORT variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def inside_launcher() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def torchrun_command(nproc: int, config: str, overrides: list[str]) -> list[str]:
+    nnodes = os.environ.get("NNODES", "1")
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
+    if nnodes != "1":
+        command += [f"--node_rank={os.environ.get('NODE_RANK', '0')}",
+                    f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+                    f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+    else:
+        command += ["--master_addr=127.0.0.1", f"--master_port={os.environ.get('MASTER_PORT') or _free_port()}"]
+    # The parent evaluates after training, once; the workers only train.
+    return command + ["-m", "instructemo.cli", "sft", config, *overrides, f"nproc_per_node={nproc}", "do_eval=false"]
+
+
+def relaunch(nproc: int, config: str, overrides: list[str]) -> None:
+    command = torchrun_command(nproc, config, overrides)
+    log.info("launching %d training processes: %s", nproc, " ".join(command))
+    completed = subprocess.run(command)
+    if completed.returncode != 0:
+        raise UserError(f"distributed training failed (torchrun exit status {completed.returncode}); the workers' messages are above")
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

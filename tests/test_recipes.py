@@ -1,0 +1,98 @@
+"""GPU-scale recipes, checked here: every seed architecture, PEFT methods, DeepSpeed configs, torchrun."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import build_tiny_causal_lm
+from instructemo.config import load_config
+from instructemo.launch import torchrun_command
+from test_end_to_end import run_cli, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma3_text"])
+def test_every_seed_architecture_trains_and_evaluates(tmp_path, emotion_dir, model_type):
+    model = build_tiny_causal_lm(tmp_path / model_type, model_type)
+    assert json.loads((model / "config.json").read_text())["model_type"] == model_type
+    config = tiny_config(tmp_path, model, emotion_dir, max_steps=2)
+    assert run_cli("sft", config) == 0
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    assert run_cli("generate-eval", config) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["metrics"]["n"] == 6
+
+
+def test_ia3_trains_and_evaluates(tmp_path, tiny_llama, emotion_dir):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, finetuning_type="ia3", max_steps=2, learning_rate=3e-3)
+    assert run_cli("sft", config) == 0
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "IA3" and set(adapter["target_modules"]) == {"k_proj", "v_proj", "down_proj"}
+    for mode in ("generate", "score"):
+        assert run_cli("generate-eval", config, f"mode={mode}") == 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_qlora_without_a_gpu_says_so_in_one_line(tmp_path, tiny_llama, emotion_dir, capsys):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, finetuning_type="qlora")
+    assert run_cli("sft", config) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "qlora needs a CUDA GPU" in err and "use finetuning_type: lora" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_example_config_is_valid():
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 9
+    for path in examples:
+        cfg = load_config(str(path), [])
+        if cfg.deepspeed:
+            assert (ROOT / cfg.deepspeed).is_file(), path
+    assert load_config(str(ROOT / "examples/llama3.yaml"), []).flash_attn == "fa2"
+    assert load_config(str(ROOT / "examples/mistral_qlora.yaml"), []).finetuning_type == "qlora"
+
+
+@pytest.mark.parametrize("name, stage, offload", [("ds_z2", 2, False), ("ds_z3", 3, False),
+                                                  ("ds_z2_offload", 2, True), ("ds_z3_offload", 3, True)])
+def test_deepspeed_configs(name, stage, offload):
+    ds = json.loads((ROOT / "examples" / "deepspeed" / f"{name}.json").read_text())
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == stage and ("offload_optimizer" in zero) == offload
+    # The Trainer fills these from the YAML, so the two cannot disagree.
+    assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == "auto"
+    if stage == 3:
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # the saved adapter is whole
+
+
+@pytest.mark.parametrize("content, message", [(None, "not found"), ("{oops", "not valid JSON")])
+def test_bad_deepspeed_config(tmp_path, tiny_llama, emotion_dir, capsys, content, message):
+    path = tmp_path / "ds.json"
+    if content is not None:
+        path.write_text(content)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, deepspeed=str(path))
+    assert run_cli("sft", config) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_torchrun_command_reads_the_standard_variables(monkeypatch):
+    monkeypatch.setenv("NNODES", "2")
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.5")
+    monkeypatch.setenv("MASTER_PORT", "29600")
+    command = torchrun_command(4, "c.yaml", ["lora_rank=8"])
+    assert command[1:3] == ["-m", "torch.distributed.run"]
+    assert {"--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.5", "--master_port=29600"} <= set(command)
+    assert command[-6:] == ["instructemo.cli", "sft", "c.yaml", "lora_rank=8", "nproc_per_node=4", "do_eval=false"]
+
+
+def test_two_process_training_on_cpu(tmp_path, tiny_llama, emotion_dir):
+    """torchrun + gloo on this CPU: the adapter two processes train loads and evaluates."""
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3, do_eval=True)
+    assert run_cli("sft", config, "--nproc", 2) == 0
+    run = tmp_path / "run"
+    log = [json.loads(line) for line in (run / "trainer_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3
+    assert json.loads((run / "train_results.json").read_text())["processes"] == 2
+    assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6
