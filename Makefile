@@ -25,7 +25,7 @@ install: $(STAMP)
 # The main job on the embedded default: SmolLM2-135M-Instruct + LoRA on dair-ai emotion,
 # then generate-eval on the test split. Add overrides with ARGS="max_samples=500".
 demo: $(STAMP)
-	$(VENV)/bin/instructemo sft examples/smollm2_emotion.yaml do_eval=true $(ARGS)
+	$(VENV)/bin/instructemo sft examples/smollm2_emotion.yaml do_eval=true overwrite_output_dir=true $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -2,6 +2,8 @@ import json
 from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import EMOTION_ROWS, write_emotion_txt
 from instructemo import data
@@ -188,14 +190,14 @@ def test_label_outside_the_space_gives_count_and_examples(tmp_path):
     with pytest.raises(UserError) as info:
         load_split("emotion", tmp_path)
     message = str(info.value)
-    assert "2 row(s) have labels outside the label space" in message
-    assert f"train.txt:{len(EMOTION_ROWS) + 2} ['boredom']" in message
+    assert "2 bad row(s)" in message and "set on_bad_rows: skip" in message
+    assert f"train.txt:{len(EMOTION_ROWS) + 2}: label(s) ['boredom'] outside the label space" in message
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"text;label_name\n", "has no rows"),
+        (b"text;label_name\n", "has no usable rows"),
         (b"text;label_name\ni am happy;joy\nno separator here\n", r"train.txt:3: expected 'text;label'"),
         (b"text;label_name\ni am happy;joy\n ;joy\n", r"train.txt:3: empty text"),
         (b"text;label_name\ni am happy;joy\nbad \xff byte;joy\n", r"train.txt:3: invalid UTF-8"),
@@ -235,3 +237,64 @@ def test_bad_registry_entry(tmp_path):
     registry(tmp_path, "mine:\n  format: parquet\n  splits: {train: x}\n  labels: {names: [a]}\n")
     with pytest.raises(UserError, match="format 'parquet'"):
         load_registry(tmp_path)
+
+
+# --- bad rows: counted, reported with file and line, skipped on request -------------
+
+BAD_ROWS = (
+    b"text;label_name\n"
+    b"i am happy;joy\n"
+    b" ;joy\n"                      # 3: empty text
+    b"i am bored;boredom\n"         # 4: label outside the space
+    b"no separator here\n"          # 5: wrong number of fields
+    b"bad \xff byte;joy\n"          # 6: invalid UTF-8
+    b"i am sad;sadness\n"
+)
+
+
+def test_every_kind_of_bad_row_is_counted_with_its_line(tmp_path):
+    (tmp_path / "emotion").mkdir()
+    (tmp_path / "emotion" / "train.txt").write_bytes(BAD_ROWS)
+    with pytest.raises(UserError) as info:
+        load_split("emotion", tmp_path)
+    assert "4 bad row(s)" in str(info.value) and "on_bad_rows: skip" in str(info.value)
+    split = load_split("emotion", tmp_path, on_bad_rows="skip")
+    assert [r.text for r in split.records] == ["i am happy", "i am sad"]
+    reasons = {row.source.rsplit(":", 1)[1]: row.reason for row in split.skipped}
+    assert set(reasons) == {"3", "4", "5", "6"}
+    assert reasons["3"] == "empty text" and "boredom" in reasons["4"] and "';'" in reasons["5"] and "UTF-8" in reasons["6"]
+
+
+def test_repeated_ids_are_bad_rows(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": t, "label": "x"}) + "\n" for i, t in [(1, "a"), (2, "b"), (1, "c")]))
+    with pytest.raises(UserError, match=r"d.jsonl:3: id '1' repeats the row at .*d.jsonl:1"):
+        load_split(str(data), tmp_path)
+    assert [r.text for r in load_split(str(data), tmp_path, on_bad_rows="skip").records] == ["a", "b"]
+
+
+def test_skip_with_nothing_left_is_an_error(tmp_path):
+    (tmp_path / "emotion").mkdir()
+    (tmp_path / "emotion" / "train.txt").write_bytes(b"text;label_name\n ;joy\n")
+    with pytest.raises(UserError, match="no usable rows"):
+        load_split("emotion", tmp_path, on_bad_rows="skip")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_readers_never_crash_on_arbitrary_bytes(tmp_path, content):
+    """Any file either loads into labels from the space or fails with a UserError, never another exception."""
+    for name, suffix in (("emotion", ".txt"), ("path", ".jsonl"), ("path", ".csv")):
+        if name == "emotion":
+            (tmp_path / "emotion").mkdir(exist_ok=True)
+            target, spec = tmp_path / "emotion" / "train.txt", "emotion"
+        else:
+            target = tmp_path / f"any{suffix}"
+            spec = str(target)
+        target.write_bytes(content)
+        for policy in ("error", "skip"):
+            try:
+                split = load_split(spec, tmp_path, on_bad_rows=policy)
+            except UserError:
+                continue
+            assert split.records and all(set(r.labels) <= set(split.label_space.names) for r in split.records)

@@ -67,9 +67,9 @@ def test_multi_label_full_finetune_and_eval(tmp_path, tiny_llama):
 
 
 def test_zero_shot_eval_without_an_adapter(tmp_path, tiny_llama, emotion_dir):
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, eval_output_dir=str(tmp_path / "zs"), max_eval_samples=3)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, eval_output_dir=str(tmp_path / "run" / "zs"), max_eval_samples=3)
     assert run_cli("generate-eval", config) == 0
-    metrics = json.loads((tmp_path / "zs" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "zs" / "metrics.json").read_text())
     assert metrics["adapter"] is None and metrics["metrics"]["n"] == 3
 
 

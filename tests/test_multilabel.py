@@ -226,7 +226,7 @@ def test_real_multi_label_datasets_end_to_end(tmp_path, tiny_llama, shared_data,
     space = json.loads((tmp_path / "run" / "label_space.json").read_text())
     assert space["multi_label"] and len(space["names"]) == labels and space["none_word"]
     for mode in ("generate", "score"):
-        assert run_cli("generate-eval", config, f"mode={mode}", f"eval_output_dir={tmp_path / mode}") == 0
-        metrics = json.loads((tmp_path / mode / "metrics.json").read_text())["metrics"]
+        assert run_cli("generate-eval", config, f"mode={mode}", f"eval_output_dir={tmp_path / 'run' / mode}") == 0
+        metrics = json.loads((tmp_path / "run" / mode / "metrics.json").read_text())["metrics"]
         assert metrics["n"] == 16 and {"jaccard", "exact_match", "micro_f1", "macro_f1", "label_confusion"} <= set(metrics)
         assert len(metrics["per_class"]) == labels

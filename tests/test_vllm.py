@@ -43,7 +43,7 @@ def trained(tmp_path_factory, request):
     cli("sft", full)
     lora = tiny_config(root / "lora", root / "full" / "run", data, finetuning_type="lora", lora_rank=8, learning_rate=1e-3, **common)
     cli("sft", lora)
-    return {"full": (root / "full", full), "lora": (root / "lora", lora)}
+    return {"full": (root / "full" / "run", full), "lora": (root / "lora" / "run", lora)}
 
 
 @pytest.mark.parametrize("kind, merge", [("full", "auto"), ("lora", "true"), ("lora", "false")])

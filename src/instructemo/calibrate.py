@@ -33,7 +33,7 @@ def run_calibrate(cfg: Config) -> dict:
         raise UserError(f"no trained model in {cfg.output_dir}; run instructemo sft first (or set adapter_name_or_path)")
     spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
     split = load_split(spec, cfg.dataset_dir, default_split="dev", label_space=space,
-                       text_column=cfg.text_column, label_column=cfg.label_column)
+                       text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
     classifier.thresholds = None  # probabilities only; old thresholds play no part
     result = classifier.load().classify([r.text for r in split.records])
     thresholds, f1 = best_thresholds(result.probabilities, binarize([r.labels for r in split.records], space))

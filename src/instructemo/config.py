@@ -57,6 +57,10 @@ class Config:
     template: str = _key(
         "auto", "Prompt template: auto (the dataset's), single_label, multi_label, sentiment, or a .jinja path."
     )
+    on_bad_rows: str = _key(
+        "error", "Rows with empty text, unknown labels, wrong columns, invalid UTF-8 or a repeated id: "
+        "error (stop, with their lines) or skip (leave them out and report them).", choices=("error", "skip"),
+    )
     max_samples: int | None = _key(None, "Use at most this many training rows (in file order).", minimum=1)
     max_eval_samples: int | None = _key(None, "Use at most this many evaluation rows (in file order).", minimum=1)
     cutoff_len: int = _key(512, "Maximum tokens of prompt plus answer; longer training rows are truncated.", minimum=16)
@@ -106,6 +110,19 @@ class Config:
     nproc_per_node: int = _key(
         1, "Training processes on this machine; above 1, sft re-launches itself under torchrun "
         "(multi-node through NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).", minimum=1,
+    )
+    save_steps: int | None = _key(
+        500, "Save a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every this many "
+        "optimizer steps into output_dir/checkpoint-N; unset: none.", minimum=1,
+    )
+    save_total_limit: int = _key(2, "Checkpoints kept; older ones are deleted.", minimum=1)
+    resume: str = _key(
+        "none", "none, auto (continue from the last complete checkpoint in output_dir), or a checkpoint directory.",
+    )
+    overwrite_output_dir: bool = _key(False, "Replace a previous run in output_dir instead of refusing to mix runs.")
+    trust_remote_code: bool = _key(False, "Run Python code shipped with a model (only for sources you trust).")
+    allow_pickle_weights: bool = _key(
+        False, "Load pickled .bin weights, which can run code when unpickled; default: safetensors only.",
     )
     output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.")
     seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
@@ -259,3 +276,9 @@ def _check_consistency(config: Config) -> None:
         raise UserError(f"config key 'score_threshold' must be in (0, 1), got {config.score_threshold}")
     if not config.output_dir.strip():
         raise UserError("config key 'output_dir' must not be empty")
+    if config.eval_output_dir:
+        # Everything a config makes instructemo write stays inside output_dir.
+        inside = Path(config.eval_output_dir).resolve()
+        if not inside.is_relative_to(Path(config.output_dir).resolve()):
+            raise UserError(f"eval_output_dir {config.eval_output_dir} is outside output_dir {config.output_dir}; "
+                            "put it inside output_dir (or change output_dir)")

@@ -58,7 +58,7 @@ def run_cv(cfg: Config, folds: int) -> dict:
     from .train import run_sft
 
     data = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
-                      text_column=cfg.text_column, label_column=cfg.label_column)
+                      text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
     held_out = fold_indices(data, folds, cfg.seed)
     root = Path(cfg.output_dir) / "cv"
     results = []

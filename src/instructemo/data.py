@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,12 +21,15 @@ import yaml
 from .errors import UserError
 from .labels import LabelSpace
 
+log = logging.getLogger(__name__)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = PROJECT_ROOT / "data" / "datasets.yaml"
 FORMATS = ("semicolon", "csv", "tsv", "tsv_binary", "tsv_ids", "jsonl")
 PATH_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "tweet", "Tweet", "review", "content", "comment")
 LABEL_COLUMN_GUESSES = ("label", "labels", "emotion", "emotions", "sentiment", "label_name", "class")
+ID_COLUMN_GUESSES = ("id", "ID", "Id", "example_id", "row_id")
 EVAL_SPLIT_PREFERENCE = ("test", "dev", "validation", "val")
 DEV_SPLIT_PREFERENCE = ("dev", "validation", "val")
 
@@ -43,6 +47,14 @@ class Record:
     labels: tuple[str, ...]
     id: str | None
     source: str
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that cannot be used, and why. `source` is 'file:line'."""
+
+    source: str
+    reason: str
 
 
 @dataclass
@@ -106,13 +118,14 @@ def _read_registry(path: Path) -> dict[str, DatasetEntry]:
 
 @dataclass
 class Split:
-    """The rows of one split plus where they came from."""
+    """The rows of one split plus where they came from, and the bad rows skipped (on_bad_rows: skip)."""
 
     name: str
     records: list[Record]
     label_space: LabelSpace
     template: str
     origin: str
+    skipped: list[BadRow] = field(default_factory=list)
 
 
 def resolve_label_space(spec: str, dataset_dir: str | Path, text_column=None, label_column=None) -> tuple[LabelSpace, str]:
@@ -130,11 +143,15 @@ def load_split(
     text_column: str | None = None,
     label_column: str | None = None,
     label_space: LabelSpace | None = None,
+    on_bad_rows: str = "error",
 ) -> Split:
     """Read `name[:split]` or a file path into validated records.
 
     With `label_space` given, the rows are checked against it instead of the
     dataset's own (so evaluation uses the labels the model was trained on).
+    Bad rows (empty text, labels outside the space, wrong number of columns,
+    invalid UTF-8, a repeated id) stop the run with their count and lines, or
+    with on_bad_rows="skip" are left out and reported.
     """
     entry, split = _entry_for(spec, dataset_dir, text_column, label_column, default_split)
     space = label_space or entry.label_space
@@ -151,15 +168,23 @@ def load_split(
             f"dataset {entry.name!r} split {split!r}: file {split_spec['file']} not found in "
             f"{Path(dataset_dir).resolve()} or {shared_data_dir()}; put it there or set dataset_dir"
         )
-    records = []
+    what = f"dataset {entry.name!r} split {split!r}"
+    records, bad = [], []
+    first_seen: dict[str, str] = {}
     for row in rows:
+        if not isinstance(row, BadRow):
+            row = _check_row(row, space, first_seen)
+        if isinstance(row, BadRow):
+            bad.append(row)
+            continue
         records.append(row)
         if max_samples is not None and len(records) >= max_samples:
             break
+    if bad:
+        _report_bad_rows(bad, what, on_bad_rows)
     if not records:
-        raise UserError(f"dataset {entry.name!r} split {split!r} ({origin}) has no rows; check the file and any filter")
-    _check_labels(records, space, f"dataset {entry.name!r} split {split!r}")
-    return Split(split, records, space, entry.template, origin)
+        raise UserError(f"{what} ({origin}) has no usable rows; check the file and any filter")
+    return Split(split, records, space, entry.template, origin, bad)
 
 
 def default_eval_spec(train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None) -> str:
@@ -216,9 +241,12 @@ def _path_entry(path: Path, text_column: str | None, label_column: str | None) -
     if fmt != "semicolon":
         probe.text_column = pick_column(path, columns, text_column, TEXT_COLUMN_GUESSES, "text")
         probe.label_column = pick_column(path, columns, label_column, LABEL_COLUMN_GUESSES, "label")
+        probe.id_column = next((c for c in ID_COLUMN_GUESSES if c in columns), None)
     labels: set[str] = set()
     multi = False
     for record in _read_rows(probe, probe.splits["data"], path, path.parent):
+        if isinstance(record, BadRow):
+            continue  # reported when the split loads
         labels.update(record.labels)
         multi = multi or len(record.labels) != 1
     if not labels:
@@ -292,12 +320,33 @@ def _find_file(relative: str, dataset_dir: str | Path) -> Path | None:
 
 
 def _decode(path: Path) -> str:
+    """The whole file as text; invalid UTF-8 stops with its line."""
+    text, bad_lines = _decode_lines(path)
+    if bad_lines:
+        raise UserError(f"{path}:{bad_lines[0]}: invalid UTF-8; re-save the file as UTF-8")
+    return text
+
+
+def _decode_lines(path: Path) -> tuple[str, list[int]]:
+    """The file as text with lines that are not valid UTF-8 blanked out, and their numbers."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path}:{line}: invalid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    lines, bad = [], []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append("")
+            bad.append(number)
+    return "\n".join(lines), bad
+
+
+def _invalid_utf8(path: Path, bad_lines: list[int]) -> Iterator[BadRow]:
+    for number in bad_lines:
+        yield BadRow(f"{path}:{number}", "invalid UTF-8; re-save the file as UTF-8")
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -315,25 +364,30 @@ def _read_rows(entry: DatasetEntry, split_spec: dict, path: Path, dataset_dir) -
         "tsv_binary": _read_delimited, "tsv_ids": _read_tsv_ids, "jsonl": _read_jsonl,
     }
     for record in readers[entry.format](entry, split_spec, path, dataset_dir):
-        if not record.text.strip():
-            raise UserError(f"{record.source}: empty text; remove the row or fill in its text")
+        if isinstance(record, Record) and not record.text.strip():
+            record = BadRow(record.source, "empty text")
         yield record
 
 
 def _read_semicolon(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
-    lines = _lines(_decode(path))
+    text, bad_lines = _decode_lines(path)
+    yield from _invalid_utf8(path, bad_lines)
+    lines = _lines(text)
     if entry.header:
         next(lines, None)
     for number, line in lines:
         text, sep, label = line.rpartition(";")
         if not sep:
-            raise UserError(f"{path}:{number}: expected 'text;label' but found no ';'")
+            yield BadRow(f"{path}:{number}", "expected 'text;label' but found no ';'")
+            continue
         yield Record(text, (label.strip(),), None, f"{path}:{number}")
 
 
 def _read_delimited(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
     delimiter = "," if entry.format == "csv" else "\t"
-    reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
+    text, bad_lines = _decode_lines(path)
+    yield from _invalid_utf8(path, bad_lines)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     columns = reader.fieldnames or []
     needed = [entry.text_column] + (list(entry.label_space.names) if entry.format == "tsv_binary" else [entry.label_column])
     needed += [entry.id_column] if entry.id_column else []
@@ -345,16 +399,17 @@ def _read_delimited(entry: DatasetEntry, split_spec, path: Path, dataset_dir) ->
     for row in reader:
         source = f"{path}:{reader.line_num}"
         if None in row or any(v is None for v in row.values()):
-            raise UserError(f"{source}: expected {len(columns)} fields; check the quoting and delimiters of this row")
+            yield BadRow(source, f"expected {len(columns)} fields; check the quoting and delimiters of this row")
+            continue
         if any(row[k] != v for k, v in where.items()):
             continue
         if entry.format == "tsv_binary":
-            labels = []
-            for name in entry.label_space.names:
-                if row[name].strip() not in ("0", "1"):
-                    raise UserError(f"{source}: column {name!r} must be 0 or 1, got {row[name]!r}")
-                if row[name].strip() == "1":
-                    labels.append(name)
+            cells = {name: row[name].strip() for name in entry.label_space.names}
+            wrong = [name for name, cell in cells.items() if cell not in ("0", "1")]
+            if wrong:
+                yield BadRow(source, f"column {wrong[0]!r} must be 0 or 1, got {row[wrong[0]]!r}")
+                continue
+            labels = [name for name, cell in cells.items() if cell == "1"]
         else:
             labels = _split_labels(row[entry.label_column], entry.label_separator)
         yield Record(row[entry.text_column], tuple(labels), row.get(entry.id_column) if entry.id_column else None, source)
@@ -371,19 +426,22 @@ def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> I
     names = [line.strip() for line in _decode(names_path).split("\n") if line.strip()]
     if tuple(names) != entry.label_space.names:
         raise UserError(f"{names_path}: its label names differ from dataset {entry.name!r}'s labels.names in the registry")
-    reader = csv.reader(io.StringIO(_decode(path), newline=""), delimiter="\t")
+    text, bad_lines = _decode_lines(path)
+    yield from _invalid_utf8(path, bad_lines)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
     for row in reader:
         source = f"{path}:{reader.line_num}"
         if not row:
             continue
         if len(row) < 2:
-            raise UserError(f"{source}: expected text, label ids and id separated by tabs; found {len(row)} field(s)")
-        labels = []
-        for part in _split_labels(row[1], ","):
-            if not part.isdigit() or int(part) >= len(names):
-                raise UserError(f"{source}: label id {part!r} is not an index into {names_path.name} (0..{len(names) - 1})")
-            labels.append(names[int(part)])
-        yield Record(row[0], tuple(labels), row[2] if len(row) > 2 else None, source)
+            yield BadRow(source, f"expected text, label ids and id separated by tabs; found {len(row)} field(s)")
+            continue
+        ids = _split_labels(row[1], ",")
+        wrong = [part for part in ids if not part.isdigit() or int(part) >= len(names)]
+        if wrong:
+            yield BadRow(source, f"label id {wrong[0]!r} is not an index into {names_path.name} (0..{len(names) - 1})")
+            continue
+        yield Record(row[0], tuple(names[int(part)] for part in ids), row[2] if len(row) > 2 else None, source)
 
 
 def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -398,17 +456,29 @@ def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, row
 
 
-def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
-    for number, row in _json_objects(path):
+def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record | BadRow]:
+    text, bad_lines = _decode_lines(path)
+    yield from _invalid_utf8(path, bad_lines)
+    for number, line in _lines(text):
         source = f"{path}:{number}"
-        for column in (entry.text_column, entry.label_column):
-            if column not in row:
-                raise UserError(f"{source}: missing key {column!r}; the row has {sorted(row)}")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield BadRow(source, f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            yield BadRow(source, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        missing = [c for c in (entry.text_column, entry.label_column) if c not in row]
+        if missing:
+            yield BadRow(source, f"missing key {missing[0]!r}; the row has {sorted(row)}")
+            continue
         label = row[entry.label_column]
         labels = [str(v) for v in label] if isinstance(label, list) else _split_labels(str(label), entry.label_separator)
         text = row[entry.text_column]
         if not isinstance(text, str):
-            raise UserError(f"{source}: {entry.text_column!r} must be a string, got {type(text).__name__}")
+            yield BadRow(source, f"{entry.text_column!r} must be a string, got {type(text).__name__}")
+            continue
         yield Record(text, tuple(labels), str(row[entry.id_column]) if entry.id_column and entry.id_column in row else None, source)
 
 
@@ -444,18 +514,23 @@ def _read_hub(entry: DatasetEntry, split: str) -> Iterator[Record]:
 # --- validation -------------------------------------------------------------------
 
 
-def _check_labels(records: list[Record], space: LabelSpace, what: str) -> None:
-    known = set(space.names)
-    bad = [r for r in records if not set(r.labels) <= known]
-    if bad:
-        first = "; ".join(f"{r.source} {[l for l in r.labels if l not in known]}" for r in bad[:3])
-        raise UserError(
-            f"{what}: {len(bad)} row(s) have labels outside the label space {list(space.names)}, first: {first}; "
-            "fix the rows or add the labels to the registry entry"
-        )
-    if not space.multi_label:
-        wrong = [r for r in records if len(r.labels) != 1]
-        if wrong:
-            raise UserError(
-                f"{what}: {len(wrong)} row(s) need exactly one label in a single-label dataset, first: {wrong[0].source}"
-            )
+def _check_row(record: Record, space: LabelSpace, first_seen: dict[str, str]) -> Record | BadRow:
+    """The record, or why it cannot be used: labels outside the space, a label count, a repeated id."""
+    unknown = [label for label in record.labels if label not in space.names]
+    if unknown:
+        return BadRow(record.source, f"label(s) {unknown} outside the label space {list(space.names)}")
+    if not space.multi_label and len(record.labels) != 1:
+        return BadRow(record.source, f"{len(record.labels)} labels in a single-label dataset (need exactly one)")
+    if record.id is not None:
+        if record.id in first_seen:
+            return BadRow(record.source, f"id {record.id!r} repeats the row at {first_seen[record.id]}")
+        first_seen[record.id] = record.source
+    return record
+
+
+def _report_bad_rows(bad: list[BadRow], what: str, policy: str) -> None:
+    first = "; ".join(f"{row.source}: {row.reason}" for row in bad[:3])
+    if policy == "skip":
+        log.warning("%s: skipped %d bad row(s), first: %s", what, len(bad), first)
+        return
+    raise UserError(f"{what}: {len(bad)} bad row(s), first: {first}; fix them, or set on_bad_rows: skip to leave them out")

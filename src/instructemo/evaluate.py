@@ -17,7 +17,7 @@ from .labels import LABEL_SPACE_FILE, LabelSpace
 from .metrics import score
 from .models import resolve_model_path, use_bf16
 from .prompts import PromptBuilder, load_template
-from .report import write_eval_outputs
+from .report import write_eval_outputs, write_skipped_rows
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
         split = load_split(
             eval_spec, cfg.dataset_dir, default_split="test", label_space=space, max_samples=cfg.max_eval_samples,
-            text_column=cfg.text_column, label_column=cfg.label_column,
+            text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows,
         )
     else:
         eval_spec = split.name
@@ -117,6 +117,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     }
     out_dir = cfg.resolved_eval_output_dir
     write_eval_outputs(out_dir, rows, metrics, context)
+    write_skipped_rows(out_dir, split.skipped)
     headline = "jaccard" if space.multi_label else "accuracy"
     log.info(
         "%s %.4f, macro-F1 %.4f, invalid %.2f%% on %d rows; wrote %s",

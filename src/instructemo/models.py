@@ -132,11 +132,28 @@ def use_bf16(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def load_tokenizer(path: str):
+def _raise_if_remote_code(exc: ValueError, path: str) -> None:
+    if "trust_remote_code" in str(exc):
+        raise UserError(f"model {path!r} ships its own Python code; set trust_remote_code: true only if you trust its source") from None
+
+
+def _refuse_pickles(path: str, allow_pickle: bool) -> None:
+    local = Path(path)
+    if allow_pickle or not local.is_dir() or any(local.glob("*.safetensors")):
+        return
+    if any(local.glob("*.bin")) or any(local.glob("*.pt")):
+        raise UserError(f"{path} holds only pickled weights (.bin), which can run code when loaded; convert them to "
+                        "safetensors, or set allow_pickle_weights: true if you trust the source")
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        _raise_if_remote_code(exc, path)
+        raise
     except OSError as exc:
         raise UserError(f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
     if tokenizer.chat_template is None:
@@ -147,10 +164,16 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = False):
-    """A causal LM in bf16 or fp32; with four_bit, quantized to NF4 by bitsandbytes (QLoRA, CUDA only)."""
+def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = False,
+                   trust_remote_code: bool = False, allow_pickle: bool = False):
+    """A causal LM in bf16 or fp32; with four_bit, quantized to NF4 by bitsandbytes (QLoRA, CUDA only).
+
+    Safe by default: weights come from safetensors only (a pickled .bin can run
+    code when loaded) and code shipped with the model is not run.
+    """
     from transformers import AutoModelForCausalLM
 
+    _refuse_pickles(path, allow_pickle)
     dtype = torch.bfloat16 if bf16 else torch.float32
     extra = {}
     if four_bit:
@@ -162,8 +185,12 @@ def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = F
         extra["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=pick_attention(flash_attn), **extra
+            path, dtype=dtype, attn_implementation=pick_attention(flash_attn), trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True, **extra
         )
+    except ValueError as exc:
+        _raise_if_remote_code(exc, path)
+        raise
     except OSError as exc:
         raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
     # With logits_to_keep the model slices the last positions out of its hidden

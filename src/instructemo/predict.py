@@ -14,13 +14,12 @@ import logging
 from pathlib import Path
 
 from .config import Config
-from .data import PATH_FORMATS, TEXT_COLUMN_GUESSES, pick_column, read_table
+from .data import ID_COLUMN_GUESSES, PATH_FORMATS, TEXT_COLUMN_GUESSES, pick_column, read_table
 from .errors import UserError
 from .evaluate import Classifier
 from .report import write_atomic
 
 log = logging.getLogger(__name__)
-ID_COLUMN_GUESSES = ("id", "ID", "Id", "example_id", "row_id")
 
 
 def run_predict(

@@ -40,6 +40,8 @@ def render_user_turn(template: jinja2.Template, text: str, label_space: LabelSpa
         )
     except jinja2.UndefinedError as exc:
         raise UserError(f"template uses an unknown variable ({exc.message}); it can use text, labels, multi_label, none_word") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise UserError(f"template refused by the sandbox ({exc}); templates may only use text, labels, multi_label, none_word") from None
 
 
 class PromptBuilder:

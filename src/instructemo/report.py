@@ -84,3 +84,10 @@ def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
         lines += ["", f"## Invalid answers (first {min(10, len(invalid))} of {len(invalid)})", ""]
         lines += [f"- {json.dumps(r['generation'])} for gold {r['gold']}" for r in invalid[:10]]
     return "\n".join(lines) + "\n"
+
+
+def write_skipped_rows(directory: Path, skipped) -> None:
+    """The rows on_bad_rows: skip left out, one JSON object per line, so none is lost silently."""
+    if skipped:
+        write_atomic(Path(directory) / "skipped_rows.jsonl",
+                     "".join(json.dumps({"source": row.source, "reason": row.reason}) + "\n" for row in skipped))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from .checkpoints import SELECTION_FILE, BestCheckpoint
 from .data import Split, default_dev_spec, default_eval_spec, load_split
 from .errors import UserError
 from .labels import LABEL_SPACE_FILE
+from .launch import inside_launcher
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
 from .prompts import PromptBuilder, load_template
-from .report import plot_loss, write_atomic
+from .report import plot_loss, write_atomic, write_skipped_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,12 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     """
     train, template, select = check_before_training(cfg, train)
     output_dir = Path(cfg.output_dir)
+    checkpoint = resume_checkpoint(cfg)
+    if not inside_launcher():
+        clear_previous_run(cfg, checkpoint)
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
     log.info("training on %d rows of %s (%s)", len(train.records), cfg.dataset, train.origin)
 
     builder = PromptBuilder(tokenizer, template, train.label_space, cfg.cutoff_len)
@@ -48,7 +53,8 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
         log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
     examples = _balanced(cfg.label_balancing, [r.labels for r in train.records], examples)
 
-    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16, four_bit=cfg.finetuning_type == "qlora")
+    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16, four_bit=cfg.finetuning_type == "qlora",
+                           trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
     if cfg.finetuning_type == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -62,8 +68,15 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
             batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
         )
         trainer.add_callback(selector)
+    if trainer.is_world_process_zero():
+        # Written first, so even a run killed in its first step is recognisable as one.
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
+        write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
 
@@ -73,9 +86,8 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     if selection is not None:
         write_atomic(output_dir / SELECTION_FILE, json.dumps(selection, indent=2))
     tokenizer.save_pretrained(str(output_dir))
+    write_skipped_rows(output_dir, train.skipped)
     write_atomic(output_dir / LABEL_SPACE_FILE, json.dumps(train.label_space.to_dict(), indent=2))
-    resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
-    write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
     history = trainer.state.log_history
     write_atomic(output_dir / "trainer_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     plot_loss(history, output_dir / "loss.png")
@@ -97,13 +109,13 @@ def check_before_training(cfg: Config, train: Split | None = None) -> tuple[Spli
     if train is None:
         train = load_split(
             cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
-            text_column=cfg.text_column, label_column=cfg.label_column,
+            text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows,
         )
     template = load_template(cfg.template, train.template)
     if cfg.do_eval:
         eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
         load_split(eval_spec, cfg.dataset_dir, label_space=train.label_space, max_samples=cfg.max_eval_samples,
-                   text_column=cfg.text_column, label_column=cfg.label_column)
+                   text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
     select = _selection_split(cfg, train) if cfg.select_best else None
     output_dir = Path(cfg.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -111,7 +123,49 @@ def check_before_training(cfg: Config, train: Split | None = None) -> tuple[Spli
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
     check_engines(cfg)
+    if not inside_launcher():
+        previous_run_problem(cfg, resume_checkpoint(cfg))
     return train, template, select
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N whose trainer_state.json (written last) is whole; a killed save is skipped."""
+    steps = []
+    for path in output_dir.glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            steps.append((int(path.name.split("-")[1]), path))
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(steps)[1] if steps else None
+
+
+def resume_checkpoint(cfg: Config) -> Path | None:
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        return last_complete_checkpoint(Path(cfg.output_dir))
+    path = Path(cfg.resume)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"resume: {path} is not a complete checkpoint (no trainer_state.json); use resume: auto or a checkpoint-N directory")
+    return path
+
+
+def previous_run_problem(cfg: Config, checkpoint: Path | None) -> None:
+    """Refuse to mix a new run into a previous one unless asked to replace it."""
+    output_dir = Path(cfg.output_dir)
+    if checkpoint is not None or not (output_dir / RESOLVED_CONFIG_FILE).is_file() or cfg.overwrite_output_dir:
+        return
+    raise UserError(f"output_dir {output_dir} already holds a run; set overwrite_output_dir: true to replace it, "
+                    "resume: auto to continue it, or choose another output_dir")
+
+
+def clear_previous_run(cfg: Config, checkpoint: Path | None) -> None:
+    """With overwrite_output_dir, delete the previous run (only a directory instructemo wrote) before training."""
+    output_dir = Path(cfg.output_dir)
+    if checkpoint is None and cfg.overwrite_output_dir and (output_dir / RESOLVED_CONFIG_FILE).is_file():
+        log.info("overwrite_output_dir: removing the previous run in %s", output_dir)
+        shutil.rmtree(output_dir)
 
 
 def check_engines(cfg: Config) -> None:
@@ -139,7 +193,7 @@ def _selection_split(cfg: Config, train):
         raise UserError(f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy")
     spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
     return load_split(spec, cfg.dataset_dir, default_split="dev", label_space=train.label_space,
-                      max_samples=cfg.max_select_samples, text_column=cfg.text_column, label_column=cfg.label_column)
+                      max_samples=cfg.max_select_samples, text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
 
 
 def _balanced(policy: str, label_sets: list[tuple[str, ...]], examples: list[dict]) -> list[dict]:
@@ -183,7 +237,33 @@ class LeftPadCollator:
         return batch
 
 
+def _epoch_seeded_sampler(batch_size: int, lengths: list[int], seed: int):
+    """Length-grouped batches in an order drawn from (seed, epoch) alone.
+
+    transformers' LengthGroupedSampler draws each epoch's order from the
+    running RNG, which a resumed run restores as it was at the checkpoint, not
+    at the epoch's start: the interrupted epoch would then be replayed in
+    another order. Seeding by epoch replays it exactly.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self):
+            super().__init__(batch_size, lengths=lengths)
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(seed + self.epoch)
+            return super().__iter__()
+
+    return EpochSeededLengthGroupedSampler()
+
+
 def _answer_only_trainer_class():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import SFTTrainer
 
     class AnswerOnlySFTTrainer(SFTTrainer):
@@ -195,6 +275,12 @@ def _answer_only_trainer_class():
         the forward call whole (DDP and DeepSpeed see it) while skipping the
         head and softmax on every prompt position.
         """
+
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                return _epoch_seeded_sampler(sampler.batch_size, sampler.lengths, self.args.data_seed or self.args.seed)
+            return sampler
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
@@ -263,7 +349,9 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
         data_seed=cfg.seed,
         logging_steps=cfg.logging_steps,
         disable_tqdm=False,  # the progress bar with ETA, even with library logs quiet
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         deepspeed=cfg.deepspeed,
         max_length=cfg.cutoff_len,

@@ -21,7 +21,10 @@ class HFEngine:
 
     def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
         self.cfg = cfg
-        self.model, self.tokenizer = load_for_inference(base_path, adapter, flash_attn=cfg.flash_attn, bf16=bf16)
+        self.model, self.tokenizer = load_for_inference(
+            base_path, adapter, flash_attn=cfg.flash_attn, bf16=bf16,
+            trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
+        )
 
     def generate(self, conversations: list[list[dict]]) -> list[str]:
         cfg = self.cfg
@@ -39,13 +42,15 @@ class HFEngine:
                                    pad_id=self.tokenizer.pad_token_id)
 
 
-def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: str, bf16: bool):
-    """(model, tokenizer): the base alone, base + LoRA adapter merged, or a fully fine-tuned directory."""
+def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: str, bf16: bool,
+                       trust_remote_code: bool = False, allow_pickle: bool = False):
+    """(model, tokenizer): the base alone, base + adapter merged, or a fully fine-tuned directory."""
+    options = dict(flash_attn=flash_attn, bf16=bf16, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if adapter_dir is not None and (adapter_dir / "config.json").is_file():
-        return load_causal_lm(str(adapter_dir), flash_attn=flash_attn, bf16=bf16), load_tokenizer(str(adapter_dir))
-    model = load_causal_lm(base_path, flash_attn=flash_attn, bf16=bf16)
+        return load_causal_lm(str(adapter_dir), **options), load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
+    model = load_causal_lm(base_path, **options)
     if adapter_dir is None:
-        return model, load_tokenizer(base_path)
+        return model, load_tokenizer(base_path, trust_remote_code=trust_remote_code)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise UserError(f"{adapter_dir} holds neither an adapter nor a model; train first or fix adapter_name_or_path")
     from peft import PeftModel
@@ -53,7 +58,7 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
     # Merged weights generate as fast as the base model.
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    return model, load_tokenizer(str(adapter_dir) if has_tokenizer else base_path)
+    return model, load_tokenizer(str(adapter_dir) if has_tokenizer else base_path, trust_remote_code=trust_remote_code)
 
 
 @torch.inference_mode()

@@ -57,11 +57,12 @@ class VLLMEngine:
         if lora and (merge or cfg.mode == "score" or not_lora):
             model_path, lora = str(merged_model(base_path, adapter)), False
         # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.trust_remote_code)
         options = dict(
             model=model_path, dtype="bfloat16" if bf16 else "float32",
             max_model_len=cfg.cutoff_len + cfg.max_new_tokens, seed=cfg.seed,
             tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
+            trust_remote_code=cfg.trust_remote_code,
         )
         if torch.cuda.is_available():
             options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
