@@ -37,7 +37,7 @@ def test_every_llamafactory_key_exists():
         ({"lora_rank": True}, "'lora_rank' must be int"),
         ({"lora_rank": 0}, "'lora_rank' must be at least 1"),
         ({"learning_rate": -1.0}, "'learning_rate' must be at least 0"),
-        ({"finetuning_type": "qlora-ish"}, "'finetuning_type' must be one of lora, full"),
+        ({"finetuning_type": "qlora-ish"}, "'finetuning_type' must be one of lora, qlora, ia3, full"),
         ({"flash_attn": "fa3"}, "'flash_attn' must be one of auto, fa2, sdpa, eager"),
         ({"bf16": "yes"}, "'bf16' must be one of auto or true/false"),
         ({"cutoff_len": 4}, "'cutoff_len' must be at least 16"),

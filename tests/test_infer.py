@@ -131,4 +131,4 @@ def test_unknown_label_in_a_gold_column(tmp_path, tiny_llama, emotion_dir, capsy
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, eval_dataset=str(gold))
     assert main(["generate-eval", config]) == 2
     err = capsys.readouterr().err
-    assert "1 row(s) have labels outside the label space" in err and "gold.csv:3 ['confusion']" in err
+    assert "1 bad row(s)" in err and "gold.csv:3: label(s) ['confusion'] outside the label space" in err
