@@ -17,13 +17,17 @@ CONVERSATIONS = [[{"role": "user", "content": f"classify this : {t}"}] for t in
                  ["i feel happy", "so sad and lonely tonight i cried", "wow", "i adore my sweet partner"]]
 
 
-def brute_force_loglik(model, tokenizer, conversation, answer):
+def brute_force_token_loglik(model, tokenizer, conversation, answer_ids):
+    """log P(answer_ids | prompt) from one plain forward pass over prompt + answer."""
     prompt = tokenizer(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
                        add_special_tokens=False)["input_ids"]
-    cont = answer_tokens(tokenizer, conversation, answer)
     with torch.no_grad():
-        logp = model(torch.tensor([prompt + cont])).logits[0].float().log_softmax(-1)
-    return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(cont))
+        logp = model(torch.tensor([prompt + answer_ids])).logits[0].float().log_softmax(-1)
+    return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer_ids))
+
+
+def brute_force_loglik(model, tokenizer, conversation, answer):
+    return brute_force_token_loglik(model, tokenizer, conversation, answer_tokens(tokenizer, conversation, answer))
 
 
 def test_score_answers_equals_full_forward(tiny_llama):

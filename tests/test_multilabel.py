@@ -68,6 +68,7 @@ from instructemo.infer.hf import answer_tokens, score_continuations  # noqa: E40
 from instructemo.infer.multilabel import best_thresholds, label_probabilities  # noqa: E402
 from instructemo.labels import LabelSpace  # noqa: E402
 from instructemo.metrics import binarize  # noqa: E402
+from test_infer import brute_force_token_loglik  # noqa: E402
 
 SPACE = LabelSpace(("joy", "fear", "sadness", "anger"), multi_label=True)
 PROMPTS = [[{"role": "user", "content": f"labels for : {t}"}] for t in ["i feel happy and scared", "so sad", "wow"]]
@@ -86,16 +87,6 @@ class FixedAnswers:
         return score_continuations(self.model, contexts, continuations, batch_size=2, pad_id=self.tokenizer.pad_token_id)
 
 
-def brute_force_logprob(model, tokenizer, conversation, answer_ids):
-    import torch
-
-    prompt = tokenizer(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
-                       add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logp = model(torch.tensor([prompt + answer_ids])).logits[0].float().log_softmax(-1)
-    return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer_ids))
-
-
 def test_label_probabilities_follow_the_greedy_answer(tiny_llama):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
@@ -110,8 +101,8 @@ def test_label_probabilities_follow_the_greedy_answer(tiny_llama):
             options = {}
             for later in SPACE.names[last + 1 :]:
                 ids = answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before + (later,)))
-                options[later] = brute_force_logprob(model, tokenizer, PROMPTS[row], ids[:-1] if ids[-1] == eot else ids)
-            options["<end>"] = brute_force_logprob(model, tokenizer, PROMPTS[row],
+                options[later] = brute_force_token_loglik(model, tokenizer, PROMPTS[row], ids[:-1] if ids[-1] == eot else ids)
+            options["<end>"] = brute_force_token_loglik(model, tokenizer, PROMPTS[row],
                                                    answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before)))
             expected = np.exp(options[name]) / sum(np.exp(v) for v in options.values()) if name in options else 0.0
             assert probabilities[row, k] == pytest.approx(expected, abs=1e-4), (row, name)
