@@ -69,3 +69,13 @@ def test_score_agrees_with_hf(trained):
     for a, b in zip(hf, vllm):
         for label, p in a["probabilities"].items():
             assert b["probabilities"][label] == pytest.approx(p, abs=2e-3)
+
+
+def test_vllm_loads_an_exported_model(trained):
+    """`instructemo export` writes a directory vLLM serves as is, with the adapter's answers."""
+    root, config = trained["lora"]
+    cli("export", config, "--output", str(root / "exported"))
+    cli("generate-eval", config, "backend=hf", f"eval_output_dir={root}/hf-adapter")
+    cli("generate-eval", config, "backend=vllm", f"adapter_name_or_path={root / 'exported'}", f"eval_output_dir={root}/vllm-exported")
+    hf, vllm = predictions(root / "hf-adapter" / "predictions.jsonl"), predictions(root / "vllm-exported" / "predictions.jsonl")
+    assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]

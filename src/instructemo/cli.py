@@ -48,6 +48,27 @@ def _cv(cfg, args):
     run_cv(cfg, args.folds)
 
 
+def _classify(cfg, args):
+    from .tools import classify_texts, print_classified
+
+    texts = args.texts or [line for line in sys.stdin.read().split("\n")]
+    print_classified(classify_texts(cfg, texts))
+
+
+def _export(cfg, args):
+    from pathlib import Path
+
+    from .tools import export_model
+
+    print(export_model(cfg, Path(args.output), gguf=args.gguf))
+
+
+def _datasets(args):
+    from .tools import list_datasets, print_datasets
+
+    print_datasets(list_datasets(args.dataset_dir))
+
+
 def _predict(cfg, args):
     from pathlib import Path
 
@@ -61,6 +82,8 @@ VERBS = {
     "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
     "calibrate": (_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
     "cv": (_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
+    "classify": (_classify, "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities."),
+    "export": (_export, "Merge the trained adapter into its base model and save a standalone model directory."),
     "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
 }
 
@@ -69,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructemo", description="Instruction-tune language models to classify emotion and sentiment.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = verbs.add_parser("datasets", help="List the dataset registry: splits, sizes, labels, where each loads from.")
+    listing.add_argument("--dataset-dir", default="data", help="Folder with an extra datasets.yaml (default: data).")
+    listing.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     for name, (_, summary) in VERBS.items():
         sub = verbs.add_parser(
             name, help=summary, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
         if name == "sft":
             sub.add_argument("--nproc", type=int, help="Training processes on this machine (torchrun); overrides nproc_per_node.")
+        if name == "classify":
+            sub.add_argument("--text", dest="texts", action="append", help="A text to classify (repeatable); default: stdin lines.")
+        if name == "export":
+            sub.add_argument("--output", required=True, help="New directory for the merged model.")
+            sub.add_argument("--gguf", action="store_true", help="Also write GGUF (needs llama.cpp's converter).")
         if name == "cv":
             sub.add_argument("--folds", type=int, default=5, help="Number of folds (default 5).")
         if name == "predict":
@@ -109,8 +140,11 @@ def _quiet_libraries(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.verbose)
-    run, _ = VERBS[args.verb]
     try:
+        if args.verb == "datasets":
+            _datasets(args)
+            return 0
+        run, _ = VERBS[args.verb]
         cfg = load_config(args.config, args.overrides)
         run(cfg, args)
     except UserError as exc:

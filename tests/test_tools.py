@@ -1,0 +1,55 @@
+"""The everyday verbs: datasets, classify, export."""
+
+import io
+import json
+
+from transformers import AutoModelForCausalLM
+
+from instructemo.tools import list_datasets
+from test_end_to_end import run_cli, tiny_config
+
+
+def test_datasets_lists_splits_sizes_labels_and_sources(emotion_dir, capsys):
+    listing = {d["name"]: d for d in list_datasets(str(emotion_dir))}
+    emotion = listing["emotion"]
+    assert emotion["labels"][:2] == ["sadness", "joy"] and not emotion["multi_label"]
+    assert emotion["splits"]["train"] == {"rows": 12, "from": str(emotion_dir / "emotion" / "train.txt")}
+    assert listing["semeval2018_ec"]["multi_label"] and len(listing["goemotions"]["labels"]) == 28
+    assert run_cli("datasets", "--dataset-dir", emotion_dir) == 0
+    out = capsys.readouterr().out
+    assert "emotion  (single-label, 6 labels, semicolon)" in out and "12 rows" in out
+
+
+def test_classify_arguments_and_stdin(tmp_path, tiny_llama, emotion_dir, capsys, monkeypatch):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3)
+    assert run_cli("sft", config) == 0
+    capsys.readouterr()
+    assert run_cli("classify", config, "--text", "i feel so happy", "--text", "i am scared") == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert len(lines) == 2 and lines[0].endswith("i feel so happy") and "[top: " in lines[0]
+    label = lines[0].split(" ")[0]
+    assert label in {"sadness", "joy", "love", "anger", "fear", "surprise"}
+    monkeypatch.setattr("sys.stdin", io.StringIO("wow\n\ni adore you\n"))
+    assert run_cli("classify", config) == 0
+    assert len(capsys.readouterr().out.strip().split("\n")) == 2  # blank lines are not texts
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert run_cli("classify", config) == 2
+
+
+def test_export_writes_a_standalone_model(tmp_path, tiny_llama, emotion_dir, capsys):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3)
+    assert run_cli("sft", config) == 0
+    out = tmp_path / "exported"
+    assert run_cli("export", config, "--output", out) == 0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out)  # plain transformers loads it
+    # The exported model evaluates like the adapter it came from.
+    assert run_cli("generate-eval", config, "eval_output_dir=" + str(tmp_path / "run" / "adapter-eval")) == 0
+    assert run_cli("generate-eval", config, f"adapter_name_or_path={out}", "eval_output_dir=" + str(tmp_path / "run" / "export-eval")) == 0
+    a = [json.loads(l)["predicted"] for l in (tmp_path / "run" / "adapter-eval" / "predictions.jsonl").read_text().splitlines()]
+    b = [json.loads(l)["predicted"] for l in (tmp_path / "run" / "export-eval" / "predictions.jsonl").read_text().splitlines()]
+    assert a == b
+    assert run_cli("export", config, "--output", out) == 2  # never into a non-empty directory
+    assert run_cli("export", config, "--output", tmp_path / "g", "--gguf") == 2
+    assert "convert_hf_to_gguf.py" in capsys.readouterr().err
