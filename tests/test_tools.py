@@ -53,3 +53,15 @@ def test_export_writes_a_standalone_model(tmp_path, tiny_llama, emotion_dir, cap
     assert run_cli("export", config, "--output", out) == 2  # never into a non-empty directory
     assert run_cli("export", config, "--output", tmp_path / "g", "--gguf") == 2
     assert "convert_hf_to_gguf.py" in capsys.readouterr().err
+
+
+def test_report_to_tensorboard_writes_the_loss(tmp_path, tiny_llama, emotion_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3, report_to="tensorboard")
+    assert run_cli("sft", config) == 0
+    runs = list((tmp_path / "run" / "runs").glob("*"))
+    assert len(runs) == 1
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == 3

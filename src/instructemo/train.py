@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -330,6 +331,8 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
         # IA3 scales keys, values and the MLP output; "all" lets peft pick them for the architecture.
         peft_config = IA3Config(task_type="CAUSAL_LM", target_modules=None if cfg.lora_target == "all" else named,
                                 feedforward_modules=None if cfg.lora_target == "all" else [])
+    if cfg.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
     args = SFTConfig(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
