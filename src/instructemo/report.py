@@ -47,12 +47,16 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
     os.replace(temp, path)
 
 
-def write_eval_outputs(out_dir: Path, rows: Iterable[dict], metrics: dict, context: dict) -> None:
-    """predictions.jsonl, metrics.json and report.md for one evaluation."""
+def write_eval_outputs(out_dir: Path, rows: Iterable[dict], metrics: dict, context: dict,
+                       history: list[dict] | None = None) -> None:
+    """predictions.jsonl, metrics.json, report.md and report.html for one evaluation."""
+    from .html_report import render
+
     rows = list(rows)
     write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_atomic(out_dir / "metrics.json", json.dumps({**context, "metrics": metrics}, indent=2))
     write_atomic(out_dir / "report.md", markdown_report(rows, metrics, context))
+    write_atomic(out_dir / "report.html", render(rows, metrics, context, history))
 
 
 def _fmt(value) -> str:

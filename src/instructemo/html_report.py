@@ -1,0 +1,155 @@
+"""report.html: one self-contained page (figures embedded as PNG data URIs) that shows where a model goes wrong.
+
+Summary metrics, a confusion-matrix heatmap (single-label) or per-label
+tp / fp / fn bars (multi-label), per-class precision / recall / F1 bars, gold
+versus predicted label counts, the training loss curve when the run's log is
+at hand, and the most confident mistakes with their texts.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+
+SUMMARY_KEYS = ("n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate", "ece")
+WORST_MISTAKES = 25
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> str:
+    plt = _figure()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def confusion_figure(cm: dict) -> str:
+    plt = _figure()
+    counts = cm["counts"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cm["columns"]), 1.0 + 0.6 * len(cm["labels"])))
+    image = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(cm["columns"])), cm["columns"], rotation=45, ha="right")
+    ax.set_yticks(range(len(cm["labels"])), cm["labels"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    top = max(max(row) for row in counts) or 1
+    for i, row in enumerate(counts):
+        for j, value in enumerate(row):
+            ax.text(j, i, value, ha="center", va="center", color="white" if value > top / 2 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title("Confusion matrix")
+    return _png(fig)
+
+
+def grouped_bars(title: str, names: list[str], series: dict[str, list[float]], ylabel: str) -> str:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) * len(series)), 3.6))
+    width = 0.8 / len(series)
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar([i + k * width for i in range(len(names))], values, width, label=label)
+    ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(names))], names, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def loss_figure(history: list[dict]) -> str | None:
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    if not points:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(*zip(*points), marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def worst_mistakes(rows: list[dict]) -> list[dict]:
+    """Wrong rows, the most confident first (invalid answers, with no confidence, after them)."""
+    wrong = [r for r in rows if r.get("gold") is not None and (r["predicted"] is None or sorted(r["predicted"]) != sorted(r["gold"]))]
+
+    def confidence(row):
+        probs = row.get("probabilities") or {}
+        chosen = [probs[label] for label in row["predicted"] or [] if label in probs]
+        return max(chosen) if chosen else -1.0
+
+    return sorted(wrong, key=confidence, reverse=True)[:WORST_MISTAKES]
+
+
+def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] | None = None) -> str:
+    names = list(metrics["per_class"])
+    figures = []
+    if "confusion_matrix" in metrics:
+        figures.append(("Confusion matrix", confusion_figure(metrics["confusion_matrix"])))
+    elif "label_confusion" in metrics:
+        lc = metrics["label_confusion"]
+        figures.append(("Per-label errors", grouped_bars("Per-label counts", names, {
+            "true positives": [lc[n]["tp"] for n in names], "false positives": [lc[n]["fp"] for n in names],
+            "false negatives": [lc[n]["fn"] for n in names]}, "rows")))
+    per_class = metrics["per_class"]
+    figures.append(("Per-class scores", grouped_bars("Precision, recall and F1 per class", names, {
+        "precision": [per_class[n]["precision"] for n in names], "recall": [per_class[n]["recall"] for n in names],
+        "F1": [per_class[n]["f1"] for n in names]}, "score")))
+    gold = Counter(label for r in rows for label in r.get("gold") or [])
+    predicted = Counter(label for r in rows for label in r.get("predicted") or [])
+    figures.append(("Label distribution", grouped_bars("Gold versus predicted label counts", names, {
+        "gold": [gold[n] for n in names], "predicted": [predicted[n] for n in names]}, "rows")))
+    loss = loss_figure(history or [])
+    if loss:
+        figures.append(("Training loss", loss))
+
+    e = html.escape
+    summary = "".join(f"<tr><th>{e(k)}</th><td>{metrics[k]:.4f}</td></tr>" if isinstance(metrics[k], float)
+                      else f"<tr><th>{e(k)}</th><td>{e(str(metrics[k]))}</td></tr>" for k in SUMMARY_KEYS if k in metrics)
+    about = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+    images = "".join(f'<figure><img alt="{e(title)}" src="{uri}"><figcaption>{e(title)}</figcaption></figure>' for title, uri in figures)
+    mistakes = "".join(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+            e(", ".join(r["gold"]) or "(none)"),
+            e(", ".join(r["predicted"]) if r["predicted"] is not None else "invalid: " + str(r.get("generation", ""))),
+            f"{max((r.get('probabilities') or {}).get(l, 0.0) for l in r['predicted']):.3f}" if r.get("probabilities") and r["predicted"] else "–",
+            e(r["text"]))
+        for r in worst_mistakes(rows))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>instructemo report: {e(str(context.get('model', '')))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 80rem; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }}
+figure {{ display: inline-block; margin: 0 1rem 1rem 0; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Evaluation report</h1>
+<h2>Summary</h2><table>{summary}</table>
+<h2>Run</h2><table>{about}</table>
+<h2>Figures</h2>{images}
+<h2>Most confident mistakes</h2>
+<table><tr><th>gold</th><th>predicted</th><th>probability</th><th>text</th></tr>{mistakes}</table>
+<script>
+// A self-check a headless browser can read: how many figures decoded.
+window.addEventListener("load", () => {{
+  const images = [...document.images];
+  document.body.dataset.figures = images.length;
+  document.body.dataset.figuresShown = images.filter(i => i.complete && i.naturalWidth > 0).length;
+}});
+</script>
+</body></html>
+"""
