@@ -101,6 +101,8 @@ def test_predict_each_format_keeps_ids_and_reports_empty_text(tmp_path, tiny_lla
     assert written[1]["label"] == "" and written[0]["label"] in {"sadness", "joy", "love", "anger", "fear", "surprise"}
     assert float(written[0]["probability"]) > 0
     assert "1 row(s) have empty text" in caplog.text
+    report = (tmp_path / "out.report.html").read_text()
+    assert "Prediction report" in report and "(empty text)" in report and "data:image/png;base64," in report
 
 
 def test_predict_multi_label_writes_the_submission_layout(tmp_path, tiny_llama):

@@ -127,8 +127,40 @@ def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] |
             f"{max((r.get('probabilities') or {}).get(l, 0.0) for l in r['predicted']):.3f}" if r.get("probabilities") and r["predicted"] else "–",
             e(r["text"]))
         for r in worst_mistakes(rows))
+    body = f"""<h1>Evaluation report</h1>
+<h2>Summary</h2><table>{summary}</table>
+<h2>Run</h2><table>{about}</table>
+<h2>Figures</h2>{images}
+<h2>Most confident mistakes</h2>
+<table><tr><th>gold</th><th>predicted</th><th>probability</th><th>text</th></tr>{mistakes}</table>"""
+    return page(f"instructemo report: {context.get('model', '')}", body)
+
+
+def render_predictions(rows: list[dict], names: list[str], context: dict) -> str:
+    """predict's report: what was predicted how often, and the least sure answers (no gold to compare with)."""
+    e = html.escape
+    counts = Counter(label for r in rows for label in r["predicted"] or [])
+    figure = grouped_bars("Predicted label counts", names, {"predicted": [counts[n] for n in names]}, "rows")
+    about = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+    scored = [r for r in rows if r.get("confidence") is not None]
+    unsure = sorted(scored, key=lambda r: r["confidence"])[:WORST_MISTAKES]
+    blank = [r for r in rows if r["predicted"] is None][:WORST_MISTAKES]
+    table = "".join(f"<tr><td>{e(str(r['id']))}</td><td>{e(', '.join(r['predicted'] or []) or '(none)')}</td>"
+                    f"<td>{r['confidence']:.3f}</td><td>{e(r['text'])}</td></tr>" for r in unsure)
+    blanks = "".join(f"<tr><td>{e(str(r['id']))}</td><td>{e(r['text'].strip() or '(empty text)')}</td></tr>" for r in blank)
+    body = f"""<h1>Prediction report</h1>
+<h2>Run</h2><table>{about}</table>
+<h2>Figures</h2><figure><img alt="Predicted label counts" src="{figure}"><figcaption>Predicted label counts</figcaption></figure>
+<h2>Least confident answers</h2>
+<table><tr><th>id</th><th>predicted</th><th>probability</th><th>text</th></tr>{table}</table>
+<h2>Rows left without a label</h2>
+<table><tr><th>id</th><th>text</th></tr>{blanks}</table>"""
+    return page("instructemo predictions", body)
+
+
+def page(title: str, body: str) -> str:
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>instructemo report: {e(str(context.get('model', '')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 80rem; }}
 table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
@@ -137,12 +169,7 @@ th {{ background: #f3f3f3; }}
 figure {{ display: inline-block; margin: 0 1rem 1rem 0; }}
 img {{ max-width: 100%; }}
 </style></head><body>
-<h1>Evaluation report</h1>
-<h2>Summary</h2><table>{summary}</table>
-<h2>Run</h2><table>{about}</table>
-<h2>Figures</h2>{images}
-<h2>Most confident mistakes</h2>
-<table><tr><th>gold</th><th>predicted</th><th>probability</th><th>text</th></tr>{mistakes}</table>
+{body}
 <script>
 // A self-check a headless browser can read: how many figures decoded.
 window.addEventListener("load", () => {{

@@ -17,6 +17,7 @@ from .config import Config
 from .data import ID_COLUMN_GUESSES, PATH_FORMATS, TEXT_COLUMN_GUESSES, pick_column, read_table
 from .errors import UserError
 from .evaluate import Classifier
+from .html_report import render_predictions
 from .report import write_atomic
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ def run_predict(
                 record["probability"] = round(float(probs.max()), 6) if probs is not None else ""
         records.append(record)
     _write_records(output_path, records)
+    report_rows = [{"id": record[key], "text": text, "predicted": list(predicted) if predicted is not None else None,
+                    "confidence": float(probs.max()) if probs is not None else None}
+                   for record, text, predicted, probs in zip(records, texts, labels, probabilities)]
+    context = {"model": cfg.model_name_or_path, "adapter": str(classifier.adapter), "input": str(input_path),
+               "output": str(output_path), "backend": cfg.backend, "mode": cfg.mode}
+    write_atomic(output_path.with_name(output_path.stem + ".report.html"),
+                 render_predictions(report_rows, list(space.names), context))
 
     invalid_lines = [rows[i][0] for i in todo if labels[i] is None]
     if empty_lines:
