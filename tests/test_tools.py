@@ -28,7 +28,7 @@ def test_classify_arguments_and_stdin(tmp_path, tiny_llama, emotion_dir, capsys,
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3)
     assert run_cli("sft", config) == 0
     capsys.readouterr()
-    assert run_cli("classify", config, "--text", "i feel so happy", "--text", "i am scared") == 0
+    assert run_cli("classify", config, "i feel so happy", "max_new_tokens=4", "--text", "i am scared") == 0
     lines = capsys.readouterr().out.strip().split("\n")
     assert len(lines) == 2 and lines[0].endswith("i feel so happy") and "[top: " in lines[0]
     label = lines[0].split(" ")[0]

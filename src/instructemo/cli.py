@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from .config import describe_keys, load_config
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sft":
             sub.add_argument("--nproc", type=int, help="Training processes on this machine (torchrun); overrides nproc_per_node.")
         if name == "classify":
-            sub.add_argument("--text", dest="texts", action="append", help="A text to classify (repeatable); default: stdin lines.")
+            sub.add_argument("--text", dest="texts", action="append",
+                             help="A text to classify (repeatable; plain arguments that are not key=value count too); default: stdin lines.")
         if name == "export":
             sub.add_argument("--output", required=True, help="New directory for the merged model.")
             sub.add_argument("--gguf", action="store_true", help="Also write GGUF (needs llama.cpp's converter).")
@@ -145,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             _datasets(args)
             return 0
         run, _ = VERBS[args.verb]
+        if args.verb == "classify":
+            # `instructemo classify CONFIG.yaml "some text"`: words that are not key=value are texts.
+            texts = [o for o in args.overrides if not re.match(r"^[A-Za-z_]\w*=", o)]
+            args.overrides = [o for o in args.overrides if o not in texts]
+            args.texts = (args.texts or []) + texts
         cfg = load_config(args.config, args.overrides)
         run(cfg, args)
     except UserError as exc:
