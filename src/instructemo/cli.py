@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             # `instructemo classify CONFIG.yaml "some text"`: words that are not key=value are texts.
             texts = [o for o in args.overrides if not re.match(r"^[A-Za-z_]\w*=", o)]
             args.overrides = [o for o in args.overrides if o not in texts]
-            args.texts = (args.texts or []) + texts
+            args.texts = texts + (args.texts or [])
         cfg = load_config(args.config, args.overrides)
         run(cfg, args)
     except UserError as exc:
