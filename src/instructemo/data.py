@@ -358,7 +358,7 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _read_rows(entry: DatasetEntry, split_spec: dict, path: Path, dataset_dir) -> Iterator[Record]:
+def _read_rows(entry: DatasetEntry, split_spec: dict, path: Path, dataset_dir) -> Iterator[Record | BadRow]:
     readers = {
         "semicolon": _read_semicolon, "csv": _read_delimited, "tsv": _read_delimited,
         "tsv_binary": _read_delimited, "tsv_ids": _read_tsv_ids, "jsonl": _read_jsonl,
@@ -369,7 +369,7 @@ def _read_rows(entry: DatasetEntry, split_spec: dict, path: Path, dataset_dir) -
         yield record
 
 
-def _read_semicolon(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+def _read_semicolon(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record | BadRow]:
     text, bad_lines = _decode_lines(path)
     yield from _invalid_utf8(path, bad_lines)
     lines = _lines(text)
@@ -383,7 +383,7 @@ def _read_semicolon(entry: DatasetEntry, split_spec, path: Path, dataset_dir) ->
         yield Record(text, (label.strip(),), None, f"{path}:{number}")
 
 
-def _read_delimited(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+def _read_delimited(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record | BadRow]:
     delimiter = "," if entry.format == "csv" else "\t"
     text, bad_lines = _decode_lines(path)
     yield from _invalid_utf8(path, bad_lines)
@@ -419,7 +419,7 @@ def _split_labels(cell: str, separator: str) -> list[str]:
     return [part.strip() for part in cell.split(separator) if part.strip()]
 
 
-def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record]:
+def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[Record | BadRow]:
     names_path = _find_file(entry.names_file or "", dataset_dir) if entry.names_file else None
     if names_path is None:
         raise UserError(f"dataset {entry.name!r}: names_file {entry.names_file!r} not found beside {path}")

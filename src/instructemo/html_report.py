@@ -67,18 +67,10 @@ def grouped_bars(title: str, names: list[str], series: dict[str, list[float]], y
     return _png(fig)
 
 
-def loss_figure(history: list[dict]) -> str | None:
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if not points:
-        return None
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(*zip(*points), marker="o", markersize=3)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+def loss_image(history: list[dict]) -> str | None:
+    from .report import loss_figure, loss_points
+
+    return _png(loss_figure(history)) if loss_points(history) else None
 
 
 def worst_mistakes(rows: list[dict]) -> list[dict]:
@@ -111,14 +103,14 @@ def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] |
     predicted = Counter(label for r in rows for label in r.get("predicted") or [])
     figures.append(("Label distribution", grouped_bars("Gold versus predicted label counts", names, {
         "gold": [gold[n] for n in names], "predicted": [predicted[n] for n in names]}, "rows")))
-    loss = loss_figure(history or [])
+    loss = loss_image(history or [])
     if loss:
         figures.append(("Training loss", loss))
 
     e = html.escape
     summary = "".join(f"<tr><th>{e(k)}</th><td>{metrics[k]:.4f}</td></tr>" if isinstance(metrics[k], float)
                       else f"<tr><th>{e(k)}</th><td>{e(str(metrics[k]))}</td></tr>" for k in SUMMARY_KEYS if k in metrics)
-    about = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+    about = _key_value_rows(context)
     images = "".join(f'<figure><img alt="{e(title)}" src="{uri}"><figcaption>{e(title)}</figcaption></figure>' for title, uri in figures)
     mistakes = "".join(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
@@ -141,7 +133,7 @@ def render_predictions(rows: list[dict], names: list[str], context: dict) -> str
     e = html.escape
     counts = Counter(label for r in rows for label in r["predicted"] or [])
     figure = grouped_bars("Predicted label counts", names, {"predicted": [counts[n] for n in names]}, "rows")
-    about = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in context.items())
+    about = _key_value_rows(context)
     scored = [r for r in rows if r.get("confidence") is not None]
     unsure = sorted(scored, key=lambda r: r["confidence"])[:WORST_MISTAKES]
     blank = [r for r in rows if r["predicted"] is None][:WORST_MISTAKES]
@@ -156,6 +148,10 @@ def render_predictions(rows: list[dict], names: list[str], context: dict) -> str
 <h2>Rows left without a label</h2>
 <table><tr><th>id</th><th>text</th></tr>{blanks}</table>"""
     return page("instructemo predictions", body)
+
+
+def _key_value_rows(items: dict) -> str:
+    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
 
 
 def page(title: str, body: str) -> str:

@@ -25,14 +25,18 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def plot_loss(log_history: list[dict], path: Path) -> None:
-    """Training loss against step, written as a PNG."""
+def loss_points(log_history: list[dict]) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+
+
+def loss_figure(log_history: list[dict]):
+    """Training loss against optimizer step, as a matplotlib figure (for loss.png and report.html)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    points = loss_points(log_history)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     if points:
         ax.plot(*zip(*points), marker="o", markersize=3)
@@ -41,6 +45,14 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
     ax.set_title("Training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    """The loss curve written as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(log_history)
     temp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(temp)
     plt.close(fig)

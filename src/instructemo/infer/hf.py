@@ -121,10 +121,15 @@ def answer_tokens(tokenizer, conversation: list[dict], answer: str) -> list[int]
     return ids
 
 
+def prompt_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
+    """Each conversation through the chat template up to the assistant's turn, as token ids."""
+    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
+
+
 def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:
     """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor."""
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    tokens = prompt_token_ids(tokenizer, conversations)
     continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
     return score_continuations(model, tokens, continuations, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..labels import LabelSpace
 from ..parse import parse_labels
-from .hf import answer_tokens
+from .hf import answer_tokens, prompt_token_ids
 
 
 def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpace) -> tuple[np.ndarray, list[str]]:
@@ -28,8 +28,7 @@ def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpa
     tokenizer = engine.tokenizer
     answers = engine.generate(conversations)
     greedy = [space.canonical(parse_labels(a, space) or ()) for a in answers]
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_token_ids(tokenizer, conversations)
     names, index = space.names, {n: i for i, n in enumerate(space.names)}
 
     @lru_cache(maxsize=None)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..models import load_tokenizer
-from .hf import answer_tokens
+from .hf import answer_tokens, prompt_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ class VLLMEngine:
         log.info("starting vLLM on %s%s", model_path, f" with adapter {adapter}" if lora else "")
         self.llm = LLM(**options)
 
-    def _prompt_ids(self, conversations: list[list[dict]]) -> list[list[int]]:
-        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-
     def generate(self, conversations: list[list[dict]]) -> list[str]:
         from vllm import SamplingParams
 
@@ -88,14 +84,14 @@ class VLLMEngine:
         stop = [self.tokenizer.eos_token_id]
         sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed) if cfg.do_sample else dict(temperature=0.0)
         params = SamplingParams(max_tokens=cfg.max_new_tokens, stop_token_ids=stop, **sampling)
-        requests = [{"prompt_token_ids": ids} for ids in self._prompt_ids(conversations)]
+        requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, conversations)]
         outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
         return [o.outputs[0].text.strip() for o in outputs]
 
     def score(self, conversations: list[list[dict]], answers: list[str]) -> torch.Tensor:
         """Log-likelihood of each answer (through end-of-turn) after each prompt."""
         continuations = [answer_tokens(self.tokenizer, conversations[0], a) for a in answers]
-        return self.score_tokens(self._prompt_ids(conversations), continuations)
+        return self.score_tokens(prompt_token_ids(self.tokenizer, conversations), continuations)
 
     def score_tokens(self, contexts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
         """Log-likelihood of each continuation after each context, from vLLM's prompt log-probabilities.
