@@ -65,6 +65,16 @@ class Config:
     max_eval_samples: int | None = _key(None, "Use at most this many evaluation rows (in file order).", minimum=1)
     cutoff_len: int = _key(512, "Maximum tokens of prompt plus answer; longer training rows are truncated.", minimum=16)
     # --- fine-tuning ---
+    stage: str = _key(
+        "sft", "What `instructemo sft` trains: sft (generative instruction tuning: the model writes the label) or "
+        "cls (a classification head on AutoModelForSequenceClassification, for encoders such as BERT or MiniLM "
+        "and decoders with a score head).", choices=("sft", "cls"),
+    )
+    class_weights: str | dict = _key(
+        "none", "stage cls: weigh the loss per class: none, balanced (inverse class frequency; for multi-label "
+        "the negative/positive ratio per label) or a mapping {label: weight} (unnamed labels weigh 1).",
+        choices=("none", "balanced"),
+    )
     finetuning_type: str = _key(
         "lora", "lora, qlora (LoRA on a 4-bit NF4 base; needs a CUDA GPU and bitsandbytes), ia3, or full.",
         choices=("lora", "qlora", "ia3", "full"),
@@ -87,6 +97,11 @@ class Config:
     warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
     weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0)
     gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
+    shared_prefix: bool = _key(
+        True, "Encode the prompt tokens every row of a batch shares (system prompt, instruction) once per batch "
+        "instead of once per row: the same loss and gradients for less compute. Used with one process and "
+        "without FlashAttention-2 or gradient checkpointing; false turns it off.",
+    )
     logging_steps: int = _key(10, "Log loss every this many optimizer steps.", minimum=1)
     label_balancing: str = _key(
         "none", "Imbalance: none, oversample (repeat rows carrying rare labels) or loss_weight "
@@ -274,6 +289,11 @@ def _check_consistency(config: Config) -> None:
         raise UserError(f"config key 'gpu_memory_utilization' must be in (0, 1], got {config.gpu_memory_utilization}")
     if config.score_threshold is not None and not 0 < config.score_threshold < 1:
         raise UserError(f"config key 'score_threshold' must be in (0, 1), got {config.score_threshold}")
+    if isinstance(config.class_weights, dict):
+        bad = {k: v for k, v in config.class_weights.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
+        if bad:
+            raise UserError(f"config key 'class_weights' needs non-negative numbers per label, got {bad}")
     if not config.output_dir.strip():
         raise UserError("config key 'output_dir' must not be empty")
     if config.eval_output_dir:

@@ -22,6 +22,7 @@ from .config import Config
 from .checkpoints import SELECTION_FILE, BestCheckpoint
 from .data import Split, default_dev_spec, default_eval_spec, load_split
 from .errors import UserError
+from .infer.hf import common_prefix_length
 from .labels import LABEL_SPACE_FILE
 from .launch import inside_launcher
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
@@ -70,10 +71,7 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
         )
         trainer.add_callback(selector)
     if trainer.is_world_process_zero():
-        # Written first, so even a run killed in its first step is recognisable as one.
-        output_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
-        write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        write_resolved_config(cfg, model_path, train)
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     started = time.perf_counter()
@@ -81,28 +79,46 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     train_seconds = time.perf_counter() - started
     selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
 
+    save_run(cfg, trainer, tokenizer, train, rows=len(examples), train_seconds=train_seconds, result=result)
+    if selection is not None and trainer.is_world_process_zero():
+        write_atomic(output_dir / SELECTION_FILE, json.dumps(selection, indent=2))
+    return output_dir
+
+
+def write_resolved_config(cfg: Config, model_path: str, train: Split) -> None:
+    """Written first, so even a run killed in its first step is recognisable as one."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
+    write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+
+
+def save_run(cfg: Config, trainer, tokenizer, train: Split, *, rows: int, train_seconds: float, result) -> None:
+    """The model and what a person, generate-eval and compare need from a finished run (both stages)."""
+    output_dir = Path(cfg.output_dir)
     trainer.save_model(str(output_dir))  # every process takes part (DeepSpeed ZeRO-3 gathers the weights)
     if not trainer.is_world_process_zero():
-        return output_dir  # in multi-process runs the first process writes the rest
-    if selection is not None:
-        write_atomic(output_dir / SELECTION_FILE, json.dumps(selection, indent=2))
+        return  # in multi-process runs the first process writes the rest
     tokenizer.save_pretrained(str(output_dir))
     write_skipped_rows(output_dir, train.skipped)
     write_atomic(output_dir / LABEL_SPACE_FILE, json.dumps(train.label_space.to_dict(), indent=2))
     history = trainer.state.log_history
     write_atomic(output_dir / "trainer_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     plot_loss(history, output_dir / "loss.png")
+    parameters = list(trainer.model.parameters())
     summary = {
-        "train_rows": len(examples),
+        "stage": cfg.stage,
+        "train_rows": rows,
         "train_seconds": round(train_seconds, 1),
-        "train_examples_per_second": round(len(examples) * cfg.num_train_epochs / train_seconds, 2) if cfg.max_steps == -1 else None,
+        "train_examples_per_second": round(rows * cfg.num_train_epochs / train_seconds, 2) if cfg.max_steps == -1 else None,
         "global_steps": result.global_step,
         "processes": trainer.args.world_size,
         "final_loss": result.training_loss,
+        "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in parameters),
     }
     write_atomic(output_dir / "train_results.json", json.dumps(summary, indent=2))
-    log.info("saved %s to %s (%.0fs, mean loss %.4f)", cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
-    return output_dir
+    log.info("saved %s %s to %s (%.0fs, mean loss %.4f)", cfg.stage, cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
 
 
 def check_before_training(cfg: Config, train: Split | None = None) -> tuple[Split, object, Split | None]:
@@ -216,26 +232,60 @@ class LeftPadCollator:
     With the answers aligned, the LM head only needs the last few positions
     (see AnswerOnlySFTTrainer). Position ids skip the padding, so each row is
     computed exactly as it would be alone.
+
+    With `share_prefix`, the tokens every row of the batch starts with (the
+    system prompt and the instruction: most of a short prompt) are taken out
+    and returned once as `prefix_ids`; the trainer encodes them once for the
+    batch and the rows continue from there.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, share_prefix: bool = False):
         self.pad_token_id = pad_token_id
+        self.share_prefix = share_prefix
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, example in enumerate(examples):
-            size = len(example["input_ids"])
-            input_ids[row, width - size :] = torch.as_tensor(example["input_ids"])
-            labels[row, width - size :] = torch.as_tensor(example["labels"])
-            attention_mask[row, width - size :] = 1
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        prefix_len = _shared_prompt_length(examples) if self.share_prefix else 0
+        rows = [(e["input_ids"][prefix_len:], e["labels"][prefix_len:]) for e in examples]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, (ids, targets) in enumerate(rows):
+            input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
+            labels[row, width - len(ids) :] = torch.as_tensor(targets)
+            attention_mask[row, width - len(ids) :] = 1
+        position_ids = prefix_len + (attention_mask.cumsum(-1) - 1).clamp(min=0)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "labels": labels}
+        if prefix_len:
+            batch["prefix_ids"] = torch.as_tensor(examples[0]["input_ids"][:prefix_len])[None]
         if "weight" in examples[0]:
             batch["weights"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
         return batch
+
+
+def _shared_prompt_length(examples: list[dict]) -> int:
+    """How many leading tokens all rows share, stopping before the position that predicts any answer token."""
+    first_target = min(next((i for i, t in enumerate(e["labels"]) if t != -100), len(e["labels"])) for e in examples)
+    tokens = [e["input_ids"] for e in examples]
+    # The position that predicts the first answer token must stay in each row, so its logits are computed.
+    return min(common_prefix_length(tokens), max(first_target - 1, 0))
+
+
+def _forward_after_shared_prefix(model, prefix_ids: torch.Tensor, inputs: dict, logits_to_keep: int):
+    """The batch's forward pass with its shared prefix encoded once: the same logits, with gradients, as the whole rows.
+
+    The prefix's keys and values (which depend on the trainable weights) are
+    repeated for every row; backward sums the rows' gradients into them.
+    """
+    batch = inputs["input_ids"].shape[0]
+    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(batch)
+    prefix_mask = torch.ones((batch, prefix_ids.shape[1]), dtype=inputs["attention_mask"].dtype, device=prefix_ids.device)
+    return model(
+        input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+        attention_mask=torch.cat([prefix_mask, inputs["attention_mask"]], dim=1),
+        past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep,
+    )
 
 
 def _epoch_seeded_sampler(batch_size: int, lengths: list[int], seed: int):
@@ -293,7 +343,11 @@ def _answer_only_trainer_class():
             answer_columns = (labels != -100).any(dim=0).nonzero()
             first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
             keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
-            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            prefix_ids = inputs.pop("prefix_ids", None)
+            if prefix_ids is None:
+                outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            else:
+                outputs = _forward_after_shared_prefix(model, prefix_ids, inputs, keep)
             logits = outputs.logits[:, :-1].float()
             targets = labels[:, first:]
             token_loss = torch.nn.functional.cross_entropy(
@@ -313,27 +367,28 @@ def _answer_only_trainer_class():
     return AnswerOnlySFTTrainer
 
 
-def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bool):
-    from datasets import Dataset
+def adapter_config(cfg: Config, task_type: str):
+    """The peft config for finetuning_type (None for full fine-tuning); task_type CAUSAL_LM or SEQ_CLS."""
     from peft import IA3Config, LoraConfig
-    from trl import SFTConfig
 
-    AnswerOnlySFTTrainer = _answer_only_trainer_class()
-
-    peft_config = None
     named = [m.strip() for m in cfg.lora_target.split(",") if m.strip()]
     if cfg.finetuning_type in ("lora", "qlora"):
-        peft_config = LoraConfig(
+        return LoraConfig(
             r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules="all-linear" if cfg.lora_target == "all" else named, task_type="CAUSAL_LM",
+            target_modules="all-linear" if cfg.lora_target == "all" else named, task_type=task_type,
         )
-    elif cfg.finetuning_type == "ia3":
+    if cfg.finetuning_type == "ia3":
         # IA3 scales keys, values and the MLP output; "all" lets peft pick them for the architecture.
-        peft_config = IA3Config(task_type="CAUSAL_LM", target_modules=None if cfg.lora_target == "all" else named,
-                                feedforward_modules=None if cfg.lora_target == "all" else [])
+        return IA3Config(task_type=task_type, target_modules=None if cfg.lora_target == "all" else named,
+                         feedforward_modules=None if cfg.lora_target == "all" else [])
+    return None
+
+
+def trainer_arguments(cfg: Config, bf16: bool) -> dict:
+    """The transformers TrainingArguments both stages take from the config."""
     if cfg.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
-    args = SFTConfig(
+    return dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -344,8 +399,6 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        # Batches of similar lengths waste little compute on padding.
-        train_sampling_strategy="group_by_length",
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed,
@@ -357,6 +410,31 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
         save_total_limit=cfg.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         deepspeed=cfg.deepspeed,
+    )
+
+
+def _can_share_prefix(cfg: Config, model) -> bool:
+    """Shared-prefix batches (LeftPadCollator) need one process, no checkpointing and an attention that takes a padded cache.
+
+    Several processes (DDP, DeepSpeed) expect one forward call per step;
+    FlashAttention-2 cannot mask padding that sits after cached keys.
+    """
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and not cfg.deepspeed
+    attention = model.config._attn_implementation or ""
+    return cfg.shared_prefix and single and not cfg.gradient_checkpointing and not attention.startswith("flash")
+
+
+def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bool):
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    AnswerOnlySFTTrainer = _answer_only_trainer_class()
+
+    peft_config = adapter_config(cfg, "CAUSAL_LM")
+    args = SFTConfig(
+        **trainer_arguments(cfg, bf16),
+        # Batches of similar lengths waste little compute on padding.
+        train_sampling_strategy="group_by_length",
         max_length=cfg.cutoff_len,
         completion_only_loss=True,
         dataset_num_proc=None,
@@ -364,7 +442,7 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
     try:
         return AnswerOnlySFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-            peft_config=peft_config, data_collator=LeftPadCollator(tokenizer.pad_token_id),
+            peft_config=peft_config, data_collator=LeftPadCollator(tokenizer.pad_token_id, _can_share_prefix(cfg, model)),
         )
     except ValueError as exc:
         if "target modules" in str(exc) or "target_modules" in str(exc):

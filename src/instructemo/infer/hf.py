@@ -100,7 +100,7 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _common_prefix_length(token_lists: list[list[int]]) -> int:
+def common_prefix_length(token_lists: list[list[int]]) -> int:
     shortest = min(len(t) for t in token_lists)
     first = token_lists[0]
     for i in range(shortest - 1):  # every prompt keeps at least one token of its own
@@ -148,7 +148,7 @@ def score_continuations(model, contexts: list[list[int]], continuations: list[li
     """
     tree = AnswerTree(continuations)
     device = model.device
-    prefix_len = _common_prefix_length(contexts)
+    prefix_len = common_prefix_length(contexts)
     prefix_cache = model(torch.tensor([contexts[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
     scores = torch.zeros(len(contexts), len(continuations))

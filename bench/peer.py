@@ -1,0 +1,228 @@
+"""Peer benchmark: instructemo against LLaMA-Factory, same model, rows and settings, in one run.
+
+LLaMA-Factory (PyPI `llamafactory`) is installed in its own virtual environment
+under a scratch folder, never as a project dependency. Both frameworks train
+SmolLM2-135M-Instruct (the dense directory instructemo materialises) with LoRA
+rank 16 / alpha 32 on all linear layers, cutoff 256, batch 16, lr 5e-4 with
+cosine decay and 10 warm-up steps, 1 epoch on the first 4000 emotion train
+rows, bf16, no gradient checkpointing, seed 42, on the same prompts: the
+alpaca rows LLaMA-Factory reads are rendered by instructemo's own template, and
+LLaMA-Factory's `smollm2` chat template is the model's ChatML with the same
+default system prompt.
+
+Then each framework's own predict path labels the 2000-row test split greedily
+(LLaMA-Factory's generated_predictions.jsonl is scored by instructemo's parser
+and metrics). Each command runs alone, under a wrapper that records its wall
+time and peak memory (the largest resident set of its processes).
+
+    python bench/peer.py [--scratch .scratch/peer] [--skip-install]
+
+Writes bench/results/peer_llamafactory.json and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from instructemo.data import load_split, shared_data_dir  # noqa: E402
+from instructemo.metrics import score  # noqa: E402
+from instructemo.models import load_tokenizer, resolve_model_path  # noqa: E402
+from instructemo.parse import parse_labels  # noqa: E402
+from instructemo.prompts import PromptBuilder, load_template  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "peer_llamafactory.json"
+CONFIG = "examples/smollm2_emotion.yaml"
+PEER_VERSION = "llamafactory==0.9.5"
+TRAIN_ROWS, CUTOFF = 4000, 256
+SETTINGS = {
+    "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.0, "per_device_train_batch_size": 16,
+    "gradient_accumulation_steps": 1, "learning_rate": 5.0e-4, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
+    "warmup_steps": 10, "seed": 42, "cutoff_len": CUTOFF,
+}
+EVAL_BATCH, MAX_NEW_TOKENS = 32, 8
+
+# Runs a command and reports its wall time and the peak resident memory of its process tree.
+MEASURE = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.run(sys.argv[2:]).returncode
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+open(sys.argv[1], "w").write(json.dumps({"rc": code, "wall_seconds": time.perf_counter() - started, "peak_rss_gib": peak_kib / 2**20}))
+sys.exit(code)
+"""
+
+
+def measured(command: list[str], scratch: Path, name: str, env: dict | None = None) -> dict:
+    print("$", " ".join(command), flush=True)
+    record = scratch / f"{name}.measure.json"
+    subprocess.run([sys.executable, "-c", MEASURE, str(record), *command], cwd=ROOT, env=env, check=True)
+    result = json.loads(record.read_text())
+    return {"command": " ".join(command), "wall_seconds": round(result["wall_seconds"], 1),
+            "peak_rss_gib": round(result["peak_rss_gib"], 2)}
+
+
+def install_peer(venv: Path) -> None:
+    """LLaMA-Factory with the CPU torch wheel, in one pip call (else pip pulls a CUDA torch)."""
+    if not (venv / "bin" / "llamafactory-cli").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "pip"), "install", "-q"]
+        # jieba, nltk and rouge-chinese: its predict path imports them without declaring them.
+        subprocess.run([*pip, PEER_VERSION, "torch==2.13.0", "jieba", "nltk", "rouge-chinese"], check=True)
+    # The index's torchvision and torchaudio are CUDA builds that break imports beside a CPU torch.
+    subprocess.run([str(venv / "bin" / "pip"), "uninstall", "-y", "-q", "torchvision", "torchaudio"], check=False)
+
+
+def peer_env(scratch: Path) -> dict:
+    """LLaMA-Factory imports torchaudio at module level (audio only): a stub stands in for text runs."""
+    stubs = scratch / "stubs" / "torchaudio"
+    stubs.mkdir(parents=True, exist_ok=True)
+    (stubs / "__init__.py").write_text("# text-only runs: LLaMA-Factory imports torchaudio but never calls it here\n")
+    caches = scratch / "cache"
+    return {**os.environ, "PYTHONPATH": str(scratch / "stubs"), "HF_HOME": str(caches / "hf"),
+            "HF_HUB_OFFLINE": "1", "MPLCONFIGDIR": str(caches / "mpl"), "DISABLE_VERSION_CHECK": "1",
+            "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+
+
+def write_alpaca(model_path: str, data_dir: Path) -> tuple[list, object, float]:
+    """The same rows and prompts as instructemo trains on, as alpaca JSON; returns (test gold, label space, tokens/row)."""
+    tokenizer = load_tokenizer(model_path)
+    dataset_dir = shared_data_dir()
+    train = load_split("emotion", dataset_dir, max_samples=TRAIN_ROWS)
+    test = load_split("emotion:test", dataset_dir, label_space=train.label_space)
+    builder = PromptBuilder(tokenizer, load_template("auto", train.template), train.label_space, CUTOFF)
+
+    def rows(split):
+        return [{"instruction": builder.prompt(r.text)[0]["content"], "input": "", "output": train.label_space.answer(r.labels)}
+                for r in split.records]
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    train_rows = rows(train)
+    for name, items in (("emotion_train", train_rows), ("emotion_test", rows(test))):
+        (data_dir / f"{name}.json").write_text(json.dumps(items))
+    info = {name: {"file_name": f"{name}.json", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
+            for name in ("emotion_train", "emotion_test")}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    tokens = [len(tokenizer.apply_chat_template(
+        [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}], tokenize=True, return_dict=False))
+        for r in train_rows]
+    return [r.labels for r in test.records], train.label_space, sum(tokens) / len(tokens)
+
+
+def peer_configs(model_path: str, scratch: Path) -> tuple[Path, Path]:
+    common = {"model_name_or_path": model_path, "template": "smollm2", "dataset_dir": str(scratch / "data"),
+              "cutoff_len": CUTOFF, "bf16": True, "use_cpu": True, "report_to": "none", "overwrite_output_dir": True,
+              "preprocessing_num_workers": 1, "dataloader_num_workers": 0, "seed": SETTINGS["seed"]}
+    adapter = scratch / "llamafactory-adapter"
+    train = {**common, "stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_target": "all",
+             "lora_rank": SETTINGS["lora_rank"], "lora_alpha": SETTINGS["lora_alpha"], "lora_dropout": SETTINGS["lora_dropout"],
+             "dataset": "emotion_train", "per_device_train_batch_size": SETTINGS["per_device_train_batch_size"],
+             "gradient_accumulation_steps": SETTINGS["gradient_accumulation_steps"], "learning_rate": SETTINGS["learning_rate"],
+             "num_train_epochs": SETTINGS["num_train_epochs"], "lr_scheduler_type": SETTINGS["lr_scheduler_type"],
+             "warmup_steps": SETTINGS["warmup_steps"], "disable_gradient_checkpointing": True, "logging_steps": 10,
+             "save_strategy": "no", "output_dir": str(adapter), "plot_loss": False}
+    predict = {**common, "stage": "sft", "do_predict": True, "predict_with_generate": True, "finetuning_type": "lora",
+               "adapter_name_or_path": str(adapter), "eval_dataset": "emotion_test",
+               "per_device_eval_batch_size": EVAL_BATCH, "do_sample": False, "max_new_tokens": MAX_NEW_TOKENS,
+               "output_dir": str(scratch / "llamafactory-predict")}
+    paths = scratch / "llamafactory-train.json", scratch / "llamafactory-predict.json"
+    for path, values in zip(paths, (train, predict)):
+        path.write_text(json.dumps(values, indent=2))
+    return paths
+
+
+def run_peer(venv: Path, scratch: Path, model_path: str, gold, space, tokens_per_row: float) -> dict:
+    env = peer_env(scratch)
+    train_config, predict_config = peer_configs(model_path, scratch)
+    cli = str(venv / "bin" / "llamafactory-cli")
+    train = measured([cli, "train", str(train_config)], scratch, "peer-train", env)
+    train_metrics = json.loads((scratch / "llamafactory-adapter" / "train_results.json").read_text())
+    predict = measured([cli, "train", str(predict_config)], scratch, "peer-predict", env)
+    predict_metrics = json.loads((scratch / "llamafactory-predict" / "predict_results.json").read_text())
+    lines = (scratch / "llamafactory-predict" / "generated_predictions.jsonl").read_text().splitlines()
+    predicted = [parse_labels(json.loads(line)["predict"], space) for line in lines]
+    m = score(gold, predicted, space)
+    examples_per_second = train_metrics["train_samples_per_second"]
+    return {
+        "version": PEER_VERSION,
+        "train": {**train, "train_seconds": round(train_metrics["train_runtime"], 1), "examples_per_second": examples_per_second,
+                  "tokens_per_second": round(examples_per_second * tokens_per_row, 1), "final_loss": train_metrics.get("train_loss")},
+        "predict": {**predict, "mode": "generate (greedy)", "examples_per_second": predict_metrics["predict_samples_per_second"],
+                    "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "invalid_rate": m["invalid_rate"], "n": m["n"]},
+    }
+
+
+def run_ours(scratch: Path, tokens_per_row: float) -> dict:
+    exe = str(Path(sys.executable).with_name("instructemo"))
+    out = scratch / "instructemo-run"
+    overrides = [f"output_dir={out}", "overwrite_output_dir=true"]
+    train = measured([exe, "sft", CONFIG, *overrides], scratch, "ours-train")
+    summary = json.loads((out / "train_results.json").read_text())
+    ours = {"train": {**train, "train_seconds": summary["train_seconds"], "examples_per_second": summary["train_examples_per_second"],
+                      "tokens_per_second": round(summary["train_examples_per_second"] * tokens_per_row, 1), "final_loss": summary["final_loss"]},
+            "predict": {}}
+    for backend, mode in (("hf", "generate"), ("hf", "score"), ("vllm", "generate")):
+        eval_dir = out / f"eval-{backend}-{mode}"
+        run = measured([exe, "generate-eval", CONFIG, f"output_dir={out}", f"eval_output_dir={eval_dir}", f"backend={backend}",
+                        f"mode={mode}", f"per_device_eval_batch_size={EVAL_BATCH}", f"max_new_tokens={MAX_NEW_TOKENS}"],
+                       scratch, f"ours-{backend}-{mode}")
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+        m = metrics["metrics"]
+        ours["predict"][f"{backend}:{mode}"] = {**run, "examples_per_second": metrics["examples_per_second"],
+                                                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "invalid_rate": m["invalid_rate"], "n": m["n"]}
+    return ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scratch", default=".scratch/peer", help="scratch folder for the peer's venv, data and runs")
+    parser.add_argument("--skip-install", action="store_true", help="use the peer venv as it is")
+    args = parser.parse_args()
+    scratch = (ROOT / args.scratch).resolve()
+    venv = scratch / "venv"
+    scratch.mkdir(parents=True, exist_ok=True)
+    if not args.skip_install:
+        install_peer(venv)
+    model_path = resolve_model_path("smollm2-135m-instruct")
+    gold, space, tokens_per_row = write_alpaca(model_path, scratch / "data")
+
+    peer = run_peer(venv, scratch, model_path, gold, space, tokens_per_row)
+    ours = run_ours(scratch, tokens_per_row)
+    best = max(ours["predict"], key=lambda k: ours["predict"][k]["examples_per_second"])
+    ratios = {
+        "train_examples_per_second": round(ours["train"]["examples_per_second"] / peer["train"]["examples_per_second"], 2),
+        "predict_examples_per_second_best_mode": round(ours["predict"][best]["examples_per_second"] / peer["predict"]["examples_per_second"], 2),
+        "predict_best_mode": best,
+        "peak_rss_train": round(ours["train"]["peak_rss_gib"] / peer["train"]["peak_rss_gib"], 2),
+        "accuracy_difference_best_mode": round(ours["predict"][best]["accuracy"] - peer["predict"]["accuracy"], 4),
+        "accuracy_difference_hf_generate": round(ours["predict"]["hf:generate"]["accuracy"] - peer["predict"]["accuracy"], 4),
+    }
+    result = {
+        "benchmark": "instructemo vs LLaMA-Factory: SmolLM2-135M-Instruct LoRA r16/a32 all-linear, first 4000 dair-ai emotion "
+                     "train rows, 1 epoch, batch 16, lr 5e-4 cosine, cutoff 256, bf16; 2000-row test split, greedy",
+        "command": "python bench/peer.py",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "settings": SETTINGS, "tokens_per_training_row": round(tokens_per_row, 1),
+        "llamafactory": peer, "instructemo": ours, "ratios": ratios,
+        "targets": {"train_ratio_at_least": 1.5, "predict_ratio_at_least": 3.0, "accuracy_at_least_peer": True},
+        "targets_met": {
+            "train": ratios["train_examples_per_second"] >= 1.5,
+            "predict": ratios["predict_examples_per_second_best_mode"] >= 3.0,
+            "accuracy": ratios["accuracy_difference_best_mode"] >= 0,
+        },
+    }
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()
