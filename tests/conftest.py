@@ -49,12 +49,10 @@ def shared_data() -> Path:
     return path
 
 
-def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size: int = 32, heads: int = 4) -> Path:
-    """A 2-layer randomly initialised decoder (llama, mistral, qwen2, gemma3_text, ...) with a
-    word-level tokenizer and a ChatML template."""
-    import torch
+def tiny_tokenizer():
+    """A word-level tokenizer over the test texts, labels and templates: (tokenizer, vocab)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from instructemo.prompts import TEMPLATE_DIR
 
@@ -70,6 +68,32 @@ def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size
         tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>",
         bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>"],
     )
+    return tokenizer, vocab
+
+
+def build_tiny_encoder(directory: Path, model_type: str = "bert", hidden_size: int = 32) -> Path:
+    """A 2-layer randomly initialised encoder (bert, distilbert, roberta) with the word-level tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer, vocab = tiny_tokenizer()
+    sizes = {"distilbert": dict(dim=hidden_size, n_layers=2, n_heads=4, hidden_dim=2 * hidden_size)}.get(
+        model_type, dict(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden_size))
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=len(vocab), max_position_embeddings=520,
+                                  pad_token_id=vocab["<pad>"], **sizes)
+    AutoModel.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size: int = 32, heads: int = 4) -> Path:
+    """A 2-layer randomly initialised decoder (llama, mistral, qwen2, gemma3_text, ...) with a
+    word-level tokenizer and a ChatML template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer, vocab = tiny_tokenizer()
     tokenizer.chat_template = CHATML
     torch.manual_seed(0)
     config = AutoConfig.for_model(

@@ -70,6 +70,14 @@ def _datasets(args):
     print_datasets(list_datasets(args.dataset_dir))
 
 
+def _compare(args):
+    from pathlib import Path
+
+    from .compare import compare_runs
+
+    compare_runs([Path(p) for p in args.runs], Path(args.output))
+
+
 def _predict(cfg, args):
     from pathlib import Path
 
@@ -96,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = verbs.add_parser("datasets", help="List the dataset registry: splits, sizes, labels, where each loads from.")
     listing.add_argument("--dataset-dir", default="data", help="Folder with an extra datasets.yaml (default: data).")
     listing.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+    compare = verbs.add_parser("compare", help="Runs side by side: a table of metrics, cost and per-class F1, and a bar chart.")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="A training output_dir (with eval/ in it) or an evaluation directory.")
+    compare.add_argument("--output", default="compare", help="Folder for compare.md, compare.json, per_class_f1.png (default: compare).")
+    compare.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     for name, (_, summary) in VERBS.items():
         sub = verbs.add_parser(
             name, help=summary, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.verbose)
     try:
-        if args.verb == "datasets":
-            _datasets(args)
+        if args.verb in ("datasets", "compare"):
+            (_datasets if args.verb == "datasets" else _compare)(args)
             return 0
         run, _ = VERBS[args.verb]
         if args.verb == "classify":

@@ -12,7 +12,8 @@ import numpy as np
 from .config import Config
 from .data import Split, default_eval_spec, load_split, resolve_label_space
 from .errors import UserError
-from .infer import classify, load_engine
+from .infer import classify, classify_dense, load_engine
+from .infer.dense import DenseEngine, run_stage
 from .labels import LABEL_SPACE_FILE, LabelSpace
 from .metrics import score
 from .models import resolve_model_path, use_bf16
@@ -66,16 +67,28 @@ class Classifier:
         self.template = load_template(cfg.template, default_template)
         self.bf16 = use_bf16(cfg.bf16)
         self.thresholds = load_thresholds(self.adapter, self.space)
+        self.stage = run_stage(self.adapter, cfg.stage)
+
+    @property
+    def mode(self) -> str:
+        """What produced the labels: generate or score (stage sft), or cls (a classification head)."""
+        return "cls" if self.stage == "cls" else self.cfg.mode
 
     def load(self) -> "Classifier":
         """Load the model; separate from __init__ so input checks run first."""
+        base = resolve_model_path(self.cfg.model_name_or_path)
+        if self.stage == "cls":
+            self.engine = DenseEngine(self.cfg, base, self.adapter, self.space, self.bf16)
+            return self
         if self.adapter is None:
             log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
-        self.engine = load_engine(self.cfg, resolve_model_path(self.cfg.model_name_or_path), self.adapter, self.bf16)
+        self.engine = load_engine(self.cfg, base, self.adapter, self.bf16)
         self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
         return self
 
     def classify(self, texts: list[str]):
+        if self.stage == "cls":
+            return classify_dense(self.cfg, self.engine, texts, self.space, self.thresholds)
         return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space, self.thresholds)
 
 
@@ -110,8 +123,8 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "eval_dataset": eval_spec,
         "data_origin": split.origin,
         "backend": cfg.backend,
-        "mode": cfg.mode,
-        "decoding": "sampling" if cfg.do_sample and cfg.mode == "generate" else "greedy",
+        "mode": classifier.mode,
+        "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
         "inference_seconds": round(seconds, 1),
         "examples_per_second": round(len(rows) / seconds, 2),
     }

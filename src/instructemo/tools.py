@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -87,7 +86,8 @@ def print_classified(results: list[dict], out=None) -> None:
 
 def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
     """The base with the trained adapter merged in, saved as a standalone HF directory (safetensors)."""
-    from .evaluate import find_adapter
+    from .evaluate import find_adapter, trained_label_space
+    from .infer.dense import DenseEngine, run_stage
     from .infer.hf import load_for_inference
     from .labels import LABEL_SPACE_FILE
     from .models import resolve_model_path, save_atomically
@@ -100,9 +100,13 @@ def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
         raise UserError(f"nothing to export: no trained adapter or model in {cfg.output_dir}; run instructemo sft first")
     if output.exists() and any(output.iterdir()):
         raise UserError(f"--output {output} is not empty; choose a new directory")
-    model, tokenizer = load_for_inference(resolve_model_path(cfg.model_name_or_path), adapter, flash_attn="eager",
-                                          bf16=False, trust_remote_code=cfg.trust_remote_code,
-                                          allow_pickle=cfg.allow_pickle_weights)
+    base = resolve_model_path(cfg.model_name_or_path)
+    if run_stage(adapter, cfg.stage) == "cls":
+        engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, trained_label_space(cfg, adapter)[0], bf16=False)
+        model, tokenizer = engine.model, engine.tokenizer
+    else:
+        model, tokenizer = load_for_inference(base, adapter, flash_attn="eager", bf16=False,
+                                              trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
 
     def write(staging: Path) -> None:
         model.save_pretrained(staging)  # safetensors

@@ -38,7 +38,12 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     """Train an adapter (or a full model) into cfg.output_dir and return that directory.
 
     `train` replaces cfg.dataset's rows (cross-validation passes its folds this way).
+    With `stage: cls` the same verb trains a classification head instead (dense.py).
     """
+    if cfg.stage == "cls":
+        from .dense import run_cls
+
+        return run_cls(cfg, train)
     train, template, select = check_before_training(cfg, train)
     output_dir = Path(cfg.output_dir)
     checkpoint = resume_checkpoint(cfg)
@@ -372,15 +377,18 @@ def adapter_config(cfg: Config, task_type: str):
     from peft import IA3Config, LoraConfig
 
     named = [m.strip() for m in cfg.lora_target.split(",") if m.strip()]
+    # A classification head is new: peft trains it in full (modules_to_save), so no adapter goes inside it.
+    head = r".*\b(classifier|pre_classifier|score)(\..*)?$" if task_type == "SEQ_CLS" else None
     if cfg.finetuning_type in ("lora", "qlora"):
         return LoraConfig(
             r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules="all-linear" if cfg.lora_target == "all" else named, task_type=task_type,
+            exclude_modules=head,
         )
     if cfg.finetuning_type == "ia3":
         # IA3 scales keys, values and the MLP output; "all" lets peft pick them for the architecture.
         return IA3Config(task_type=task_type, target_modules=None if cfg.lora_target == "all" else named,
-                         feedforward_modules=None if cfg.lora_target == "all" else [])
+                         feedforward_modules=None if cfg.lora_target == "all" else [], exclude_modules=head)
     return None
 
 

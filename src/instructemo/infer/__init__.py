@@ -52,19 +52,33 @@ def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelS
     if cfg.mode == "generate":
         answers = engine.generate(conversations)
         return Classified([parse_labels(a, space) for a in answers], answers, None)
-    names = space.names
     if space.multi_label:
         from .multilabel import label_probabilities
 
         probabilities, answers = label_probabilities(engine, conversations, space)
-        if cfg.score_threshold is not None:
-            thresholds = np.full(len(names), cfg.score_threshold)
-        elif thresholds is None:
-            thresholds = np.full(len(names), DEFAULT_THRESHOLD)
-        labels = [tuple(n for n, p, t in zip(names, row, thresholds) if p >= t) for row in probabilities]
-        return Classified(labels, answers, probabilities)
-    candidates = [space.answer([name]) for name in names]
+        return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities)
+    candidates = [space.answer([name]) for name in space.names]
     loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
     probabilities = np.exp(loglik - loglik.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    return Classified([(names[i],) for i in probabilities.argmax(axis=1)], None, probabilities)
+    return Classified(decide(probabilities, space), None, probabilities)
+
+
+def classify_dense(cfg: Config, engine, texts: list[str], space: LabelSpace, thresholds: np.ndarray | None = None) -> Classified:
+    """Labels and probabilities from a classification head (stage: cls), with the same decision rules."""
+    probabilities = engine.probabilities(texts)
+    return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), None, probabilities)
+
+
+def decide(probabilities: np.ndarray, space: LabelSpace, thresholds: np.ndarray | None = None,
+           score_threshold: float | None = None) -> list[tuple[str, ...]]:
+    """Single-label: the most probable label. Multi-label: every label at or above its threshold
+    (score_threshold when set, else the calibrated `thresholds`, else 0.5)."""
+    names = space.names
+    if not space.multi_label:
+        return [(names[i],) for i in probabilities.argmax(axis=1)]
+    if score_threshold is not None:
+        thresholds = np.full(len(names), score_threshold)
+    elif thresholds is None:
+        thresholds = np.full(len(names), DEFAULT_THRESHOLD)
+    return [tuple(n for n, p, t in zip(names, row, thresholds) if p >= t) for row in probabilities]

@@ -1,0 +1,142 @@
+"""`stage: cls`: a classification head (AutoModelForSequenceClassification) on the same data and label spaces.
+
+The text goes in as it is (no prompt): an encoder (BERT, DistilBERT, RoBERTa,
+MiniLM) reads it whole, a decoder (Llama, Qwen, Gemma) is read at its last
+token by a new score head. Single-label trains with cross-entropy, multi-label
+with one binary cross-entropy per label; after training, per-label thresholds
+are chosen on the dev split (as `instructemo calibrate` does) when there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import Split
+from .errors import UserError
+from .labels import LabelSpace
+from .launch import inside_launcher
+from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
+from .train import (
+    adapter_config, check_before_training, clear_previous_run, resume_checkpoint, save_run, trainer_arguments,
+    write_resolved_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+def class_weights(setting: str | dict, space: LabelSpace, label_sets: list[tuple[str, ...]]) -> torch.Tensor | None:
+    """Per-class loss weights: cross-entropy class weights (single-label) or BCE positive weights (multi-label).
+
+    balanced, single-label: n / (classes * count), scikit-learn's rule.
+    balanced, multi-label: negatives / positives for each label.
+    A class absent from the training rows weighs 1.
+    """
+    if setting == "none":
+        return None
+    names = space.names
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(names))
+        if unknown:
+            raise UserError(f"class_weights names labels outside the label space: {unknown}; the labels are {list(names)}")
+        return torch.tensor([float(setting.get(n, 1.0)) for n in names])
+    counts = np.array([sum(n in labels for labels in label_sets) for n in names], dtype=np.float64)
+    rows = len(label_sets)
+    with np.errstate(divide="ignore"):
+        weights = (rows - counts) / counts if space.multi_label else rows / (len(names) * counts)
+    weights[counts == 0] = 1.0
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def targets(space: LabelSpace, label_sets: list[tuple[str, ...]]) -> list:
+    """Class indices (single-label) or 0/1 float rows (multi-label), as the losses take them."""
+    index = {n: i for i, n in enumerate(space.names)}
+    if not space.multi_label:
+        return [index[labels[0]] for labels in label_sets]
+    return [[float(n in labels) for n in space.names] for labels in label_sets]
+
+
+def classification_loss(weights: torch.Tensor | None, multi_label: bool):
+    """The loss Trainer calls with the model's outputs and the batch's labels."""
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits.float()
+        w = weights.to(logits.device) if weights is not None else None
+        if multi_label:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w)
+        return torch.nn.functional.cross_entropy(logits, labels, weight=w)
+
+    return loss
+
+
+def run_cls(cfg: Config, train: Split | None = None) -> Path:
+    """Train a classification head (with LoRA, IA3 or full fine-tuning) into cfg.output_dir."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    if cfg.finetuning_type == "qlora":
+        raise UserError("stage: cls takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
+    if cfg.select_best:
+        raise UserError("select_best is for stage: sft; stage: cls keeps the last weights")
+    train, _, _ = check_before_training(cfg, train)
+    space = train.label_space
+    output_dir = Path(cfg.output_dir)
+    checkpoint = resume_checkpoint(cfg)
+    if not inside_launcher():
+        clear_previous_run(cfg, checkpoint)
+    bf16 = use_bf16(cfg.bf16)
+    model_path = resolve_model_path(cfg.model_name_or_path)
+    tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code, chat=False)
+    log.info("training a %s head on %d rows of %s (%s)", "multi-label" if space.multi_label else "single-label",
+             len(train.records), cfg.dataset, train.origin)
+
+    label_sets = [r.labels for r in train.records]
+    encoded = tokenizer([r.text for r in train.records], truncation=True, max_length=cfg.cutoff_len)
+    dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                                 "labels": targets(space, label_sets)})
+    weights = class_weights(cfg.class_weights, space, label_sets)
+    if weights is not None:
+        log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(space.names, weights.tolist())))
+
+    model = load_sequence_classifier(model_path, list(space.names), multi_label=space.multi_label, flash_attn=cfg.flash_attn,
+                                     trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # decoders find each row's last real token by it
+    peft_config = adapter_config(cfg, "SEQ_CLS")
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)  # SEQ_CLS also trains (and saves) the new head in full
+    args = TrainingArguments(**trainer_arguments(cfg, bf16), train_sampling_strategy="group_by_length")
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_loss_func=classification_loss(weights, space.multi_label))
+    if trainer.is_world_process_zero():
+        write_resolved_config(cfg, model_path, train)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - started
+    save_run(cfg, trainer, tokenizer, train, rows=len(train.records), train_seconds=train_seconds, result=result)
+    if space.multi_label and trainer.is_world_process_zero():
+        _calibrate_if_dev(cfg)
+    return output_dir
+
+
+def _calibrate_if_dev(cfg: Config) -> None:
+    """Per-label thresholds from the dev split, when the dataset has one; else every label uses 0.5."""
+    from .calibrate import run_calibrate
+    from .data import default_dev_spec
+
+    try:
+        default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+    except UserError:
+        if cfg.select_dataset is None:
+            log.warning("no dev split to choose per-label thresholds on: every label uses 0.5 "
+                        "(set select_dataset and run instructemo calibrate to choose them)")
+            return
+    run_calibrate(cfg)

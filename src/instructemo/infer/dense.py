@@ -1,0 +1,68 @@
+"""Inference for `stage: cls` runs: the classification head's probabilities for each text."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..labels import LabelSpace
+from ..models import load_sequence_classifier, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class DenseEngine:
+    """A sequence classifier (base plus adapter, or a fully fine-tuned model) and its tokenizer."""
+
+    def __init__(self, cfg, base_path: str, adapter: Path | None, space: LabelSpace, bf16: bool):
+        if cfg.backend != "hf":
+            raise UserError("stage: cls runs are served by backend: hf (vLLM generates text); set backend: hf")
+        if adapter is None:
+            raise UserError(f"no trained classifier in {cfg.output_dir}: a cls head is new at training time; run instructemo sft first")
+        self.batch_size = cfg.per_device_eval_batch_size
+        self.cutoff_len = cfg.cutoff_len
+        self.multi_label = space.multi_label
+        full_model = not (adapter / "adapter_config.json").is_file()
+        self.tokenizer = load_tokenizer(str(adapter), trust_remote_code=cfg.trust_remote_code, chat=False)
+        model = load_sequence_classifier(
+            str(adapter) if full_model else base_path, list(space.names), multi_label=space.multi_label,
+            flash_attn=cfg.flash_attn, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        if not full_model:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # the saved head comes with it
+        self.model = model.to(torch.bfloat16 if bf16 else torch.float32).eval()
+
+    @torch.inference_mode()
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """Rows x labels: softmax over the labels (single-label) or each label's sigmoid (multi-label)."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.cutoff_len)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
+        out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float64)
+        for start in tqdm(range(0, len(order), self.batch_size), desc="classifying", unit="batch"):
+            chunk = order[start : start + self.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+            logits = self.model(**batch.to(self.model.device)).logits.float()
+            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+            out[chunk] = probs.cpu().numpy()
+        return out
+
+
+def run_stage(adapter: Path | None, configured: str) -> str:
+    """sft or cls: what the trained run in `adapter` is (its saved config says), else the configured stage."""
+    from ..train import RESOLVED_CONFIG_FILE
+
+    path = adapter / RESOLVED_CONFIG_FILE if adapter is not None else None
+    if path is not None and path.is_file():
+        import yaml
+
+        return (yaml.safe_load(path.read_text()) or {}).get("stage", "sft")
+    return configured

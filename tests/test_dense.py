@@ -1,0 +1,161 @@
+"""stage: cls: classification heads on encoders and decoders, class weights, and the same outputs as sft runs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_tiny_causal_lm, build_tiny_encoder
+from instructemo.dense import class_weights, classification_loss
+from instructemo.labels import LabelSpace
+from test_end_to_end import run_cli, tiny_config
+
+EMOTIONS = ("sadness", "joy", "love", "anger", "fear", "surprise")
+
+
+def test_balanced_weights_single_label_follow_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    space = LabelSpace(EMOTIONS, multi_label=False)
+    rows = [("joy",)] * 6 + [("sadness",)] * 3 + [("fear",)] * 1 + [("love",), ("anger",), ("surprise",)]
+    weights = class_weights("balanced", space, rows)
+    present = [n for n in EMOTIONS if any(n in r for r in rows)]
+    expected = compute_class_weight("balanced", classes=np.array(present), y=np.array([r[0] for r in rows]))
+    np.testing.assert_allclose(weights.numpy(), [dict(zip(present, expected))[n] for n in EMOTIONS], rtol=1e-6)
+    assert weights[EMOTIONS.index("fear")] > weights[EMOTIONS.index("joy")]
+
+
+def test_balanced_weights_multi_label_are_negative_over_positive():
+    space = LabelSpace(("anger", "joy", "trust"), multi_label=True)
+    rows = [("anger",), ("anger", "joy"), (), ("joy",)]
+    weights = class_weights("balanced", space, rows)
+    assert weights.tolist() == [1.0, 1.0, 1.0]  # anger 2/2, joy 2/2, trust absent -> 1
+    weights = class_weights("balanced", space, rows + [("anger",)] * 3)
+    assert weights[0] == pytest.approx(2 / 5) and weights[1] == pytest.approx(5 / 2)
+
+
+def test_given_weights_and_unknown_labels():
+    space = LabelSpace(EMOTIONS, multi_label=False)
+    assert class_weights({"surprise": 3.0}, space, []).tolist() == [1, 1, 1, 1, 1, 3.0]
+    assert class_weights("none", space, []) is None
+    with pytest.raises(Exception, match="outside the label space.*'suprise'"):
+        class_weights({"suprise": 3.0}, space, [])
+
+
+def test_weighted_loss_matches_the_definition():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    outputs = type("Out", (), {"logits": logits})
+    weights = torch.tensor([1.0, 4.0, 1.0])
+    labels = torch.tensor([0, 1])
+    ce = classification_loss(weights, multi_label=False)(outputs, labels)
+    logp = logits.log_softmax(-1)
+    assert ce.item() == pytest.approx(((-logp[0, 0] * 1 - logp[1, 1] * 4) / 5).item(), rel=1e-6)
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    bce = classification_loss(weights, multi_label=True)(outputs, targets)
+    p = logits.sigmoid()
+    by_hand = -(weights * targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    assert bce.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
+    config = tiny_config(tmp_path, model_dir, dataset_dir, **{"stage": "cls", "learning_rate": 3e-2, "num_train_epochs": 10, **extra})
+    assert run_cli("sft", config) == 0
+    run = tmp_path / "run"
+    results = json.loads((run / "train_results.json").read_text())
+    assert results["stage"] == "cls" and 0 < results["trainable_parameters"] < results["total_parameters"] or extra.get("finetuning_type") == "full"
+    losses = [json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < losses[0]
+    assert run_cli("generate-eval", config) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["mode"] == "cls" and metrics["metrics"]["invalid"] == 0
+    assert all(r["predicted"] is not None and r["generation"] is None for r in rows)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows) or extra.get("dataset")
+    for name in ("report.md", "report.html"):
+        assert (run / "eval" / name).is_file()
+    return config, metrics, rows
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
+def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, model_type):
+    model_dir = build_tiny_encoder(tmp_path / model_type, model_type)
+    _, metrics, _ = _learns_and_evaluates(tmp_path, model_dir, emotion_dir, eval_dataset="emotion:train", num_train_epochs=30)
+    assert metrics["metrics"]["accuracy"] >= 0.5  # the training rows, learned by a tiny model in a few steps
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_decoders_train_a_score_head(tmp_path, emotion_dir, model_type):
+    model_dir = build_tiny_causal_lm(tmp_path / model_type, model_type)
+    _learns_and_evaluates(tmp_path, model_dir, emotion_dir, class_weights="balanced")
+
+
+def test_full_fine_tuning_then_predict_and_export(tmp_path, emotion_dir):
+    model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
+    config, _, rows = _learns_and_evaluates(tmp_path, model_dir, emotion_dir, finetuning_type="full",
+                                            class_weights={"surprise": 2.0})
+    unlabeled = tmp_path / "in.csv"
+    unlabeled.write_text("id,text\n7,i am so happy\n8,\n9,i am scared\n")
+    assert run_cli("predict", config, "--input", unlabeled, "--output", tmp_path / "out.csv") == 0
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "id,label,probability" and lines[2] == "8,," and len(lines) == 4
+    assert run_cli("export", config, "--output", tmp_path / "exported") == 0
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported")
+    assert exported.config.id2label[0] == "sadness"
+
+
+def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):
+    model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
+    rows = [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("i am here", [])] * 4
+    for split in ("train", "dev"):
+        path = tmp_path / "ml" / f"{split}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
+    registry = tmp_path / "datasets.yaml"
+    registry.write_text(
+        "ml:\n  format: jsonl\n  label_column: labels\n  splits: {train: ml/train.jsonl, dev: ml/dev.jsonl}\n"
+        "  labels: {names: [anger, fear, joy, sadness], multi_label: true, none_word: none}\n  template: multi_label\n"
+    )
+    config, metrics, rows_out = _learns_and_evaluates(tmp_path, model_dir, tmp_path, dataset="ml", eval_dataset="ml:dev")
+    thresholds = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    assert set(thresholds["thresholds"]) == {"anger", "fear", "joy", "sadness"}
+    assert "jaccard" in metrics["metrics"] and metrics["metrics"]["jaccard"] > 0.5
+    assert all(r["predicted"] is not None for r in rows_out)
+
+
+def test_cls_refuses_vllm_and_qlora(tmp_path, emotion_dir, capsys):
+    model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
+    config = tiny_config(tmp_path, model_dir, emotion_dir, stage="cls", finetuning_type="qlora")
+    assert run_cli("sft", config) != 0
+    assert "stage: cls takes finetuning_type lora, ia3 or full" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_puts_a_cls_run_beside_an_sft_run(tmp_path, emotion_dir, tiny_llama, capsys):
+    encoder = build_tiny_encoder(tmp_path / "bert", "bert")
+    cls_config = tiny_config(tmp_path / "a", encoder, emotion_dir, stage="cls", output_dir=str(tmp_path / "cls-run"))
+    sft_config = tiny_config(tmp_path / "b", tiny_llama, emotion_dir, output_dir=str(tmp_path / "sft-run"), num_train_epochs=1)
+    for config in (cls_config, sft_config):
+        assert run_cli("sft", config, "do_eval=true") == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert run_cli("compare", tmp_path / "cls-run", tmp_path / "sft-run" / "eval", "--output", out) == 0
+    printed = capsys.readouterr().out
+    assert "| run | stage | mode | accuracy | macro F1 |" in printed and "F1 surprise" in printed
+    rows = json.loads((out / "compare.json").read_text())
+    assert [(r["stage"], r["mode"]) for r in rows] == [("cls", "cls"), ("sft", "generate")]
+    for r in rows:
+        metrics = json.loads((Path(r["run"]) / ("metrics.json" if r["stage"] == "sft" else "eval/metrics.json")).read_text())
+        assert r["macro_f1"] == metrics["metrics"]["macro_f1"] and r["trainable_parameters"] > 0
+        assert set(r["per_class_f1"]) == set(EMOTIONS)
+    assert (out / "compare.md").read_text().strip() == printed.strip()
+    assert (out / "per_class_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_says_what_is_missing(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli("compare", tmp_path / "empty") == 2
+    assert "no metrics.json" in capsys.readouterr().err
