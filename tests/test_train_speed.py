@@ -24,15 +24,15 @@ def test_shared_prompt_length_keeps_the_answer_predicting_position():
     assert batch["position_ids"].tolist() == [[3, 4], [3, 4]]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, model_type):
+@pytest.mark.parametrize("model_type,attention", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
+def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, model_type, attention):
     model_dir = build_tiny_causal_lm(tmp_path / model_type, model_type)
     cfg = load_config(tiny_config(tmp_path, model_dir, emotion_dir, bf16=False))
     tokenizer = load_tokenizer(str(model_dir))
     split = load_split(cfg.dataset, cfg.dataset_dir)
     builder = PromptBuilder(tokenizer, load_template(cfg.template, split.template), split.label_space, cfg.cutoff_len)
     examples = [builder.training_example(r) for r in split.records]
-    model = load_causal_lm(str(model_dir), flash_attn="auto", bf16=False)
+    model = load_causal_lm(str(model_dir), flash_attn=attention, bf16=False)
     trainer = _build_trainer(cfg, model, tokenizer, examples, bf16=False)
     rows = [trainer.train_dataset[i] for i in range(len(examples))]
     # Rows of different lengths, so the rests are padded in the middle of the sequence.
@@ -53,3 +53,13 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, 
     assert plain and plain.keys() == shared.keys()
     for name in plain:
         torch.testing.assert_close(shared[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cpu_training_picks_eager_attention_and_inference_sdpa():
+    from instructemo.models import pick_attention
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU choice")
+    assert pick_attention("auto", training=True) == "eager"
+    assert pick_attention("auto") == "sdpa"
+    assert pick_attention("sdpa", training=True) == "sdpa"

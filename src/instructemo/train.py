@@ -61,7 +61,7 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     examples = _balanced(cfg.label_balancing, [r.labels for r in train.records], examples)
 
     model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16, four_bit=cfg.finetuning_type == "qlora",
-                           trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
+                           trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights, training=True)
     if cfg.finetuning_type == "qlora":
         from peft import prepare_model_for_kbit_training
 
