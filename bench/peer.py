@@ -15,7 +15,10 @@ Then each framework's own predict path labels the 2000-row test split greedily
 and metrics). Each command runs alone, under a wrapper that records its wall
 time and peak memory (the largest resident set of its processes).
 
-    python bench/peer.py [--scratch .scratch/peer] [--skip-install]
+    python bench/peer.py [--scratch .scratch/peer] [--skip-install] [--smoke]
+
+--smoke runs the whole harness on 64 train and 64 test rows (a check that
+both frameworks run, not a measurement) and writes peer_llamafactory.smoke.json.
 
 Writes bench/results/peer_llamafactory.json and prints the ratios.
 """
@@ -28,8 +31,9 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -93,12 +97,12 @@ def peer_env(scratch: Path) -> dict:
             "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
 
 
-def write_alpaca(model_path: str, data_dir: Path) -> tuple[list, object, float]:
+def write_alpaca(model_path: str, data_dir: Path, train_rows: int, test_rows: int | None) -> tuple[list, object, float]:
     """The same rows and prompts as instructemo trains on, as alpaca JSON; returns (test gold, label space, tokens/row)."""
     tokenizer = load_tokenizer(model_path)
     dataset_dir = shared_data_dir()
-    train = load_split("emotion", dataset_dir, max_samples=TRAIN_ROWS)
-    test = load_split("emotion:test", dataset_dir, label_space=train.label_space)
+    train = load_split("emotion", dataset_dir, max_samples=train_rows)
+    test = load_split("emotion:test", dataset_dir, label_space=train.label_space, max_samples=test_rows)
     builder = PromptBuilder(tokenizer, load_template("auto", train.template), train.label_space, CUTOFF)
 
     def rows(split):
@@ -134,9 +138,10 @@ def peer_configs(model_path: str, scratch: Path) -> tuple[Path, Path]:
                "adapter_name_or_path": str(adapter), "eval_dataset": "emotion_test",
                "per_device_eval_batch_size": EVAL_BATCH, "do_sample": False, "max_new_tokens": MAX_NEW_TOKENS,
                "output_dir": str(scratch / "llamafactory-predict")}
-    paths = scratch / "llamafactory-train.json", scratch / "llamafactory-predict.json"
+    # YAML: its JSON config reader is broken in 0.9.5 (json.load on a Path).
+    paths = scratch / "llamafactory-train.yaml", scratch / "llamafactory-predict.yaml"
     for path, values in zip(paths, (train, predict)):
-        path.write_text(json.dumps(values, indent=2))
+        path.write_text(yaml.safe_dump(values, sort_keys=False))
     return paths
 
 
@@ -161,10 +166,10 @@ def run_peer(venv: Path, scratch: Path, model_path: str, gold, space, tokens_per
     }
 
 
-def run_ours(scratch: Path, tokens_per_row: float) -> dict:
+def run_ours(scratch: Path, tokens_per_row: float, sample_overrides: list[str]) -> dict:
     exe = str(Path(sys.executable).with_name("instructemo"))
     out = scratch / "instructemo-run"
-    overrides = [f"output_dir={out}", "overwrite_output_dir=true"]
+    overrides = [f"output_dir={out}", "overwrite_output_dir=true", *sample_overrides]
     train = measured([exe, "sft", CONFIG, *overrides], scratch, "ours-train")
     summary = json.loads((out / "train_results.json").read_text())
     ours = {"train": {**train, "train_seconds": summary["train_seconds"], "examples_per_second": summary["train_examples_per_second"],
@@ -173,7 +178,7 @@ def run_ours(scratch: Path, tokens_per_row: float) -> dict:
     for backend, mode in (("hf", "generate"), ("hf", "score"), ("vllm", "generate")):
         eval_dir = out / f"eval-{backend}-{mode}"
         run = measured([exe, "generate-eval", CONFIG, f"output_dir={out}", f"eval_output_dir={eval_dir}", f"backend={backend}",
-                        f"mode={mode}", f"per_device_eval_batch_size={EVAL_BATCH}", f"max_new_tokens={MAX_NEW_TOKENS}"],
+                        f"mode={mode}", f"per_device_eval_batch_size={EVAL_BATCH}", f"max_new_tokens={MAX_NEW_TOKENS}", *sample_overrides],
                        scratch, f"ours-{backend}-{mode}")
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         m = metrics["metrics"]
@@ -186,17 +191,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scratch", default=".scratch/peer", help="scratch folder for the peer's venv, data and runs")
     parser.add_argument("--skip-install", action="store_true", help="use the peer venv as it is")
+    parser.add_argument("--smoke", action="store_true", help="64 train and 64 test rows: check the harness runs")
     args = parser.parse_args()
+    train_rows, test_rows = (64, 64) if args.smoke else (TRAIN_ROWS, None)
+    sample_overrides = [f"max_samples={train_rows}"] + ([f"max_eval_samples={test_rows}"] if test_rows else [])
     scratch = (ROOT / args.scratch).resolve()
     venv = scratch / "venv"
     scratch.mkdir(parents=True, exist_ok=True)
     if not args.skip_install:
         install_peer(venv)
     model_path = resolve_model_path("smollm2-135m-instruct")
-    gold, space, tokens_per_row = write_alpaca(model_path, scratch / "data")
+    gold, space, tokens_per_row = write_alpaca(model_path, scratch / "data", train_rows, test_rows)
 
     peer = run_peer(venv, scratch, model_path, gold, space, tokens_per_row)
-    ours = run_ours(scratch, tokens_per_row)
+    ours = run_ours(scratch, tokens_per_row, sample_overrides)
     best = max(ours["predict"], key=lambda k: ours["predict"][k]["examples_per_second"])
     ratios = {
         "train_examples_per_second": round(ours["train"]["examples_per_second"] / peer["train"]["examples_per_second"], 2),
@@ -209,7 +217,7 @@ def main() -> None:
     result = {
         "benchmark": "instructemo vs LLaMA-Factory: SmolLM2-135M-Instruct LoRA r16/a32 all-linear, first 4000 dair-ai emotion "
                      "train rows, 1 epoch, batch 16, lr 5e-4 cosine, cutoff 256, bf16; 2000-row test split, greedy",
-        "command": "python bench/peer.py",
+        "command": "python bench/peer.py" + (" --smoke" if args.smoke else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "settings": SETTINGS, "tokens_per_training_row": round(tokens_per_row, 1),
         "llamafactory": peer, "instructemo": ours, "ratios": ratios,
@@ -220,7 +228,9 @@ def main() -> None:
             "accuracy": ratios["accuracy_difference_best_mode"] >= 0,
         },
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if args.smoke:
+        result["smoke"] = "64 train and 64 test rows: a check that the harness runs, not a measurement"
+    (RESULTS.with_suffix(".smoke.json") if args.smoke else RESULTS).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(ratios, indent=2))
 
 
