@@ -122,6 +122,30 @@ def write_alpaca(model_path: str, data_dir: Path, train_rows: int, test_rows: in
     return [r.labels for r in test.records], train.label_space, sum(tokens) / len(tokens)
 
 
+def bf16_view(model_path: str, scratch: Path) -> str:
+    """The same model directory with bfloat16 as its config dtype, for LLaMA-Factory.
+
+    LLaMA-Factory loads weights in the dtype the config names (torch_dtype
+    "auto"). instructemo's dense directory is dequantized to float32, so as it
+    is LLaMA-Factory would train float32 weights under bf16 autocast, slower
+    than instructemo's bf16 weights and slower than it runs on a hub model
+    (whose config says bfloat16). With this view both load the same float32
+    file into the same bf16 weights. The weight files are linked, not copied.
+    """
+    source = Path(model_path)
+    view = scratch / "model-bf16"
+    view.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        target = view / item.name
+        if item.name == "config.json":
+            config = json.loads(item.read_text())
+            config["dtype"] = "bfloat16"
+            target.write_text(json.dumps(config, indent=2))
+        elif not target.exists():
+            target.symlink_to(item.resolve())
+    return str(view)
+
+
 def peer_configs(model_path: str, scratch: Path) -> tuple[Path, Path]:
     common = {"model_name_or_path": model_path, "template": "smollm2", "dataset_dir": str(scratch / "data"),
               "cutoff_len": CUTOFF, "bf16": True, "use_cpu": True, "report_to": "none", "overwrite_output_dir": True,
@@ -147,7 +171,7 @@ def peer_configs(model_path: str, scratch: Path) -> tuple[Path, Path]:
 
 def run_peer(venv: Path, scratch: Path, model_path: str, gold, space, tokens_per_row: float) -> dict:
     env = peer_env(scratch)
-    train_config, predict_config = peer_configs(model_path, scratch)
+    train_config, predict_config = peer_configs(bf16_view(model_path, scratch), scratch)
     cli = str(venv / "bin" / "llamafactory-cli")
     train = measured([cli, "train", str(train_config)], scratch, "peer-train", env)
     train_metrics = json.loads((scratch / "llamafactory-adapter" / "train_results.json").read_text())
