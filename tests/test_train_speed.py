@@ -63,3 +63,22 @@ def test_cpu_training_picks_eager_attention_and_inference_sdpa():
     assert pick_attention("auto", training=True) == "eager"
     assert pick_attention("auto") == "sdpa"
     assert pick_attention("sdpa", training=True) == "sdpa"
+
+
+def test_length_grouped_batches_come_in_shuffled_order():
+    from instructemo.train import _epoch_seeded_sampler
+
+    lengths = [int(x) for x in torch.randint(5, 200, (800,), generator=torch.Generator().manual_seed(1))]
+    sampler = _epoch_seeded_sampler(16, lengths, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(800))  # every row once
+    batches = [first[i : i + 16] for i in range(0, 800, 16)]
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch first
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert sum(spans) / len(spans) < 20  # similar lengths in a batch: little padding
+    widths = [max(lengths[i] for i in b) for b in batches[1:]]
+    descents = sum(a >= b for a, b in zip(widths, widths[1:]))
+    assert 0.3 < descents / len(widths) < 0.7  # not longest-to-shortest: a shuffled order
+    assert list(sampler) == first  # the same (seed, epoch), the same order
+    sampler.set_epoch(1)
+    assert list(sampler) != first

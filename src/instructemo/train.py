@@ -294,12 +294,19 @@ def _forward_after_shared_prefix(model, prefix_ids: torch.Tensor, inputs: dict, 
 
 
 def _epoch_seeded_sampler(batch_size: int, lengths: list[int], seed: int):
-    """Length-grouped batches in an order drawn from (seed, epoch) alone.
+    """Length-grouped batches, in shuffled order, drawn from (seed, epoch) alone.
 
-    transformers' LengthGroupedSampler draws each epoch's order from the
-    running RNG, which a resumed run restores as it was at the checkpoint, not
-    at the epoch's start: the interrupted epoch would then be replayed in
-    another order. Seeding by epoch replays it exactly.
+    transformers' LengthGroupedSampler sorts each mega-batch (50 batches) by
+    length and yields its batches longest to shortest, so training walks from
+    long texts to short ones every 50 steps and the last, low-learning-rate
+    steps see only the shortest texts. Here the batches keep their similar
+    lengths (little padding) but come in random order; the longest stays first,
+    so running out of memory happens at once if at all.
+
+    It also draws each epoch's order from the running RNG, which a resumed run
+    restores as it was at the checkpoint, not at the epoch's start: the
+    interrupted epoch would then be replayed in another order. Seeding by
+    epoch replays it exactly.
     """
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -313,7 +320,10 @@ def _epoch_seeded_sampler(batch_size: int, lengths: list[int], seed: int):
 
         def __iter__(self):
             self.generator = torch.Generator().manual_seed(seed + self.epoch)
-            return super().__iter__()
+            indices = list(super().__iter__())
+            batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+            order = [0, *(1 + torch.randperm(len(batches) - 1, generator=self.generator)).tolist()] if batches else []
+            return iter([i for b in order for i in batches[b]])
 
     return EpochSeededLengthGroupedSampler()
 
