@@ -66,7 +66,8 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
     results = json.loads((run / "train_results.json").read_text())
     assert results["stage"] == "cls" and 0 < results["trainable_parameters"] < results["total_parameters"] or extra.get("finetuning_type") == "full"
     losses = [json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert losses[-1] < losses[0]
+    quarter = max(1, len(losses) // 4)
+    assert sum(losses[-quarter:]) < sum(losses[:quarter])  # it learns (single small-batch losses are noisy)
     assert run_cli("generate-eval", config) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -81,7 +82,7 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
 @pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
 def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, model_type):
     model_dir = build_tiny_encoder(tmp_path / model_type, model_type)
-    _, metrics, _ = _learns_and_evaluates(tmp_path, model_dir, emotion_dir, eval_dataset="emotion:train", num_train_epochs=30)
+    _, metrics, _ = _learns_and_evaluates(tmp_path, model_dir, emotion_dir, eval_dataset="emotion:train", num_train_epochs=30, learning_rate=1e-2)
     assert metrics["metrics"]["accuracy"] >= 0.5  # the training rows, learned by a tiny model in a few steps
 
 

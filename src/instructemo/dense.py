@@ -23,8 +23,8 @@ from .labels import LabelSpace
 from .launch import inside_launcher
 from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
 from .train import (
-    adapter_config, check_before_training, clear_previous_run, resume_checkpoint, save_run, trainer_arguments,
-    write_resolved_config,
+    adapter_config, check_before_training, clear_previous_run, resume_checkpoint, save_run, shuffled_length_groups,
+    trainer_arguments, write_resolved_config,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def classification_loss(weights: torch.Tensor | None, multi_label: bool):
 def run_cls(cfg: Config, train: Split | None = None) -> Path:
     """Train a classification head (with LoRA, IA3 or full fine-tuning) into cfg.output_dir."""
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, TrainingArguments
 
     if cfg.finetuning_type == "qlora":
         raise UserError("stage: cls takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
@@ -113,7 +113,7 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
 
         model = get_peft_model(model, peft_config)  # SEQ_CLS also trains (and saves) the new head in full
     args = TrainingArguments(**trainer_arguments(cfg, bf16), train_sampling_strategy="group_by_length")
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = _classifier_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_loss_func=classification_loss(weights, space.multi_label))
     if trainer.is_world_process_zero():
@@ -125,6 +125,15 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     if space.multi_label and trainer.is_world_process_zero():
         _calibrate_if_dev(cfg)
     return output_dir
+
+
+def _classifier_trainer_class():
+    from transformers import Trainer
+
+    class ClassifierTrainer(Trainer):
+        _get_train_sampler = shuffled_length_groups
+
+    return ClassifierTrainer
 
 
 def _calibrate_if_dev(cfg: Config) -> None:

@@ -328,8 +328,18 @@ def _epoch_seeded_sampler(batch_size: int, lengths: list[int], seed: int):
     return EpochSeededLengthGroupedSampler()
 
 
-def _answer_only_trainer_class():
+def shuffled_length_groups(trainer, train_dataset=None):
+    """A Trainer's _get_train_sampler, with transformers' length-grouped sampler swapped for _epoch_seeded_sampler."""
+    from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    sampler = Trainer._get_train_sampler(trainer, train_dataset)
+    if isinstance(sampler, LengthGroupedSampler):
+        return _epoch_seeded_sampler(sampler.batch_size, sampler.lengths, trainer.args.data_seed or trainer.args.seed)
+    return sampler
+
+
+def _answer_only_trainer_class():
     from trl import SFTTrainer
 
     class AnswerOnlySFTTrainer(SFTTrainer):
@@ -342,11 +352,7 @@ def _answer_only_trainer_class():
         head and softmax on every prompt position.
         """
 
-        def _get_train_sampler(self, train_dataset=None):
-            sampler = super()._get_train_sampler(train_dataset)
-            if isinstance(sampler, LengthGroupedSampler):
-                return _epoch_seeded_sampler(sampler.batch_size, sampler.lengths, self.args.data_seed or self.args.seed)
-            return sampler
+        _get_train_sampler = shuffled_length_groups
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
