@@ -7,7 +7,8 @@ Runs, each the user-facing commands (sft, then generate-eval on the 2000-row tes
   - SmolLM2-135M-Instruct generative, LoRA r16 (examples/smollm2_emotion.yaml), evaluated in
     generate mode (greedy + parser) and score mode (label likelihoods).
 All train on the first 4000 train rows for 1 epoch. Then `instructemo compare` puts them side
-by side; bench/results/dense_vs_generative.json holds the commands, the table and the figures.
+by side; bench/results/dense_vs_generative.json holds the commands, the table and the figures,
+and dense_vs_generative_per_class_f1.png the chart.
 
     python bench/dense_vs_generative.py [--out saves/dense-vs-generative] [--generative-run DIR]
 
@@ -22,12 +23,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dense_vs_generative.json"
+CHART = RESULTS.with_name("dense_vs_generative_per_class_f1.png")
 
 
 def run(command: list[str], commands: list[str]) -> None:
@@ -77,6 +80,7 @@ def main() -> None:
         "table": (table_dir / "compare.md").read_text(),
     }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.copyfile(table_dir / "per_class_f1.png", CHART)
     print(result["table"])
 
 

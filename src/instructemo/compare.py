@@ -114,15 +114,16 @@ def plot_per_class_f1(runs: list[dict], labels: list[str], path: Path) -> None:
 
     x = np.arange(len(labels))
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(runs) / 2)), 4), dpi=110)
+    rows_of_legend = -(-len(runs) // 3)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(runs) / 2)), 4 + 0.25 * rows_of_legend), dpi=110)
     for k, r in enumerate(runs):
-        name = f"{r['name']} ({r['stage']}, {r['mode']})"
+        name = f"{r['name']} ({r['stage']})" if r["mode"] == r["stage"] else f"{r['name']} ({r['stage']}, {r['mode']})"
         ax.bar(x + (k - (len(runs) - 1) / 2) * width, [r["per_class_f1"][n] for n in labels], width, label=name)
     ax.set_xticks(x, labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
     ax.set_title("Per-class F1")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1 if len(labels) <= 8 else -0.25), ncol=min(3, len(runs)))
     fig.tight_layout()
     save_figure(fig, path)

@@ -97,6 +97,10 @@ class Config:
     warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
     weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0)
     gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
+    group_by_length: bool = _key(
+        True, "Batch rows of similar length together (less padding, faster), in shuffled batch order; "
+        "false: plain random batches.",
+    )
     shared_prefix: bool = _key(
         True, "Encode the prompt tokens every row of a batch shares (system prompt, instruction) once per batch "
         "instead of once per row: the same loss and gradients for less compute. Used with one process and "

@@ -112,7 +112,7 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config)  # SEQ_CLS also trains (and saves) the new head in full
-    args = TrainingArguments(**trainer_arguments(cfg, bf16), train_sampling_strategy="group_by_length")
+    args = TrainingArguments(**trainer_arguments(cfg, bf16))
     trainer = _classifier_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_loss_func=classification_loss(weights, space.multi_label))

@@ -434,6 +434,8 @@ def trainer_arguments(cfg: Config, bf16: bool) -> dict:
         save_total_limit=cfg.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         deepspeed=cfg.deepspeed,
+        # Batches of similar lengths waste little compute on padding (in shuffled order: shuffled_length_groups).
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
     )
 
 
@@ -457,8 +459,6 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
     peft_config = adapter_config(cfg, "CAUSAL_LM")
     args = SFTConfig(
         **trainer_arguments(cfg, bf16),
-        # Batches of similar lengths waste little compute on padding.
-        train_sampling_strategy="group_by_length",
         max_length=cfg.cutoff_len,
         completion_only_loss=True,
         dataset_num_proc=None,
