@@ -86,7 +86,7 @@ def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, mod
     assert metrics["metrics"]["accuracy"] >= 0.5  # the training rows, learned by a tiny model in a few steps
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text"])
 def test_decoders_train_a_score_head(tmp_path, emotion_dir, model_type):
     model_dir = build_tiny_causal_lm(tmp_path / model_type, model_type)
     _learns_and_evaluates(tmp_path, model_dir, emotion_dir, class_weights="balanced")
