@@ -174,3 +174,17 @@ def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
     results = json.loads((tmp_path / "run" / "train_results.json").read_text())
     assert results["trainable_parameters"] == results["total_parameters"] > 20_000_000
     assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6
+
+
+def test_cv_and_classify_on_a_cls_run(tmp_path, emotion_dir, capsys):
+    encoder = build_tiny_encoder(tmp_path / "bert", "bert")
+    config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", num_train_epochs=2)
+    assert run_cli("cv", config, "--folds", 2) == 0
+    for k in (1, 2):
+        fold = json.loads((tmp_path / "run" / "cv" / f"fold-{k}" / "eval" / "metrics.json").read_text())
+        assert fold["mode"] == "cls" and fold["metrics"]["n"] == 6
+    assert run_cli("sft", config) == 0
+    capsys.readouterr()
+    assert run_cli("classify", config, "i am so happy") == 0
+    line = capsys.readouterr().out.strip()
+    assert line.endswith("i am so happy") and "[top:" in line
