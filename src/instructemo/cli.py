@@ -19,10 +19,10 @@ def _sft(cfg, args=None):
     nproc = args.nproc if args is not None and args.nproc else cfg.nproc_per_node
     if nproc > 1 and not inside_launcher():
         from .models import resolve_model_path
-        from .train import check_before_training, clear_previous_run, resume_checkpoint
+        from .train import check_before_training, prepare_output_dir
 
         check_before_training(cfg)  # config and data errors surface once, before any worker starts
-        clear_previous_run(cfg, resume_checkpoint(cfg))
+        prepare_output_dir(cfg)
         resolve_model_path(cfg.model_name_or_path)  # materialise an alias once, not once per worker
         relaunch(nproc, args.config, [o for o in args.overrides if not o.startswith("nproc_per_node=")])
     else:

@@ -20,11 +20,10 @@ from .config import Config
 from .data import Split
 from .errors import UserError
 from .labels import LabelSpace
-from .launch import inside_launcher
 from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
 from .train import (
-    adapter_config, check_before_training, clear_previous_run, resume_checkpoint, save_run, shuffled_length_groups,
-    trainer_arguments, write_resolved_config,
+    adapter_config, check_before_training, prepare_output_dir, save_run, shuffled_length_groups, trainer_arguments,
+    write_resolved_config,
 )
 
 log = logging.getLogger(__name__)
@@ -86,9 +85,7 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     train, _, _ = check_before_training(cfg, train)
     space = train.label_space
     output_dir = Path(cfg.output_dir)
-    checkpoint = resume_checkpoint(cfg)
-    if not inside_launcher():
-        clear_previous_run(cfg, checkpoint)
+    checkpoint = prepare_output_dir(cfg)
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code, chat=False)
@@ -141,10 +138,10 @@ def _calibrate_if_dev(cfg: Config) -> None:
     from .calibrate import run_calibrate
     from .data import default_dev_spec
 
-    try:
-        default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
-    except UserError:
-        if cfg.select_dataset is None:
+    if cfg.select_dataset is None:
+        try:
+            default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+        except UserError:
             log.warning("no dev split to choose per-label thresholds on: every label uses 0.5 "
                         "(set select_dataset and run instructemo calibrate to choose them)")
             return

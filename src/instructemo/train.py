@@ -46,9 +46,7 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
         return run_cls(cfg, train)
     train, template, select = check_before_training(cfg, train)
     output_dir = Path(cfg.output_dir)
-    checkpoint = resume_checkpoint(cfg)
-    if not inside_launcher():
-        clear_previous_run(cfg, checkpoint)
+    checkpoint = prepare_output_dir(cfg)
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
@@ -180,6 +178,15 @@ def previous_run_problem(cfg: Config, checkpoint: Path | None) -> None:
         return
     raise UserError(f"output_dir {output_dir} already holds a run; set overwrite_output_dir: true to replace it, "
                     "resume: auto to continue it, or choose another output_dir")
+
+
+def prepare_output_dir(cfg: Config) -> Path | None:
+    """The checkpoint to resume from, if any; a previous run that overwrite_output_dir replaces is removed first
+    (by the launching process only, never by each worker)."""
+    checkpoint = resume_checkpoint(cfg)
+    if not inside_launcher():
+        clear_previous_run(cfg, checkpoint)
+    return checkpoint
 
 
 def clear_previous_run(cfg: Config, checkpoint: Path | None) -> None:
