@@ -188,3 +188,22 @@ def test_cv_and_classify_on_a_cls_run(tmp_path, emotion_dir, capsys):
     assert run_cli("classify", config, "i am so happy") == 0
     line = capsys.readouterr().out.strip()
     assert line.endswith("i am so happy") and "[top:" in line
+
+
+def test_seed_fixes_the_new_head_and_adapter(tmp_path, emotion_dir):
+    """The same seed starts from the same head and LoRA weights; another seed from others."""
+    from safetensors.torch import load_file
+
+    model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
+
+    def initial_weights(name: str, seed: int) -> dict:
+        # one step at a negligible learning rate: the saved weights are the initial ones
+        config = tiny_config(tmp_path / name, model_dir, emotion_dir, stage="cls", seed=seed, max_steps=1, learning_rate=1e-9)
+        assert run_cli("sft", config) == 0
+        return load_file(tmp_path / name / "run" / "adapter_model.safetensors")
+
+    first, again, other = initial_weights("a", 1), initial_weights("b", 1), initial_weights("c", 2)
+    new = [k for k in first if "lora_A" in k or "classifier" in k]
+    assert any("classifier" in k for k in new) and first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in new)

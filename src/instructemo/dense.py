@@ -76,7 +76,7 @@ def classification_loss(weights: torch.Tensor | None, multi_label: bool):
 def run_cls(cfg: Config, train: Split | None = None) -> Path:
     """Train a classification head (with LoRA, IA3 or full fine-tuning) into cfg.output_dir."""
     from datasets import Dataset
-    from transformers import DataCollatorWithPadding, TrainingArguments
+    from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
     if cfg.finetuning_type == "qlora":
         raise UserError("stage: cls takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
@@ -100,6 +100,7 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     if weights is not None:
         log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(space.names, weights.tolist())))
 
+    set_seed(cfg.seed)  # before the new head and the adapter are initialised: the Trainer seeds only once it is built
     model = load_sequence_classifier(model_path, list(space.names), multi_label=space.multi_label, flash_attn=cfg.flash_attn,
                                      trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
     if model.config.pad_token_id is None:
