@@ -228,7 +228,7 @@ def peer_seed(args, venv: Path, scratch: Path, folder: Path, seed: int, model_pa
     record = folder / "llamafactory.json"
     if args.reuse_peer_runs and record.is_file():
         print(f"seed {seed}: reusing LLaMA-Factory's finished run in {record}", flush=True)
-        return {**json.loads(record.read_text()), "reused": str(record.relative_to(ROOT))}
+        return {**json.loads(record.read_text()), "reused": str(Path(args.scratch) / folder.name / record.name)}
     peer = run_peer(venv, scratch, folder, seed, model_path, gold, space, tokens_per_row)
     record.write_text(json.dumps(peer, indent=2) + "\n")
     return peer
