@@ -24,6 +24,22 @@ def test_shared_prompt_length_keeps_the_answer_predicting_position():
     assert batch["position_ids"].tolist() == [[3, 4], [3, 4]]
 
 
+def test_packing_puts_short_rows_beside_each_other():
+    rows = [{"input_ids": [1, 2, 3, *rest, 9], "labels": [-100, -100, -100, *[-100] * len(rest), 9]}
+            for rest in ([4, 5, 6, 7], [4], [5], [6, 6])]
+    batch = LeftPadCollator(0, share_prefix=True, pack=True)(rows)
+    assert batch["prefix_ids"].tolist() == [[1, 2, 3]]
+    # rests of 5, 2, 2 and 3 tokens, packed into rows as wide as the longest: [5], [3, 2], [2]
+    kept = sorted(tuple(t for t, s in zip(ids, seg) if s == n)
+                  for ids, seg in zip(batch["input_ids"].tolist(), batch["segments"].tolist()) for n in set(seg) - {0})
+    assert kept == sorted([(4, 5, 6, 7, 9), (4, 9), (5, 9), (6, 6, 9)])  # every row once, whole
+    assert batch["input_ids"].shape == (3, 5)
+    for positions, seg in zip(batch["position_ids"].tolist(), batch["segments"].tolist()):
+        starts = [i for i, s in enumerate(seg) if s and (i == 0 or seg[i - 1] != s)]
+        assert all(positions[i] == 3 for i in starts)  # each packed row restarts after the prefix
+    assert (batch["labels"] != -100).sum() == 4
+
+
 @pytest.mark.parametrize("model_type,attention", [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa")])
 def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, model_type, attention):
     model_dir = build_tiny_causal_lm(tmp_path / model_type, model_type)
@@ -38,9 +54,9 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, 
     # Rows of different lengths, so the rests are padded in the middle of the sequence.
     assert len({len(r["input_ids"]) for r in rows}) > 1
 
-    def loss_and_grads(share: bool):
-        batch = LeftPadCollator(tokenizer.pad_token_id, share_prefix=share)(rows)
-        assert ("prefix_ids" in batch) == share
+    def loss_and_grads(share: bool, pack: bool = False, rows=rows):
+        batch = LeftPadCollator(tokenizer.pad_token_id, share_prefix=share, pack=pack)(rows)
+        assert ("prefix_ids" in batch) == share and ("segments" in batch) == pack
         trainer.model.zero_grad()
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
@@ -48,11 +64,15 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, 
         return loss.detach(), grads
 
     plain_loss, plain = loss_and_grads(False)
-    shared_loss, shared = loss_and_grads(True)
-    torch.testing.assert_close(shared_loss, plain_loss, rtol=1e-5, atol=1e-6)
-    assert plain and plain.keys() == shared.keys()
-    for name in plain:
-        torch.testing.assert_close(shared[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert plain
+    for share, pack in ((True, False), (True, True)):
+        loss, grads = loss_and_grads(share, pack)
+        torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+        assert plain.keys() == grads.keys()
+        for name in plain:
+            torch.testing.assert_close(grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=f"{name} (pack={pack})")
+    weighted = [{**r, "weight": 1.0 + i % 3} for i, r in enumerate(rows)]  # label_balancing: loss_weight
+    torch.testing.assert_close(loss_and_grads(True, True, weighted)[0], loss_and_grads(False, rows=weighted)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_training_picks_eager_attention_and_inference_sdpa():
@@ -82,3 +102,16 @@ def test_length_grouped_batches_come_in_shuffled_order():
     assert list(sampler) == first  # the same (seed, epoch), the same order
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+def test_packed_random_batches_train_from_the_command_line(tmp_path, emotion_dir, tiny_llama):
+    import json
+
+    from test_end_to_end import run_cli
+
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, packing=True, group_by_length=False)
+    assert run_cli("sft", config) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in log if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert run_cli("generate-eval", config) == 0

@@ -249,15 +249,21 @@ class LeftPadCollator:
     system prompt and the instruction: most of a short prompt) are taken out
     and returned once as `prefix_ids`; the trainer encodes them once for the
     batch and the rows continue from there.
+
+    With `pack` (and share_prefix), what is left of the rows is packed instead
+    (see `_pack`).
     """
 
-    def __init__(self, pad_token_id: int, share_prefix: bool = False):
+    def __init__(self, pad_token_id: int, share_prefix: bool = False, pack: bool = False):
         self.pad_token_id = pad_token_id
         self.share_prefix = share_prefix
+        self.pack = pack and share_prefix
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         prefix_len = _shared_prompt_length(examples) if self.share_prefix else 0
         rows = [(e["input_ids"][prefix_len:], e["labels"][prefix_len:]) for e in examples]
+        if self.pack:
+            return self._pack(examples, rows, prefix_len)
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -273,6 +279,94 @@ class LeftPadCollator:
         if "weight" in examples[0]:
             batch["weights"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
         return batch
+
+
+    def _pack(self, examples: list[dict], rows: list[tuple], prefix_len: int) -> dict[str, torch.Tensor]:
+        """The rows after the shared prefix, packed side by side into as few rows as the longest one needs.
+
+        In a batch in random order, one long text pads every row to its
+        length; packed, the short rows fill the space instead. `segments`
+        numbers the rows that share a packed row (0 is padding), so each
+        attends to the prefix and to itself only (`_packed_attention_mask`),
+        and position ids restart after the prefix for each: every token is
+        computed as in its own row, for the same loss and gradients.
+        """
+        width = max(len(ids) for ids, _ in rows)
+        bins: list[list[int]] = []  # first fit, longest rows first
+        room: list[int] = []
+        for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
+            size = len(rows[i][0])
+            slot = next((b for b, free in enumerate(room) if free >= size), None)
+            if slot is None:
+                bins.append([])
+                room.append(width)
+                slot = len(bins) - 1
+            bins[slot].append(i)
+            room[slot] -= size
+        shape = (len(bins), width)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, -100, dtype=torch.long)
+        position_ids = torch.full(shape, prefix_len, dtype=torch.long)
+        segments = torch.zeros(shape, dtype=torch.long)
+        weights = torch.zeros(shape, dtype=torch.float32)
+        for b, members in enumerate(bins):
+            start = 0
+            for n, i in enumerate(members, start=1):
+                ids, targets = rows[i]
+                span = slice(start, start + len(ids))
+                input_ids[b, span] = torch.as_tensor(ids)
+                labels[b, span] = torch.as_tensor(targets)
+                position_ids[b, span] = prefix_len + torch.arange(len(ids))
+                segments[b, span] = n
+                weights[b, span] = examples[i].get("weight", 1.0)
+                start += len(ids)
+        batch = {"input_ids": input_ids, "position_ids": position_ids, "segments": segments, "labels": labels}
+        if prefix_len:
+            batch["prefix_ids"] = torch.as_tensor(examples[0]["input_ids"][:prefix_len])[None]
+        if "weight" in examples[0]:
+            batch["token_weights"] = weights
+        return batch
+
+
+def _packed_attention_mask(segments: torch.Tensor, prefix_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4D mask (rows, 1, width, prefix + width): every token sees the prefix and its own row's earlier tokens.
+
+    A padding position sees itself only, so no softmax row is empty.
+    """
+    width = segments.shape[1]
+    device = segments.device
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+    own = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0) & causal
+    own |= torch.eye(width, dtype=torch.bool, device=device)
+    prefix = torch.ones((segments.shape[0], width, prefix_len), dtype=torch.bool, device=device)
+    allowed = torch.cat([prefix, own], dim=2)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _packed_forward(model, inputs: dict, labels: torch.Tensor):
+    """A packed batch's forward pass: (outputs, target columns), with logits only where a row predicts an answer token.
+
+    The LM head runs at the columns where any packed row predicts an answer
+    token; logits column k predicts labels[:, target_columns[k]] (-100 where
+    that row has no answer token there).
+    """
+    segments = inputs.pop("segments")
+    prefix_ids = inputs.pop("prefix_ids", None)
+    rows = segments.shape[0]
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != -100  # logits at position t predict token t + 1
+    columns = predicts.any(dim=0).nonzero().squeeze(1)
+    cache = None
+    if prefix_ids is not None:
+        cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(rows)
+    prefix_len = prefix_ids.shape[1] if prefix_ids is not None else 0
+    outputs = model(
+        input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+        attention_mask=_packed_attention_mask(segments, prefix_len, model.dtype),
+        past_key_values=cache, use_cache=cache is not None, logits_to_keep=columns,
+    )
+    return outputs, columns + 1
 
 
 def _shared_prompt_length(examples: list[dict]) -> int:
@@ -368,21 +462,31 @@ def _answer_only_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             weights = inputs.pop("weights", None)
-            answer_columns = (labels != -100).any(dim=0).nonzero()
-            first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
-            keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
-            prefix_ids = inputs.pop("prefix_ids", None)
-            if prefix_ids is None:
-                outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            token_weights = inputs.pop("token_weights", None)
+            if "segments" in inputs:
+                outputs, target_columns = _packed_forward(model, inputs, labels)
+                logits = outputs.logits.float()
+                targets = labels[:, target_columns]
+                if token_weights is not None:
+                    token_weights = token_weights[:, target_columns]
             else:
-                outputs = _forward_after_shared_prefix(model, prefix_ids, inputs, keep)
-            logits = outputs.logits[:, :-1].float()
-            targets = labels[:, first:]
+                answer_columns = (labels != -100).any(dim=0).nonzero()
+                first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
+                keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
+                prefix_ids = inputs.pop("prefix_ids", None)
+                if prefix_ids is None:
+                    outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+                else:
+                    outputs = _forward_after_shared_prefix(model, prefix_ids, inputs, keep)
+                logits = outputs.logits[:, :-1].float()
+                targets = labels[:, first:]
             token_loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
             ).view(targets.shape)
             if weights is not None:
                 token_loss = token_loss * weights.to(token_loss.device)[:, None]
+            if token_weights is not None:
+                token_loss = token_loss * token_weights.to(token_loss.device)
             loss = token_loss.sum()
             if num_items_in_batch is None:
                 loss = loss / (targets != -100).sum().clamp(min=1)
@@ -457,6 +561,14 @@ def _can_share_prefix(cfg: Config, model) -> bool:
     return cfg.shared_prefix and single and not cfg.gradient_checkpointing and not attention.startswith("flash")
 
 
+def _collator(cfg: Config, model, tokenizer) -> LeftPadCollator:
+    share = _can_share_prefix(cfg, model)
+    if cfg.packing and not share:
+        log.info("packing needs the shared prefix (one process, no FlashAttention-2 or gradient checkpointing, "
+                 "shared_prefix: true): training on padded rows")
+    return LeftPadCollator(tokenizer.pad_token_id, share_prefix=share, pack=cfg.packing)
+
+
 def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bool):
     from datasets import Dataset
     from trl import SFTConfig
@@ -473,7 +585,7 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
     try:
         return AnswerOnlySFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-            peft_config=peft_config, data_collator=LeftPadCollator(tokenizer.pad_token_id, _can_share_prefix(cfg, model)),
+            peft_config=peft_config, data_collator=_collator(cfg, model, tokenizer),
         )
     except ValueError as exc:
         if "target modules" in str(exc) or "target_modules" in str(exc):
