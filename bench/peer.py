@@ -16,6 +16,7 @@ and metrics). Each command runs alone, under a wrapper that records its wall
 time and peak memory (the largest resident set of its processes).
 
     python bench/peer.py [--seeds 42,1,2] [--reuse-peer-runs] [--scratch .scratch/peer] [--skip-install] [--smoke]
+                         [--variant NAME --ours-overrides key=value,... --evaluations hf:score]
 
 Accuracy after one epoch on 4000 rows moves by about a point from seed to
 seed (the seed sets the LoRA initialisation and the batch order), so both
@@ -25,7 +26,11 @@ SCRATCH/seed-N. LLaMA-Factory's side does not depend on instructemo's code,
 so --reuse-peer-runs takes a seed's finished LLaMA-Factory record
 (seed-N/llamafactory.json) instead of training it again; the JSON says which
 were reused. instructemo always trains again. hf:generate and hf:score run
-for every seed, vllm:generate for the first.
+for every seed, vllm:generate for the first (--evaluations picks others).
+
+--variant NAME trains instructemo with --ours-overrides on top of the example
+config, into SCRATCH/seed-N/instructemo-NAME, and writes
+peer_llamafactory_NAME.json: the same comparison for a training option.
 
 --smoke runs the whole harness on 64 train and 64 test rows (a check that
 both frameworks run, not a measurement) and writes peer_llamafactory.smoke.json.
@@ -201,11 +206,13 @@ def run_peer(venv: Path, scratch: Path, folder: Path, seed: int, model_path: str
     }
 
 
-def run_ours(folder: Path, seed: int, tokens_per_row: float, sample_overrides: list[str], evaluations: list[str]) -> dict:
+def run_ours(folder: Path, seed: int, tokens_per_row: float, sample_overrides: list[str], evaluations: list[str],
+             variant: str | None = None, options: list[str] = ()) -> dict:
     exe = str(Path(sys.executable).with_name("instructemo"))
-    out = folder / "instructemo-run"
-    overrides = [f"output_dir={out}", "overwrite_output_dir=true", f"seed={seed}", *sample_overrides]
-    train = measured([exe, "sft", CONFIG, *overrides], folder, "ours-train")
+    name = f"instructemo-{variant}" if variant else "instructemo-run"
+    out = folder / name
+    overrides = [f"output_dir={out}", "overwrite_output_dir=true", f"seed={seed}", *options, *sample_overrides]
+    train = measured([exe, "sft", CONFIG, *overrides], folder, f"{name}-train")
     summary = json.loads((out / "train_results.json").read_text())
     ours = {"train": {**train, "train_seconds": summary["train_seconds"], "examples_per_second": summary["train_examples_per_second"],
                       "tokens_per_second": round(summary["train_examples_per_second"] * tokens_per_row, 1), "final_loss": summary["final_loss"]},
@@ -215,7 +222,7 @@ def run_ours(folder: Path, seed: int, tokens_per_row: float, sample_overrides: l
         eval_dir = out / f"eval-{backend}-{mode}"
         run = measured([exe, "generate-eval", CONFIG, f"output_dir={out}", f"eval_output_dir={eval_dir}", f"backend={backend}",
                         f"mode={mode}", f"per_device_eval_batch_size={EVAL_BATCH}", f"max_new_tokens={MAX_NEW_TOKENS}", *sample_overrides],
-                       folder, f"ours-{backend}-{mode}")
+                       folder, f"{name}-{backend}-{mode}")
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         m = metrics["metrics"]
         ours["predict"][f"{backend}:{mode}"] = {**run, "examples_per_second": metrics["examples_per_second"],
@@ -259,8 +266,9 @@ def summarise(runs: dict[int, dict]) -> dict:
         "peak_rss_train": round(ours[0]["train"]["peak_rss_gib"] / peer[0]["train"]["peak_rss_gib"], 2),
         "mean_accuracy_difference_best_mode": round(accuracy[f"instructemo {best}"]["mean"] - accuracy["llamafactory"]["mean"], 4)
         if best in modes else None,
-        "mean_accuracy_difference_hf_generate": round(accuracy["instructemo hf:generate"]["mean"] - accuracy["llamafactory"]["mean"], 4),
     }
+    if "hf:generate" in modes:
+        ratios["mean_accuracy_difference_hf_generate"] = round(accuracy["instructemo hf:generate"]["mean"] - accuracy["llamafactory"]["mean"], 4)
     return {"accuracy_over_seeds": accuracy, "macro_f1_over_seeds": macro_f1, "train_examples_per_second_over_seeds": train_speed,
             "ratios": ratios}
 
@@ -272,7 +280,14 @@ def main() -> None:
     parser.add_argument("--scratch", default=".scratch/peer", help="scratch folder for the peer's venv, data and runs")
     parser.add_argument("--skip-install", action="store_true", help="use the peer venv as it is")
     parser.add_argument("--smoke", action="store_true", help="64 train and 64 test rows: check the harness runs")
+    parser.add_argument("--variant", help="name of an instructemo training option to compare (needs --ours-overrides)")
+    parser.add_argument("--ours-overrides", default="", help="comma-separated key=value for instructemo's training")
+    parser.add_argument("--evaluations", help="comma-separated backend:mode runs per seed (default hf:generate,hf:score; "
+                                              "vllm:generate too for the first seed)")
     args = parser.parse_args()
+    options = [o for o in args.ours_overrides.split(",") if o.strip()]
+    if bool(args.variant) != bool(options):
+        parser.error("--variant and --ours-overrides go together")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     train_rows, test_rows = (64, 64) if args.smoke else (TRAIN_ROWS, None)
     sample_overrides = [f"max_samples={train_rows}"] + ([f"max_eval_samples={test_rows}"] if test_rows else [])
@@ -289,17 +304,23 @@ def main() -> None:
         folder = scratch / (f"smoke-seed-{seed}" if args.smoke else f"seed-{seed}")
         folder.mkdir(parents=True, exist_ok=True)
         peer = peer_seed(args, venv, scratch, folder, seed, model_path, gold, space, tokens_per_row)
-        evaluations = ["hf:generate", "hf:score"] + (["vllm:generate"] if n == 0 else [])
-        runs[seed] = {"llamafactory": peer, "instructemo": run_ours(folder, seed, tokens_per_row, sample_overrides, evaluations)}
+        evaluations = (args.evaluations.split(",") if args.evaluations
+                       else ["hf:generate", "hf:score"] + (["vllm:generate"] if n == 0 else []))
+        ours = run_ours(folder, seed, tokens_per_row, sample_overrides, evaluations, args.variant, options)
+        runs[seed] = {"llamafactory": peer, "instructemo": ours}
     summary = summarise(runs)
     ratios = summary["ratios"]
     command = f"python bench/peer.py --seeds {','.join(map(str, seeds))}" + (" --reuse-peer-runs" if args.reuse_peer_runs else "")
+    if args.variant:
+        command += f" --variant {args.variant} --ours-overrides {','.join(options)}"
+    if args.evaluations:
+        command += f" --evaluations {args.evaluations}"
     result = {
         "benchmark": "instructemo vs LLaMA-Factory: SmolLM2-135M-Instruct LoRA r16/a32 all-linear, first 4000 dair-ai emotion "
                      "train rows, 1 epoch, batch 16, lr 5e-4 cosine, cutoff 256, bf16; 2000-row test split, greedy",
         "command": command + (" --smoke" if args.smoke else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": SETTINGS, "seeds": seeds, "tokens_per_training_row": round(tokens_per_row, 1),
+        "settings": SETTINGS, "instructemo_overrides": options, "seeds": seeds, "tokens_per_training_row": round(tokens_per_row, 1),
         **summary,
         "targets": {"train_ratio_at_least": 1.5, "predict_ratio_at_least": 3.0, "mean_accuracy_at_least_peer": True},
         "targets_met": {
@@ -311,7 +332,8 @@ def main() -> None:
     }
     if args.smoke:
         result["smoke"] = "64 train and 64 test rows: a check that the harness runs, not a measurement"
-    (RESULTS.with_suffix(".smoke.json") if args.smoke else RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+    results = RESULTS.with_name(f"peer_llamafactory_{args.variant}.json") if args.variant else RESULTS
+    (results.with_suffix(".smoke.json") if args.smoke else results).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in ("accuracy_over_seeds", "ratios")}, indent=2))
 
 
