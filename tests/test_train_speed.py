@@ -109,9 +109,21 @@ def test_packed_random_batches_train_from_the_command_line(tmp_path, emotion_dir
 
     from test_end_to_end import run_cli
 
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, packing=True, group_by_length=False)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir)  # packing and random batches are the defaults
     assert run_cli("sft", config) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "trainer_log.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in log if "loss" in h]
     assert losses[-1] < losses[0]
     assert run_cli("generate-eval", config) == 0
+
+
+def test_batch_order_auto_is_random_when_rows_are_packed(tmp_path, emotion_dir, tiny_llama):
+    from instructemo.train import trainer_arguments
+
+    def order(packed: bool, **keys) -> str:
+        cfg = load_config(tiny_config(tmp_path, tiny_llama, emotion_dir, **keys))
+        return trainer_arguments(cfg, False, packed=packed)["train_sampling_strategy"]
+
+    assert order(True) == "random" and order(False) == "group_by_length"  # auto: padding rows are grouped
+    assert order(True, group_by_length=True) == "group_by_length"
+    assert order(False, group_by_length=False) == "random"

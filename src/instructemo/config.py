@@ -97,14 +97,15 @@ class Config:
     warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
     weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0)
     gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
-    group_by_length: bool = _key(
-        True, "Batch rows of similar length together (less padding, faster), in shuffled batch order; "
-        "false: plain random batches.",
+    group_by_length: bool | str = _key(
+        "auto", "Batch rows of similar length together (less padding), in shuffled batch order: true; false: plain "
+        "random batches; auto: random when sft packs its rows (see packing), length-grouped otherwise.",
+        choices=("auto",),
     )
     packing: bool = _key(
-        False, "Pack each batch's rows, after the shared prefix, side by side into as few rows as its longest row "
-        "needs, each attending to itself only: the same loss and gradients without computing padding. Needs "
-        "shared_prefix; with group_by_length: false it trains random batches at about the speed of length-grouped ones.",
+        True, "Pack each batch's rows, after the shared prefix, side by side into as few rows as its longest row "
+        "needs, each attending to itself only: the same loss and gradients without computing padding, so random "
+        "batches train nearly as fast as length-grouped ones. Used where shared_prefix is; false pads instead.",
     )
     shared_prefix: bool = _key(
         True, "Encode the prompt tokens every row of a batch shares (system prompt, instruction) once per batch "

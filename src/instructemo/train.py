@@ -519,8 +519,8 @@ def adapter_config(cfg: Config, task_type: str):
     return None
 
 
-def trainer_arguments(cfg: Config, bf16: bool) -> dict:
-    """The transformers TrainingArguments both stages take from the config."""
+def trainer_arguments(cfg: Config, bf16: bool, packed: bool = False) -> dict:
+    """The transformers TrainingArguments both stages take from the config (`packed`: sft packs its rows)."""
     if cfg.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
     return dict(
@@ -545,9 +545,14 @@ def trainer_arguments(cfg: Config, bf16: bool) -> dict:
         save_total_limit=cfg.save_total_limit,
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         deepspeed=cfg.deepspeed,
-        # Batches of similar lengths waste little compute on padding (in shuffled order: shuffled_length_groups).
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        # Length-grouped batches waste little compute on padding (in shuffled order: shuffled_length_groups), but
+        # each holds texts of one length; packed rows skip padding in random batches, which learned better.
+        train_sampling_strategy="group_by_length" if _grouped(cfg, packed) else "random",
     )
+
+
+def _grouped(cfg: Config, packed: bool) -> bool:
+    return not packed if cfg.group_by_length == "auto" else bool(cfg.group_by_length)
 
 
 def _can_share_prefix(cfg: Config, model) -> bool:
@@ -565,7 +570,7 @@ def _collator(cfg: Config, model, tokenizer) -> LeftPadCollator:
     share = _can_share_prefix(cfg, model)
     if cfg.packing and not share:
         log.info("packing needs the shared prefix (one process, no FlashAttention-2 or gradient checkpointing, "
-                 "shared_prefix: true): training on padded rows")
+                 "shared_prefix: true): training on padded%s rows", " length-grouped" if _grouped(cfg, False) else "")
     return LeftPadCollator(tokenizer.pad_token_id, share_prefix=share, pack=cfg.packing)
 
 
@@ -576,8 +581,9 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
     AnswerOnlySFTTrainer = _answer_only_trainer_class()
 
     peft_config = adapter_config(cfg, "CAUSAL_LM")
+    collator = _collator(cfg, model, tokenizer)
     args = SFTConfig(
-        **trainer_arguments(cfg, bf16),
+        **trainer_arguments(cfg, bf16, packed=collator.pack),
         max_length=cfg.cutoff_len,
         completion_only_loss=True,
         dataset_num_proc=None,
@@ -585,7 +591,7 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
     try:
         return AnswerOnlySFTTrainer(
             model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-            peft_config=peft_config, data_collator=_collator(cfg, model, tokenizer),
+            peft_config=peft_config, data_collator=collator,
         )
     except ValueError as exc:
         if "target modules" in str(exc) or "target_modules" in str(exc):
