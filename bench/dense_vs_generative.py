@@ -13,8 +13,8 @@ and dense_vs_generative_per_class_f1.png the chart.
     python bench/dense_vs_generative.py [--out saves/dense-vs-generative] [--generative-run DIR]
 
 --generative-run reuses a finished run of examples/smollm2_emotion.yaml (its train_results.json
-and eval directories) instead of training it again: bench/peer.py leaves one in
-.scratch/peer/instructemo-run, trained by the same code on the same settings.
+and eval directories) instead of training it again: bench/peer.py leaves one per seed in
+.scratch/peer/seed-N/instructemo-run, trained by the same code on the same settings.
 """
 
 from __future__ import annotations
