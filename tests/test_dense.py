@@ -89,7 +89,7 @@ def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, mod
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text"])
 def test_decoders_train_a_score_head(tmp_path, emotion_dir, model_type):
     model_dir = build_tiny_causal_lm(tmp_path / model_type, model_type)
-    _learns_and_evaluates(tmp_path, model_dir, emotion_dir, class_weights="balanced")
+    _learns_and_evaluates(tmp_path, model_dir, emotion_dir, class_weights="balanced", num_train_epochs=20)
 
 
 def test_full_fine_tuning_then_predict_and_export(tmp_path, emotion_dir):
