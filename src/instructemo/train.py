@@ -280,7 +280,6 @@ class LeftPadCollator:
             batch["weights"] = torch.tensor([e["weight"] for e in examples], dtype=torch.float32)
         return batch
 
-
     def _pack(self, examples: list[dict], rows: list[tuple], prefix_len: int) -> dict[str, torch.Tensor]:
         """The rows after the shared prefix, packed side by side into as few rows as the longest one needs.
 
@@ -356,10 +355,7 @@ def _packed_forward(model, inputs: dict, labels: torch.Tensor):
     predicts = torch.zeros_like(labels, dtype=torch.bool)
     predicts[:, :-1] = labels[:, 1:] != -100  # logits at position t predict token t + 1
     columns = predicts.any(dim=0).nonzero().squeeze(1)
-    cache = None
-    if prefix_ids is not None:
-        cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(rows)
+    cache = _prefix_cache(model, prefix_ids, rows) if prefix_ids is not None else None
     prefix_len = prefix_ids.shape[1] if prefix_ids is not None else 0
     outputs = model(
         input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
@@ -384,14 +380,20 @@ def _forward_after_shared_prefix(model, prefix_ids: torch.Tensor, inputs: dict, 
     repeated for every row; backward sums the rows' gradients into them.
     """
     batch = inputs["input_ids"].shape[0]
-    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
-    cache.batch_repeat_interleave(batch)
+    cache = _prefix_cache(model, prefix_ids, batch)
     prefix_mask = torch.ones((batch, prefix_ids.shape[1]), dtype=inputs["attention_mask"].dtype, device=prefix_ids.device)
     return model(
         input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
         attention_mask=torch.cat([prefix_mask, inputs["attention_mask"]], dim=1),
         past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep,
     )
+
+
+def _prefix_cache(model, prefix_ids: torch.Tensor, rows: int):
+    """The shared prefix's keys and values, computed once (with gradients) and repeated for `rows` rows."""
+    cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def _epoch_seeded_sampler(batch_size: int, lengths: list[int], seed: int):
