@@ -185,7 +185,7 @@ def test_cv_and_classify_on_a_cls_run(tmp_path, emotion_dir, capsys):
         assert fold["mode"] == "cls" and fold["metrics"]["n"] == 6
     assert run_cli("sft", config) == 0
     capsys.readouterr()
-    assert run_cli("classify", config, "i am so happy") == 0
+    assert run_cli("classify", config, "--", "i am so happy") == 0
     line = capsys.readouterr().out.strip()
     assert line.endswith("i am so happy") and "[top:" in line
 

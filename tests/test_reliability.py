@@ -39,18 +39,20 @@ def killed_and_resumed(tmp_path_factory, slow_tiny):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = root / "killed" / "run"
     deadline = time.time() + 300
-    while not (run / "checkpoint-8" / "trainer_state.json").is_file():
+    while not (run / "checkpoint-8" / "instructemo_progress.json").is_file():  # written last: the checkpoint is whole
         assert worker.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     assert not (run / "adapter_model.safetensors").exists()  # the killed run never finished
+    progress = json.loads((run / "checkpoint-8" / "instructemo_progress.json").read_text())
     refused = run_cli("sft", config)  # a plain re-run must not mix into the killed run
     resumed = run_cli("sft", config, "resume=auto")
     whole = tiny_config(root / "whole", slow_tiny, data, **settings)
     assert run_cli("sft", whole) == 0
-    return {"refused": refused, "resumed": resumed, "config": config, "run": run, "whole": root / "whole" / "run"}
+    return {"refused": refused, "resumed": resumed, "config": config, "run": run, "whole": root / "whole" / "run",
+            "progress_at_kill": progress}
 
 
 def test_resume_after_sigkill_finishes_the_run(killed_and_resumed):
@@ -68,15 +70,33 @@ def test_resumed_run_reaches_the_same_loss_as_an_uninterrupted_one(killed_and_re
     assert resumed[24] < resumed[1]  # and it learned
 
 
+def test_a_resumed_run_reports_figures_for_the_whole_run(killed_and_resumed):
+    results = json.loads((killed_and_resumed["run"] / "train_results.json").read_text())
+    whole = json.loads((killed_and_resumed["whole"] / "train_results.json").read_text())
+    assert results["resumed_from_step"] == 8 and whole["resumed_from_step"] is None
+    assert results["final_loss"] == losses(killed_and_resumed["run"])[24]
+    assert results["mean_loss"] == pytest.approx(whole["mean_loss"], rel=1e-3)
+    before = killed_and_resumed["progress_at_kill"]
+    assert before["global_step"] == 8
+    assert results["train_seconds"] > before["train_seconds"] > 0  # the time before the kill counts
+    examples = 24 * 4  # max_steps x batch size
+    # both figures are rounded (0.1 s, 0.01 ex/s); the check is against the 40x a resume used to report
+    assert results["train_examples_per_second"] * results["train_seconds"] == pytest.approx(examples, rel=0.05)
+
+
 def test_a_second_run_does_not_mix_into_the_first(tmp_path, tiny_llama, emotion_dir, capsys):
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)
     assert run_cli("sft", config) == 0
-    stale = tmp_path / "run" / "thresholds.json"
-    stale.write_text("{}")
     assert run_cli("sft", config) == 2
-    assert "already holds a run; set overwrite_output_dir: true" in capsys.readouterr().err
-    assert run_cli("sft", config, "overwrite_output_dir=true") == 0
-    assert not stale.exists()  # nothing of the old run survives to be mixed in
+    assert "already holds a finished training run; set overwrite_output_dir: true" in capsys.readouterr().err
+    first = (tmp_path / "run" / "adapter_model.safetensors").read_bytes()
+    assert run_cli("sft", config, "overwrite_output_dir=true", "seed=7") == 0
+    assert (tmp_path / "run" / "adapter_model.safetensors").read_bytes() != first  # replaced, not mixed
+    stray = tmp_path / "run" / "thresholds.json"  # a file the run did not write would be mixed into the next one
+    stray.write_text("{}")
+    assert run_cli("sft", config, "overwrite_output_dir=true") == 2
+    assert "holds files beside its run that instructemo did not write (thresholds.json)" in capsys.readouterr().err
+    assert stray.read_text() == "{}"  # and it is not deleted either
 
 
 def test_repeated_generate_eval_is_identical(tmp_path, tiny_llama, emotion_dir):
@@ -140,6 +160,8 @@ def test_config_paths_cannot_write_outside_output_dir(tmp_path, tiny_llama, emot
     assert run_cli("generate-eval", config, f"eval_output_dir={tmp_path / 'run' / '..' / 'elsewhere'}") == 2
     assert "is outside output_dir" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
+    assert run_cli("generate-eval", config, f"eval_output_dir={tmp_path / 'run'}") == 2  # its files would mix with the run's
+    assert "is output_dir itself" in capsys.readouterr().err
 
 
 def test_user_templates_render_in_the_sandbox(tmp_path):

@@ -28,14 +28,18 @@ def test_classify_arguments_and_stdin(tmp_path, tiny_llama, emotion_dir, capsys,
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3)
     assert run_cli("sft", config) == 0
     capsys.readouterr()
-    assert run_cli("classify", config, "i feel so happy", "max_new_tokens=4", "--text", "i am scared") == 0
+    assert run_cli("classify", config, "--text", "i feel so happy", "max_new_tokens=4", "--", "seed=7", "i am scared") == 0
     lines = capsys.readouterr().out.strip().split("\n")
-    assert len(lines) == 2 and lines[0].endswith("i feel so happy") and "[top: " in lines[0]
+    assert len(lines) == 3 and lines[0].endswith("i feel so happy") and "[top: " in lines[0]
+    assert lines[1].endswith("\tseed=7")  # a text shaped like an override is still a text after --
     label = lines[0].split(" ")[0]
     assert label in {"sadness", "joy", "love", "anger", "fear", "surprise"}
-    monkeypatch.setattr("sys.stdin", io.StringIO("wow\n\ni adore you\n"))
+    assert run_cli("classify", config, "i feel so happy") == 2  # a bare word: a text or a typo? it must say
+    assert 'texts to classify go after --' in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("wow\n\n  \ni adore you\n"))
     assert run_cli("classify", config) == 0
-    assert len(capsys.readouterr().out.strip().split("\n")) == 2  # blank lines are not texts
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    assert len(lines) == 4 and lines[1].startswith("(empty text") and lines[3].endswith("i adore you")  # 1:1 with stdin
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert run_cli("classify", config) == 2
 

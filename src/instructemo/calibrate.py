@@ -9,16 +9,15 @@ which generate-eval and predict then use in score mode.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 from .config import Config
-from .data import default_dev_spec, load_split
+from .data import default_dev_spec, load_split, reader_options, spec_options
 from .errors import UserError
-from .evaluate import THRESHOLDS_FILE, Classifier
+from .evaluate import Classifier
 from .infer.multilabel import best_thresholds
 from .metrics import binarize
-from .report import write_atomic
+from .rundir import THRESHOLDS_FILE, json_text, write_into
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +30,8 @@ def run_calibrate(cfg: Config) -> dict:
         raise UserError("calibrate picks per-label thresholds for multi-label models; single-label score mode takes the most probable label")
     if classifier.adapter is None:
         raise UserError(f"no trained model in {cfg.output_dir}; run instructemo sft first (or set adapter_name_or_path)")
-    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
-    split = load_split(spec, cfg.dataset_dir, default_split="dev", label_space=space,
-                       text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
+    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+    split = load_split(spec, cfg.dataset_dir, default_split="dev", label_space=space, **reader_options(cfg))
     classifier.thresholds = None  # probabilities only; old thresholds play no part
     result = classifier.load().classify([r.text for r in split.records])
     thresholds, f1 = best_thresholds(result.probabilities, binarize([r.labels for r in split.records], space))
@@ -43,7 +41,7 @@ def run_calibrate(cfg: Config) -> dict:
         "dataset": spec,
         "rows": len(split.records),
     }
-    write_atomic(classifier.adapter / THRESHOLDS_FILE, json.dumps(record, indent=2))
+    write_into(classifier.adapter, THRESHOLDS_FILE, json_text(record))
     log.info("thresholds on %d rows of %s, mean dev F1 %.4f; wrote %s", len(split.records), spec, f1.mean(),
              classifier.adapter / THRESHOLDS_FILE)
     for name in space.names:

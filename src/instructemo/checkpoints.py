@@ -21,9 +21,6 @@ from .parse import parse_labels
 
 log = logging.getLogger(__name__)
 
-SELECTION_FILE = "selection.json"
-
-
 class BestCheckpoint(TrainerCallback):
     def __init__(self, tokenizer, conversations: list[list[dict]], gold: list[tuple[str, ...]], space: LabelSpace,
                  *, metric: str, every_steps: int | None, batch_size: int, max_new_tokens: int):

@@ -7,24 +7,28 @@ import logging
 import os
 import re
 import sys
+import traceback
 
 from .config import describe_keys, load_config
 from .errors import UserError
 
 
 def _sft(cfg, args=None):
+    import dataclasses
+
     from .launch import inside_launcher, relaunch
     from .train import run_sft
 
-    nproc = args.nproc if args is not None and args.nproc else cfg.nproc_per_node
-    if nproc > 1 and not inside_launcher():
+    if args is not None and args.nproc:
+        cfg = dataclasses.replace(cfg, nproc_per_node=args.nproc)
+    if cfg.nproc_per_node > 1 and not inside_launcher():
         from .models import resolve_model_path
-        from .train import check_before_training, prepare_output_dir
+        from .preflight import check_before_training, start_run
 
-        check_before_training(cfg)  # config and data errors surface once, before any worker starts
-        prepare_output_dir(cfg)
+        plan = check_before_training(cfg)  # config and data errors surface once, before any worker starts
+        start_run(cfg, plan.fingerprint)
         resolve_model_path(cfg.model_name_or_path)  # materialise an alias once, not once per worker
-        relaunch(nproc, args.config, [o for o in args.overrides if not o.startswith("nproc_per_node=")])
+        relaunch(cfg.nproc_per_node, args.config, [o for o in args.overrides if not o.startswith("nproc_per_node=")])
     else:
         run_sft(cfg)
     if cfg.do_eval and not inside_launcher():
@@ -52,8 +56,16 @@ def _cv(cfg, args):
 def _classify(cfg, args):
     from .tools import classify_texts, print_classified
 
-    texts = args.texts or [line for line in sys.stdin.read().split("\n")]
+    texts = args.texts if args.texts else stdin_lines(sys.stdin.read())
     print_classified(classify_texts(cfg, texts))
+
+
+def stdin_lines(text: str) -> list[str]:
+    """One text per line, blank lines included (answered as empty), so the output lines match the input lines 1:1."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return [line.rstrip("\r") for line in lines]
 
 
 def _export(cfg, args):
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--nproc", type=int, help="Training processes on this machine (torchrun); overrides nproc_per_node.")
         if name == "classify":
             sub.add_argument("--text", dest="texts", action="append",
-                             help="A text to classify (repeatable; plain arguments that are not key=value count too); default: stdin lines.")
+                             help="A text to classify (repeatable); texts may also follow `--`; default: one per stdin line.")
         if name == "export":
             sub.add_argument("--output", required=True, help="New directory for the merged model.")
             sub.add_argument("--gguf", action="store_true", help="Also write GGUF (needs llama.cpp's converter).")
@@ -151,23 +163,55 @@ def _quiet_libraries(verbose: bool) -> None:
         hf_logging.disable_progress_bar()  # keep our own progress bars, not per-shard loading bars
 
 
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The verb's arguments; key=value overrides may come before or after options, and classify's texts after `--`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    texts = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, texts = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if re.match(r"^[A-Za-z_]\w*=", a)]
+    unknown = [a for a in extra if a not in overrides]
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]
+        unknown += [o for o in args.overrides if not re.match(r"^[A-Za-z_]\w*=", o)]
+    else:
+        unknown += overrides
+    if texts and args.verb != "classify":
+        unknown += ["--", *texts]
+    if unknown:
+        hint = '; texts to classify go after --, e.g. -- "some text"' if args.verb == "classify" else ""
+        raise UserError(f"{' '.join(map(repr, unknown))}: not key=value overrides or options of {args.verb}{hint}")
+    if args.verb == "classify":
+        args.texts = [*(args.texts or []), *texts]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_arguments(argv)
+    except UserError as exc:
+        print(f"instructemo: error: {exc}", file=sys.stderr)
+        return 2
     _quiet_libraries(args.verbose)
     try:
         if args.verb in ("datasets", "compare"):
             (_datasets if args.verb == "datasets" else _compare)(args)
             return 0
         run, _ = VERBS[args.verb]
-        if args.verb == "classify":
-            # `instructemo classify CONFIG.yaml "some text"`: words that are not key=value are texts.
-            texts = [o for o in args.overrides if not re.match(r"^[A-Za-z_]\w*=", o)]
-            args.overrides = [o for o in args.overrides if o not in texts]
-            args.texts = texts + (args.texts or [])
         cfg = load_config(args.config, args.overrides)
         run(cfg, args)
     except UserError as exc:
+        if args.verbose and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
         print(f"instructemo: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine refused a read or write: permissions, a full disk, a vanished path
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"instructemo: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("instructemo: interrupted", file=sys.stderr)

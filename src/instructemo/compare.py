@@ -8,34 +8,29 @@ directly: the table, compare.json, and a per-class F1 bar chart.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from .errors import UserError
-from .report import save_figure, write_atomic
+from .report import save_figure
+from .rundir import EVAL_DIR, METRICS_FILE, TRAIN_RESULTS_FILE, RunDir, json_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
-
-TRAIN_RESULTS = "train_results.json"
 
 
 def load_run(path: Path) -> dict:
     """One run's figures: metrics from its evaluation, time and parameters from its training."""
-    if (path / "metrics.json").is_file():
-        eval_dir = path
-    elif (path / "eval" / "metrics.json").is_file():
-        eval_dir = path / "eval"
-    else:
-        raise UserError(f"{path}: no metrics.json in it or in {path / 'eval'}; run instructemo generate-eval on it first")
-    try:
-        evaluation = json.loads((eval_dir / "metrics.json").read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{eval_dir / 'metrics.json'} is not valid JSON; run instructemo generate-eval again") from None
+    is_evaluation = (path / METRICS_FILE).is_file() or (RunDir(path).manifest() or {}).get("kind") == "eval"
+    eval_dir = path if is_evaluation else path / EVAL_DIR
+    RunDir(eval_dir).require_complete()
+    if not (eval_dir / METRICS_FILE).is_file():
+        raise UserError(f"{path}: no metrics.json in it or in {path / EVAL_DIR}; run instructemo generate-eval on it first")
+    evaluation = read_json(eval_dir / METRICS_FILE)
     run_dir = Path(evaluation["adapter"]) if evaluation.get("adapter") else (path if eval_dir != path else path.parent)
+    RunDir(run_dir).require_complete()
     train = {}
-    if (run_dir / TRAIN_RESULTS).is_file():
-        train = json.loads((run_dir / TRAIN_RESULTS).read_text())
+    if (run_dir / TRAIN_RESULTS_FILE).is_file():
+        train = read_json(run_dir / TRAIN_RESULTS_FILE)
     m = evaluation["metrics"]
     multi_label = "jaccard" in m
     return {
@@ -75,10 +70,15 @@ def compare_runs(paths: list[Path], output: Path) -> list[dict]:
                     ", ".join(str(r["n"]) for r in runs))
     table = render_table(runs, labels)
     print(table)
-    output.mkdir(parents=True, exist_ok=True)
-    write_atomic(output / "compare.md", table + "\n")
-    write_atomic(output / "compare.json", json.dumps(runs, indent=2) + "\n")
-    plot_per_class_f1(runs, labels, output / "per_class_f1.png")
+    destination = RunDir(output, "--output")
+    destination.begin("compare", replace=True)
+
+    def write(staging: Path) -> None:
+        write_atomic(staging / "compare.md", table + "\n")
+        write_atomic(staging / "compare.json", json_text(runs) + "\n")
+        plot_per_class_f1(runs, labels, staging / "per_class_f1.png")
+
+    destination.publish(write)
     log.info("wrote compare.md, compare.json and per_class_f1.png to %s", output)
     return runs
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ import yaml
 from .errors import UserError
 
 
-def _key(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum})
+def _key(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
+         maximum: float | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "maximum": maximum})
 
 
 @dataclass
@@ -54,6 +56,11 @@ class Config:
     )
     text_column: str | None = _key(None, "Text column of a CSV/TSV/JSONL path dataset; inferred when unset.")
     label_column: str | None = _key(None, "Label column of a CSV/TSV/JSONL path dataset; inferred when unset.")
+    labels: list | None = _key(
+        None, "The label names of a dataset given by path, in their canonical order: rows with other labels are bad "
+        "rows, and integer labels 0, 1, ... index this list. Unset: the labels found in the file (sorted), which "
+        "stops on labels that differ only in case or are too rare to be real.",
+    )
     template: str = _key(
         "auto", "Prompt template: auto (the dataset's), single_label, multi_label, sentiment, or a .jinja path."
     )
@@ -87,15 +94,15 @@ class Config:
     )
     per_device_train_batch_size: int = _key(8, "Training batch size per device.", minimum=1)
     gradient_accumulation_steps: int = _key(1, "Batches accumulated per optimizer step.", minimum=1)
-    learning_rate: float = _key(1e-4, "Peak learning rate.", minimum=0)
-    num_train_epochs: float = _key(1.0, "Training epochs.", minimum=0)
+    learning_rate: float = _key(1e-4, "Peak learning rate (at most 1).", minimum=0, maximum=1)
+    num_train_epochs: float = _key(1.0, "Training epochs.", minimum=0, maximum=10000)
     max_steps: int = _key(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
     lr_scheduler_type: str = _key(
         "cosine", "Learning-rate schedule.",
         choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"),
     )
     warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
-    weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0)
+    weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0, maximum=1)
     gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
     group_by_length: bool | str = _key(
         "auto", "Batch rows of similar length together (less padding), in shuffled batch order: true; false: plain "
@@ -230,18 +237,42 @@ def make_config(values: dict[str, Any]) -> Config:
     return config
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"config file {path} not found; pass the path of a YAML file such as examples/smollm2_emotion.yaml")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+
+def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first at line {seen[key]})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """A YAML file (a config or a registry), with repeated keys and bad syntax as one-line errors."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"config file {path} is not valid YAML{where}: {problem}; fix the syntax") from None
+        fix = "keep one of them" if "appears twice" in problem else "fix the syntax"
+        raise UserError(f"{what} {path} is not valid YAML{where}: {problem}; {fix}") from None
     except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+        raise UserError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass the path of a YAML file such as examples/smollm2_emotion.yaml")
+    data = read_yaml_file(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -269,24 +300,57 @@ def _check_value(key: str, value: Any) -> Any:
             value = float(value)
         except ValueError:
             pass
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {key!r} must be a finite number, got {value!r}")
     if int in allowed and isinstance(value, float) and value.is_integer() and float not in allowed:
         value = int(value)
+    if list in allowed and isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]  # labels=joy,sadness on the command line
     if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)):
         names = " or ".join(t.__name__ for t in allowed if t is not type(None))
         raise UserError(f"config key {key!r} must be {names}, got {value!r}")
+    if isinstance(value, list):
+        return _check_names(key, value)
     choices = meta["choices"]
     if choices and isinstance(value, str) and value not in choices:
         extra = " or true/false" if bool in allowed else ""
         raise UserError(f"config key {key!r} must be one of {', '.join(choices)}{extra}; got {value!r}")
-    minimum = meta["minimum"]
-    if minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
-        raise UserError(f"config key {key!r} must be at least {minimum}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        minimum, maximum = meta["minimum"], meta["maximum"]
+        if minimum is not None and value < minimum:
+            raise UserError(f"config key {key!r} must be at least {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            hint = _typo_hint(value) if maximum <= 1 else ""
+            raise UserError(f"config key {key!r} must be at most {maximum}, got {value!r}{hint}")
     return value
+
+
+def _typo_hint(value: float) -> str:
+    """For 5e4 typed instead of 5e-4: the number with its exponent's sign flipped."""
+    mantissa, _, exponent = f"{value:e}".partition("e")
+    flipped = float(f"{mantissa}e{-int(exponent)}")
+    return f"; did you mean {flipped:g}?" if int(exponent) > 0 else ""
+
+
+def _check_names(key: str, names: list) -> list[str]:
+    """A list of label names: non-empty strings (numbers become their text), none repeated."""
+    if not names:
+        raise UserError(f"config key {key!r} needs at least one name, e.g. {key}: [negative, positive]")
+    bad = [n for n in names if isinstance(n, (bool, dict, list)) or n is None or not str(n).strip()]
+    if bad:
+        raise UserError(f"config key {key!r} must list label names, got {bad[0]!r} in {names}")
+    names = [str(n).strip() for n in names]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"config key {key!r} repeats {repeated}; list each label once")
+    return names
 
 
 def _check_consistency(config: Config) -> None:
     if config.learning_rate <= 0 and config.num_train_epochs > 0:
         raise UserError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
+    if config.num_train_epochs <= 0 and config.max_steps == -1:
+        raise UserError(f"config key 'num_train_epochs' must be positive (or set max_steps), got {config.num_train_epochs}")
     if config.lora_dropout >= 1:
         raise UserError(f"config key 'lora_dropout' must be below 1, got {config.lora_dropout}")
     if not 0 < config.top_p <= 1:
@@ -309,6 +373,9 @@ def _check_consistency(config: Config) -> None:
     if config.eval_output_dir:
         # Everything a config makes instructemo write stays inside output_dir.
         inside = Path(config.eval_output_dir).resolve()
+        if inside == Path(config.output_dir).resolve():
+            raise UserError(f"eval_output_dir {config.eval_output_dir} is output_dir itself; name a folder inside it, "
+                            "such as its default, output_dir/eval")
         if not inside.is_relative_to(Path(config.output_dir).resolve()):
             raise UserError(f"eval_output_dir {config.eval_output_dir} is outside output_dir {config.output_dir}; "
                             "put it inside output_dir (or change output_dir)")

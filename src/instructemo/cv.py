@@ -12,17 +12,16 @@ summary gives every metric's mean and standard deviation over the folds.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .config import Config
-from .data import Split, load_split
+from .data import Split, load_split, reader_options
 from .errors import UserError
 from .metrics import binarize
-from .report import write_atomic
+from .rundir import CV_DIR, CV_SUMMARY_FILE, CV_SUMMARY_MD_FILE, RunDir, json_text, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,10 @@ def run_cv(cfg: Config, folds: int) -> dict:
     from .evaluate import run_generate_eval
     from .train import run_sft
 
-    data = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
-                      text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
+    data = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples, **reader_options(cfg))
     held_out = fold_indices(data, folds, cfg.seed)
-    root = Path(cfg.output_dir) / "cv"
+    root = RunDir(Path(cfg.output_dir) / CV_DIR, "cv folder")
+    root.begin("cv", replace=cfg.overwrite_output_dir)
     results = []
     for k, test_rows in enumerate(held_out, start=1):
         chosen = set(test_rows.tolist())
@@ -68,8 +67,9 @@ def run_cv(cfg: Config, folds: int) -> dict:
                                     origin=f"{data.origin}, folds other than {k}")
         test = dataclasses.replace(data, name=f"{cfg.dataset} fold {k} of {folds}",
                                    records=[data.records[i] for i in test_rows], origin=f"{data.origin}, fold {k}")
-        fold_cfg = dataclasses.replace(cfg, output_dir=str(root / f"fold-{k}"), eval_output_dir=None,
-                                       adapter_name_or_path=None)
+        root.record(dirs=[f"fold-{k}"])
+        fold_cfg = dataclasses.replace(cfg, output_dir=str(root.path / f"fold-{k}"), eval_output_dir=None,
+                                       adapter_name_or_path=None, resume="none", overwrite_output_dir=False)
         log.info("fold %d of %d: training on %d rows, evaluating on %d", k, folds, len(train.records), len(test.records))
         run_sft(fold_cfg, train)
         metrics = run_generate_eval(fold_cfg, test)
@@ -77,8 +77,8 @@ def run_cv(cfg: Config, folds: int) -> dict:
     summary = summarise(results, data.label_space.names)
     summary.update({"folds": folds, "rows": len(data.records), "dataset": cfg.dataset, "seed": cfg.seed,
                     "stratification": "iterative (multi-label)" if data.label_space.multi_label else "stratified"})
-    write_atomic(root / "summary.json", json.dumps(summary, indent=2))
-    write_atomic(root / "summary.md", summary_markdown(summary))
+    root.publish(lambda staging: (write_atomic(staging / CV_SUMMARY_FILE, json_text(summary)),
+                                  write_atomic(staging / CV_SUMMARY_MD_FILE, summary_markdown(summary))))
     print(summary_markdown(summary))
     return summary
 

@@ -9,8 +9,8 @@ are chosen on the dev split (as `instructemo calibrate` does) when there is one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,9 @@ from .data import Split
 from .errors import UserError
 from .labels import LabelSpace
 from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
-from .train import (
-    adapter_config, check_before_training, prepare_output_dir, save_run, shuffled_length_groups, trainer_arguments,
-    write_resolved_config,
-)
+from .monitor import FailOnDivergence, RunMonitor
+from .preflight import check_before_training, start_run
+from .train import adapter_config, save_run, shuffled_length_groups, train_until_done, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +81,9 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
         raise UserError("stage: cls takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
     if cfg.select_best:
         raise UserError("select_best is for stage: sft; stage: cls keeps the last weights")
-    train, _, _ = check_before_training(cfg, train)
+    plan = check_before_training(cfg, train)
+    train = plan.train
     space = train.label_space
-    output_dir = Path(cfg.output_dir)
-    checkpoint = prepare_output_dir(cfg)
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code, chat=False)
@@ -114,36 +112,36 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     trainer = _classifier_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_loss_func=classification_loss(weights, space.multi_label))
-    if trainer.is_world_process_zero():
-        write_resolved_config(cfg, model_path, train)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
-    save_run(cfg, trainer, tokenizer, train, rows=len(train.records), train_seconds=train_seconds, result=result)
-    if space.multi_label and trainer.is_world_process_zero():
-        _calibrate_if_dev(cfg)
-    return output_dir
+    run, checkpoint, progress = start_run(cfg, plan.fingerprint)  # only now: a failure to load leaves output_dir as it was
+    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
+    trainer.add_callback(monitor)
+    result = train_until_done(trainer, checkpoint, monitor)
+    finish = (lambda staging: _calibrate_if_dev(cfg, staging)) if space.multi_label else None
+    save_run(cfg, run, trainer, tokenizer, plan, model_path, rows=len(train.records), monitor=monitor, result=result,
+             resumed_from=progress.get("global_step"), finish=finish)
+    return run.path
 
 
 def _classifier_trainer_class():
     from transformers import Trainer
 
-    class ClassifierTrainer(Trainer):
+    class ClassifierTrainer(FailOnDivergence, Trainer):
         _get_train_sampler = shuffled_length_groups
 
     return ClassifierTrainer
 
 
-def _calibrate_if_dev(cfg: Config) -> None:
-    """Per-label thresholds from the dev split, when the dataset has one; else every label uses 0.5."""
+def _calibrate_if_dev(cfg: Config, staged_run: Path) -> None:
+    """Per-label thresholds from the dev split, when the dataset has one (else every label uses 0.5),
+    stored with the staged run so it is complete with them."""
     from .calibrate import run_calibrate
-    from .data import default_dev_spec
+    from .data import default_dev_spec, spec_options
 
     if cfg.select_dataset is None:
         try:
-            default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+            default_dev_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
         except UserError:
             log.warning("no dev split to choose per-label thresholds on: every label uses 0.5 "
                         "(set select_dataset and run instructemo calibrate to choose them)")
             return
-    run_calibrate(cfg)
+    run_calibrate(dataclasses.replace(cfg, adapter_name_or_path=str(staged_run)))

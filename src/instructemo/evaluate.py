@@ -10,19 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .data import Split, default_eval_spec, load_split, resolve_label_space
+from .data import Split, default_eval_spec, load_split, reader_options, resolve_label_space, spec_options
 from .errors import UserError
 from .infer import classify, classify_dense, load_engine
 from .infer.dense import DenseEngine, run_stage
-from .labels import LABEL_SPACE_FILE, LabelSpace
+from .labels import LabelSpace
 from .metrics import score
 from .models import resolve_model_path, use_bf16
-from .prompts import PromptBuilder, load_template
-from .report import write_eval_outputs, write_skipped_rows
+from .prompts import PromptBuilder, load_template, render_user_turn
+from .report import check_eval_dir, write_eval_outputs
+from .rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir, read_json
 
 log = logging.getLogger(__name__)
-
-THRESHOLDS_FILE = "thresholds.json"
 
 
 def find_adapter(cfg: Config) -> Path | None:
@@ -31,18 +30,24 @@ def find_adapter(cfg: Config) -> Path | None:
         path = Path(cfg.adapter_name_or_path)
         if not path.is_dir():
             raise UserError(f"adapter_name_or_path {path} not found; point it at a training output_dir")
+        RunDir(path).require_complete()
         return path
     output_dir = Path(cfg.output_dir)
+    run = RunDir(output_dir)
+    run.require_complete()  # never the base model in place of a run that did not finish
     if (output_dir / "adapter_config.json").is_file() or (output_dir / "config.json").is_file():
         return output_dir
+    if run.manifest() is not None:
+        raise UserError(f"the run in {output_dir} has no adapter_config.json or config.json: its model files are gone; "
+                        "train it again with overwrite_output_dir: true")
     return None
 
 
 def trained_label_space(cfg: Config, adapter: Path | None) -> tuple[LabelSpace, str]:
     """The label space the model was trained on, else the training dataset's; and the default template."""
-    space, template = resolve_label_space(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
+    space, template = resolve_label_space(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
     if adapter is not None and (adapter / LABEL_SPACE_FILE).is_file():
-        space = LabelSpace.from_dict(json.loads((adapter / LABEL_SPACE_FILE).read_text()), str(adapter / LABEL_SPACE_FILE))
+        space = LabelSpace.from_dict(read_json(adapter / LABEL_SPACE_FILE), str(adapter / LABEL_SPACE_FILE))
     return space, template
 
 
@@ -51,7 +56,7 @@ def load_thresholds(adapter: Path | None, space: LabelSpace):
     path = adapter / THRESHOLDS_FILE if adapter is not None else None
     if path is None or not path.is_file():
         return None
-    stored = json.loads(path.read_text())["thresholds"]
+    stored = read_json(path)["thresholds"]
     if set(stored) != set(space.names):
         raise UserError(f"{path} holds thresholds for other labels than the model's; run instructemo calibrate again")
     return np.array([stored[n] for n in space.names])
@@ -68,6 +73,8 @@ class Classifier:
         self.bf16 = use_bf16(cfg.bf16)
         self.thresholds = load_thresholds(self.adapter, self.space)
         self.stage = run_stage(self.adapter, cfg.stage)
+        if self.stage == "sft":
+            render_user_turn(self.template, "a text", self.space)  # a template error surfaces before the model loads
 
     @property
     def mode(self) -> str:
@@ -97,13 +104,13 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     classifier = Classifier(cfg)
     space = classifier.space
     if split is None:
-        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
-        split = load_split(
-            eval_spec, cfg.dataset_dir, default_split="test", label_space=space, max_samples=cfg.max_eval_samples,
-            text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows,
-        )
+        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+        split = load_split(eval_spec, cfg.dataset_dir, default_split="test", label_space=space,
+                           max_samples=cfg.max_eval_samples, **reader_options(cfg))
     else:
         eval_spec = split.name
+    out_dir = cfg.resolved_eval_output_dir
+    check_eval_dir(out_dir)
     classifier.load()
     started = time.perf_counter()
     result = classifier.classify([r.text for r in split.records])
@@ -128,12 +135,13 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "inference_seconds": round(seconds, 1),
         "examples_per_second": round(len(rows) / seconds, 2),
     }
-    out_dir = cfg.resolved_eval_output_dir
     history = None
-    if classifier.adapter is not None and (classifier.adapter / "trainer_log.jsonl").is_file():
-        history = [json.loads(line) for line in (classifier.adapter / "trainer_log.jsonl").read_text().splitlines() if line]
-    write_eval_outputs(out_dir, rows, metrics, context, history)
-    write_skipped_rows(out_dir, split.skipped)
+    if classifier.adapter is not None and (classifier.adapter / TRAINER_LOG_FILE).is_file():
+        history = [json.loads(line) for line in (classifier.adapter / TRAINER_LOG_FILE).read_text().splitlines() if line]
+    run = RunDir(cfg.output_dir)
+    if run.manifest() is not None:  # the evaluation belongs to the run: overwrite_output_dir removes it too
+        run.record(dirs=[str(out_dir.resolve().relative_to(run.path.resolve()))])
+    write_eval_outputs(out_dir, rows, metrics, context, history, split.skipped)
     headline = "jaccard" if space.multi_label else "accuracy"
     log.info(
         "%s %.4f, macro-F1 %.4f, invalid %.2f%% on %d rows; wrote %s",

@@ -7,10 +7,6 @@ from typing import Any, Iterable
 
 from .errors import UserError
 
-# Saved beside a trained adapter, so evaluation uses the labels the model learned.
-LABEL_SPACE_FILE = "label_space.json"
-
-
 @dataclass(frozen=True)
 class LabelSpace:
     """The labels of one task, in their canonical order."""

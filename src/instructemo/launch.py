@@ -40,7 +40,8 @@ def torchrun_command(nproc: int, config: str, overrides: list[str]) -> list[str]
 def relaunch(nproc: int, config: str, overrides: list[str]) -> None:
     command = torchrun_command(nproc, config, overrides)
     log.info("launching %d training processes: %s", nproc, " ".join(command))
-    completed = subprocess.run(command)
+    # The workers find output_dir prepared by this process (see preflight.starts_the_run).
+    completed = subprocess.run(command, env={**os.environ, "INSTRUCTEMO_RUN_STARTED": "1"})
     if completed.returncode != 0:
         raise UserError(f"distributed training failed (torchrun exit status {completed.returncode}); the workers' messages are above")
 

@@ -155,7 +155,8 @@ def _raise_if_remote_code(exc: ValueError, path: str) -> None:
         raise UserError(f"model {path!r} ships its own Python code; set trust_remote_code: true only if you trust its source") from None
 
 
-def _refuse_pickles(path: str, allow_pickle: bool) -> None:
+def refuse_pickles(path: str, allow_pickle: bool) -> None:
+    """Refuse a model folder whose only weights are pickles (they can run code) unless the config allows them."""
     local = Path(path)
     if allow_pickle or not local.is_dir() or any(local.glob("*.safetensors")):
         return
@@ -191,7 +192,7 @@ def load_sequence_classifier(path: str, names: list[str], *, multi_label: bool, 
     """
     from transformers import AutoModelForSequenceClassification
 
-    _refuse_pickles(path, allow_pickle)
+    refuse_pickles(path, allow_pickle)
     attention = pick_attention(flash_attn)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
@@ -220,7 +221,7 @@ def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = F
     """
     from transformers import AutoModelForCausalLM
 
-    _refuse_pickles(path, allow_pickle)
+    refuse_pickles(path, allow_pickle)
     dtype = torch.bfloat16 if bf16 else torch.float32
     extra = {}
     if four_bit:
@@ -246,3 +247,25 @@ def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = F
     # scoring on CPU went there. A contiguous input takes the plain matmul path.
     model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
     return model
+
+
+def require_finite_weights(trained: Path, model=None) -> None:
+    """Refuse trained weights that hold NaN or infinity, which only a diverged training leaves.
+
+    An adapter's own file is checked (small); a fully fine-tuned model, all of
+    its parameters once loaded.
+    """
+    adapter_file = Path(trained) / "adapter_model.safetensors"
+    if adapter_file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(adapter_file), framework="pt") as weights:
+            tensors = ((name, weights.get_tensor(name)) for name in weights.keys())
+            broken = next((name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    elif model is not None:
+        broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    else:
+        broken = None
+    if broken is not None:
+        raise UserError(f"{trained} holds weights that are not numbers ({broken}): the training that made them "
+                        "diverged; train again with a lower learning_rate")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .data import ID_COLUMN_GUESSES, PATH_FORMATS, TEXT_COLUMN_GUESSES, pick_col
 from .errors import UserError
 from .evaluate import Classifier
 from .html_report import render_predictions
-from .report import write_atomic
+from .rundir import json_text, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,12 @@ def run_predict(
     """Classify every row of input_path into output_path; return counts of what happened."""
     if output_path.suffix.lower() not in PATH_FORMATS:
         raise UserError(f"output {output_path}: use a .csv, .tsv or .jsonl file name")
+    report_path = output_path.with_name(output_path.stem + ".report.html")
+    for written in (output_path, report_path):
+        if written.resolve() == input_path.resolve():
+            raise UserError(f"--output would overwrite the input file {input_path}; write the predictions to another file")
+    if output_path.is_dir():
+        raise UserError(f"--output {output_path} is a directory; name a file such as predictions.csv")
     columns, rows = read_table(input_path)
     if text_column is None and cfg.text_column in columns:
         text_column = cfg.text_column  # the training file's text column, when this file has it too
@@ -69,8 +74,7 @@ def run_predict(
                    for record, text, predicted, probs in zip(records, texts, labels, probabilities)]
     context = {"model": cfg.model_name_or_path, "adapter": str(classifier.adapter), "input": str(input_path),
                "output": str(output_path), "backend": cfg.backend, "mode": classifier.mode}
-    write_atomic(output_path.with_name(output_path.stem + ".report.html"),
-                 render_predictions(report_rows, list(space.names), context))
+    write_atomic(report_path, render_predictions(report_rows, list(space.names), context))
 
     invalid_lines = [rows[i][0] for i in todo if labels[i] is None]
     if empty_lines:
@@ -89,7 +93,7 @@ def _first(lines: list[int], shown: int = 10) -> str:
 
 def _write_records(path: Path, records: list[dict]) -> None:
     if path.suffix.lower() in (".jsonl", ".json"):
-        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_atomic(path, "".join(json_text(r, indent=None) + "\n" for r in records))
         return
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(records[0]), delimiter="," if path.suffix.lower() == ".csv" else "\t", lineterminator="\n")

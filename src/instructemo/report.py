@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+from .rundir import (
+    METRICS_FILE, PREDICTIONS_FILE, REPORT_HTML_FILE, REPORT_MD_FILE, SKIPPED_ROWS_FILE, RunDir, json_text, jsonl_text,
+    skipped_rows_text, write_atomic,
+)
 
 
 def loss_points(log_history: list[dict]) -> list[tuple[int, float]]:
@@ -63,16 +55,32 @@ def save_figure(fig, path: Path) -> None:
     os.replace(temp, path)
 
 
+def check_eval_dir(out_dir: Path) -> None:
+    """Raise, before any model loads, if an evaluation may not be written into out_dir."""
+    RunDir(out_dir, "eval_output_dir").check_can_begin("eval", replace=True)
+
+
 def write_eval_outputs(out_dir: Path, rows: Iterable[dict], metrics: dict, context: dict,
-                       history: list[dict] | None = None) -> None:
-    """predictions.jsonl, metrics.json, report.md and report.html for one evaluation."""
+                       history: list[dict] | None = None, skipped=()) -> None:
+    """predictions.jsonl, metrics.json, report.md, report.html (and skipped_rows.jsonl) for one evaluation.
+
+    They replace the previous evaluation in out_dir all together: staged, then
+    moved into place, the folder marked complete last.
+    """
     from .html_report import render
 
     rows = list(rows)
-    write_atomic(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_atomic(out_dir / "metrics.json", json.dumps({**context, "metrics": metrics}, indent=2))
-    write_atomic(out_dir / "report.md", markdown_report(rows, metrics, context))
-    write_atomic(out_dir / "report.html", render(rows, metrics, context, history))
+    files = {
+        PREDICTIONS_FILE: jsonl_text(rows),
+        METRICS_FILE: json_text({**context, "metrics": metrics}),
+        REPORT_MD_FILE: markdown_report(rows, metrics, context),
+        REPORT_HTML_FILE: render(rows, metrics, context, history),
+    }
+    if skipped:
+        files[SKIPPED_ROWS_FILE] = skipped_rows_text(skipped)
+    run = RunDir(out_dir, "eval_output_dir")
+    run.begin("eval", replace=True)
+    run.publish(lambda staging: [write_atomic(staging / name, text) for name, text in files.items()])
 
 
 def _fmt(value) -> str:
@@ -104,10 +112,3 @@ def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
         lines += ["", f"## Invalid answers (first {min(10, len(invalid))} of {len(invalid)})", ""]
         lines += [f"- {json.dumps(r['generation'])} for gold {r['gold']}" for r in invalid[:10]]
     return "\n".join(lines) + "\n"
-
-
-def write_skipped_rows(directory: Path, skipped) -> None:
-    """The rows on_bad_rows: skip left out, one JSON object per line, so none is lost silently."""
-    if skipped:
-        write_atomic(Path(directory) / "skipped_rows.jsonl",
-                     "".join(json.dumps({"source": row.source, "reason": row.reason}) + "\n" for row in skipped))

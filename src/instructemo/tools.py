@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import Config
-from .data import _find_file, load_registry, load_split
+from .data import find_file, load_registry, load_split
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def list_datasets(dataset_dir: str) -> list[dict]:
     for name, entry in load_registry(dataset_dir).items():
         splits = {}
         for split, spec in entry.splits.items():
-            path = _find_file(spec["file"], dataset_dir)
+            path = find_file(spec["file"], dataset_dir)
             if path is not None:
                 try:
                     rows = len(load_split(f"{name}:{split}", dataset_dir, on_bad_rows="skip").records)
@@ -57,25 +57,31 @@ def print_datasets(listing: list[dict], out=None) -> None:
 
 
 def classify_texts(cfg: Config, texts: Iterable[str]) -> list[dict]:
-    """Labels with probabilities (score mode) for a few texts."""
+    """Labels with probabilities (score mode) for each text, in order; an empty text gets no label (labels None)."""
     from .evaluate import Classifier
 
-    texts = [t for t in (t.strip() for t in texts) if t]
-    if not texts:
-        raise UserError('nothing to classify: pass a text (instructemo classify CONFIG.yaml "some text") or lines on stdin')
+    texts = list(texts)
+    todo = [i for i, t in enumerate(texts) if t.strip()]
+    if not todo:
+        raise UserError('nothing to classify: pass texts after -- (instructemo classify CONFIG.yaml -- "some text"), '
+                        "with --text, or one per line on stdin")
     classifier = Classifier(dataclasses.replace(cfg, mode="score")).load()
-    result = classifier.classify(texts)
+    result = classifier.classify([texts[i].strip() for i in todo])
     names = classifier.space.names
-    out = []
-    for text, labels, probs in zip(texts, result.labels, result.probabilities):
+    out = [{"text": text, "labels": None, "probabilities": {}} for text in texts]
+    for i, labels, probs in zip(todo, result.labels, result.probabilities):
         ranked = sorted(zip(names, probs), key=lambda item: -item[1])
-        out.append({"text": text, "labels": list(labels), "probabilities": {n: round(float(p), 4) for n, p in ranked}})
+        out[i].update(labels=list(labels), probabilities={n: round(float(p), 4) for n, p in ranked})
     return out
 
 
 def print_classified(results: list[dict], out=None) -> None:
+    """One line per text: the labels with their probabilities, the top three, the text."""
     out = out or sys.stdout
     for r in results:
+        if r["labels"] is None:
+            print(f"(empty text: no label)\t\t{r['text']}", file=out)
+            continue
         shown = ", ".join(f"{label} {r['probabilities'][label]:.2f}" for label in r["labels"]) or "(no label)"
         top = ", ".join(f"{n} {p:.2f}" for n, p in list(r["probabilities"].items())[:3])
         print(f"{shown}\t[top: {top}]\t{r['text']}", file=out)
@@ -89,8 +95,8 @@ def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
     from .evaluate import find_adapter, trained_label_space
     from .infer.dense import DenseEngine, run_stage
     from .infer.hf import load_for_inference
-    from .labels import LABEL_SPACE_FILE
     from .models import resolve_model_path, save_atomically
+    from .rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE
 
     if gguf:
         raise UserError("--gguf: no well-kept GGUF converter ships with instructemo; export without --gguf, then run "
@@ -98,6 +104,8 @@ def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
     adapter = find_adapter(cfg)
     if adapter is None:
         raise UserError(f"nothing to export: no trained adapter or model in {cfg.output_dir}; run instructemo sft first")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; name a new directory for the exported model")
     if output.exists() and any(output.iterdir()):
         raise UserError(f"--output {output} is not empty; choose a new directory")
     base = resolve_model_path(cfg.model_name_or_path)
@@ -113,7 +121,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
         tokenizer.save_pretrained(staging)
         if (adapter / LABEL_SPACE_FILE).is_file():
             (staging / LABEL_SPACE_FILE).write_text((adapter / LABEL_SPACE_FILE).read_text())
-        for extra in ("thresholds.json",):
+        for extra in (THRESHOLDS_FILE,):
             if (adapter / extra).is_file():
                 (staging / extra).write_text((adapter / extra).read_text())
 

@@ -6,32 +6,32 @@ and `generate-eval` need.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 
 from .balance import oversample_counts, rarest_label_weights
+from .checkpoints import BestCheckpoint
 from .config import Config
-from .checkpoints import SELECTION_FILE, BestCheckpoint
-from .data import Split, default_dev_spec, default_eval_spec, load_split
+from .data import Split
 from .errors import UserError
 from .infer.hf import common_prefix_length
-from .labels import LABEL_SPACE_FILE
-from .launch import inside_launcher
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
-from .prompts import PromptBuilder, load_template
-from .report import plot_loss, write_atomic, write_skipped_rows
+from .monitor import FailOnDivergence, RunMonitor
+from .preflight import TrainingPlan, check_before_training, start_run
+from .prompts import PromptBuilder
+from .report import plot_loss
+from .rundir import (
+    CONFIG_FILE, LABEL_SPACE_FILE, SELECTION_FILE, SKIPPED_ROWS_FILE, STAGING_DIR, TRAIN_RESULTS_FILE, TRAINER_LOG_FILE,
+    LOSS_PLOT_FILE, RunDir, json_text, jsonl_text, out_of_space, skipped_rows_text, write_atomic,
+)
 
 log = logging.getLogger(__name__)
-
-RESOLVED_CONFIG_FILE = "instructemo_config.yaml"
 
 
 def run_sft(cfg: Config, train: Split | None = None) -> Path:
@@ -44,15 +44,14 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
         from .dense import run_cls
 
         return run_cls(cfg, train)
-    train, template, select = check_before_training(cfg, train)
-    output_dir = Path(cfg.output_dir)
-    checkpoint = prepare_output_dir(cfg)
+    plan = check_before_training(cfg, train)
+    train = plan.train
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
     log.info("training on %d rows of %s (%s)", len(train.records), cfg.dataset, train.origin)
 
-    builder = PromptBuilder(tokenizer, template, train.label_space, cfg.cutoff_len)
+    builder = PromptBuilder(tokenizer, plan.template, train.label_space, cfg.cutoff_len)
     examples = [builder.training_example(r) for r in train.records]
     if builder.truncated:
         log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
@@ -65,164 +64,127 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     trainer = _build_trainer(cfg, model, tokenizer, examples, bf16)
+    run, checkpoint, progress = start_run(cfg, plan.fingerprint)  # only now: a failure to load leaves output_dir as it was
+    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
+    trainer.add_callback(monitor)
     selector = None
-    if select is not None:
+    if plan.select is not None:
+        select = plan.select
         selector = BestCheckpoint(
             tokenizer, [builder.prompt(r.text) for r in select.records], [r.labels for r in select.records],
             train.label_space, metric=cfg.select_metric, every_steps=cfg.select_steps,
             batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
         )
         trainer.add_callback(selector)
-    if trainer.is_world_process_zero():
-        write_resolved_config(cfg, model_path, train)
-    if checkpoint is not None:
-        log.info("resuming from %s", checkpoint)
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
+    result = train_until_done(trainer, checkpoint, monitor)
     selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
-
-    save_run(cfg, trainer, tokenizer, train, rows=len(examples), train_seconds=train_seconds, result=result)
-    if selection is not None and trainer.is_world_process_zero():
-        write_atomic(output_dir / SELECTION_FILE, json.dumps(selection, indent=2))
-    return output_dir
-
-
-def write_resolved_config(cfg: Config, model_path: str, train: Split) -> None:
-    """Written first, so even a run killed in its first step is recognisable as one."""
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {**cfg.to_dict(), "model_path": model_path, "template_resolved": cfg.template if cfg.template != "auto" else train.template}
-    write_atomic(output_dir / RESOLVED_CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    extra = {SELECTION_FILE: json_text(selection)} if selection is not None else {}
+    save_run(cfg, run, trainer, tokenizer, plan, model_path, rows=len(examples), monitor=monitor, result=result,
+             resumed_from=progress.get("global_step"), extra=extra)
+    return run.path
 
 
-def save_run(cfg: Config, trainer, tokenizer, train: Split, *, rows: int, train_seconds: float, result) -> None:
-    """The model and what a person, generate-eval and compare need from a finished run (both stages)."""
-    output_dir = Path(cfg.output_dir)
-    trainer.save_model(str(output_dir))  # every process takes part (DeepSpeed ZeRO-3 gathers the weights)
-    if not trainer.is_world_process_zero():
-        return  # in multi-process runs the first process writes the rest
-    tokenizer.save_pretrained(str(output_dir))
-    write_skipped_rows(output_dir, train.skipped)
-    write_atomic(output_dir / LABEL_SPACE_FILE, json.dumps(train.label_space.to_dict(), indent=2))
+def train_until_done(trainer, checkpoint: Path | None, monitor: RunMonitor):
+    """trainer.train(); a checkpoint that cannot be written (a full disk) is a one-line error, the run left incomplete."""
+    try:
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Exception as exc:
+        _close_progress_bar(trainer)  # so the one-line error is the last thing printed
+        if monitor.saving is not None or out_of_space(exc):
+            where = Path(trainer.args.output_dir) / (monitor.saving or "")
+            raise UserError(f"training stopped: could not write a checkpoint to {where} ({_first_line(exc)}); free "
+                            "space (or fix the folder's permissions), then continue with resume: auto") from exc
+        raise
+
+
+def _close_progress_bar(trainer) -> None:
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+def save_run(cfg: Config, run: RunDir, trainer, tokenizer, plan: TrainingPlan, model_path: str, *, rows: int,
+             monitor: RunMonitor, result, resumed_from: int | None = None, extra: dict[str, str] | None = None,
+             finish: Callable[[Path], None] | None = None) -> None:
+    """The model and everything a person, generate-eval and compare need, staged, then moved into place at once.
+
+    `extra`: more files for the run (name -> text); `finish(staging)` runs last
+    on the staged run (stage cls calibrates its thresholds there).
+    """
+    main = trainer.is_world_process_zero()
     history = trainer.state.log_history
-    write_atomic(output_dir / "trainer_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    plot_loss(history, output_dir / "loss.png")
+    files = {}
+    if main:
+        train = plan.train
+        resolved = {**cfg.to_dict(), "model_path": model_path,
+                    "template_resolved": cfg.template if cfg.template != "auto" else train.template}
+        files = {
+            CONFIG_FILE: yaml.safe_dump(resolved, sort_keys=False),
+            LABEL_SPACE_FILE: json_text(train.label_space.to_dict()),
+            TRAINER_LOG_FILE: jsonl_text(history),
+            TRAIN_RESULTS_FILE: json_text(train_results(cfg, trainer, result, rows, monitor.train_seconds, resumed_from)),
+            **extra_files(train),
+            **(extra or {}),
+        }
+    staging = run.staging() if main else run.path / STAGING_DIR
+    try:
+        trainer.save_model(str(staging))  # every process takes part (DeepSpeed ZeRO-3 gathers the weights)
+        if not main:
+            return  # in multi-process runs the first process writes the rest
+        tokenizer.save_pretrained(str(staging))
+        for name, text in files.items():
+            write_atomic(staging / name, text)
+        plot_loss(history, staging / LOSS_PLOT_FILE)
+    except Exception as exc:  # only files are written here: a failure is the disk's or the folder's
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"saving the trained run to {run.path} failed ({_first_line(exc)}); it is marked incomplete: "
+                        "free space (or fix the folder's permissions), then continue with resume: auto") from exc
+    run.publish(finish or (lambda staged: None))  # finish adds its files to the staged run; then all move into place
+    log.info("saved %s %s to %s (%.0fs, final loss %s)", cfg.stage, cfg.finetuning_type, run.path, monitor.train_seconds,
+             train_results_loss(history))
+
+
+def extra_files(train: Split) -> dict[str, str]:
+    """skipped_rows.jsonl when on_bad_rows: skip left rows out, so none is lost silently."""
+    return {SKIPPED_ROWS_FILE: skipped_rows_text(train.skipped)} if train.skipped else {}
+
+
+def train_results(cfg: Config, trainer, result, rows: int, train_seconds: float, resumed_from: int | None) -> dict:
+    """Figures for the whole run, a resumed one included: time, throughput, losses, parameters."""
+    args = trainer.args
+    steps = result.global_step
+    if cfg.max_steps == -1:
+        examples = rows * cfg.num_train_epochs
+    else:
+        examples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     parameters = list(trainer.model.parameters())
-    summary = {
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h and "step" in h]
+    spans = [step - previous for (step, _), previous in zip(losses, [0] + [s for s, _ in losses[:-1]])]
+    return {
         "stage": cfg.stage,
         "train_rows": rows,
         "train_seconds": round(train_seconds, 1),
-        "train_examples_per_second": round(rows * cfg.num_train_epochs / train_seconds, 2) if cfg.max_steps == -1 else None,
-        "global_steps": result.global_step,
-        "processes": trainer.args.world_size,
-        "final_loss": result.training_loss,
+        "train_examples_per_second": round(examples / train_seconds, 2) if train_seconds > 0 else None,
+        "global_steps": steps,
+        "resumed_from_step": resumed_from,
+        "processes": args.world_size,
+        "final_loss": losses[-1][1] if losses else None,
+        "mean_loss": sum(loss * span for (_, loss), span in zip(losses, spans)) / sum(spans) if losses else None,
         "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
         "total_parameters": sum(p.numel() for p in parameters),
     }
-    write_atomic(output_dir / "train_results.json", json.dumps(summary, indent=2))
-    log.info("saved %s %s to %s (%.0fs, mean loss %.4f)", cfg.stage, cfg.finetuning_type, output_dir, train_seconds, result.training_loss)
 
 
-def check_before_training(cfg: Config, train: Split | None = None) -> tuple[Split, object, Split | None]:
-    """Everything a user can get wrong, checked before a model loads: (train rows, template, selection rows)."""
-    if train is None:
-        train = load_split(
-            cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples,
-            text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows,
-        )
-    template = load_template(cfg.template, train.template)
-    if cfg.do_eval:
-        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
-        load_split(eval_spec, cfg.dataset_dir, label_space=train.label_space, max_samples=cfg.max_eval_samples,
-                   text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
-    select = _selection_split(cfg, train) if cfg.select_best else None
-    output_dir = Path(cfg.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"output_dir {output_dir} is a file; choose a directory path")
-    if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
-        raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
-    check_engines(cfg)
-    if not inside_launcher():
-        previous_run_problem(cfg, resume_checkpoint(cfg))
-    return train, template, select
+def train_results_loss(history: list[dict]) -> str:
+    losses = [h["loss"] for h in history if "loss" in h]
+    return f"{losses[-1]:.4f}" if losses else "not logged"
 
 
-def last_complete_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint-N whose trainer_state.json (written last) is whole; a killed save is skipped."""
-    steps = []
-    for path in output_dir.glob("checkpoint-*"):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            steps.append((int(path.name.split("-")[1]), path))
-        except (OSError, ValueError, IndexError):
-            continue
-    return max(steps)[1] if steps else None
-
-
-def resume_checkpoint(cfg: Config) -> Path | None:
-    if cfg.resume == "none":
-        return None
-    if cfg.resume == "auto":
-        return last_complete_checkpoint(Path(cfg.output_dir))
-    path = Path(cfg.resume)
-    if not (path / "trainer_state.json").is_file():
-        raise UserError(f"resume: {path} is not a complete checkpoint (no trainer_state.json); use resume: auto or a checkpoint-N directory")
-    return path
-
-
-def previous_run_problem(cfg: Config, checkpoint: Path | None) -> None:
-    """Refuse to mix a new run into a previous one unless asked to replace it."""
-    output_dir = Path(cfg.output_dir)
-    if checkpoint is not None or not (output_dir / RESOLVED_CONFIG_FILE).is_file() or cfg.overwrite_output_dir:
-        return
-    raise UserError(f"output_dir {output_dir} already holds a run; set overwrite_output_dir: true to replace it, "
-                    "resume: auto to continue it, or choose another output_dir")
-
-
-def prepare_output_dir(cfg: Config) -> Path | None:
-    """The checkpoint to resume from, if any; a previous run that overwrite_output_dir replaces is removed first
-    (by the launching process only, never by each worker)."""
-    checkpoint = resume_checkpoint(cfg)
-    if not inside_launcher():
-        clear_previous_run(cfg, checkpoint)
-    return checkpoint
-
-
-def clear_previous_run(cfg: Config, checkpoint: Path | None) -> None:
-    """With overwrite_output_dir, delete the previous run (only a directory instructemo wrote) before training."""
-    output_dir = Path(cfg.output_dir)
-    if checkpoint is None and cfg.overwrite_output_dir and (output_dir / RESOLVED_CONFIG_FILE).is_file():
-        log.info("overwrite_output_dir: removing the previous run in %s", output_dir)
-        shutil.rmtree(output_dir)
-
-
-def check_engines(cfg: Config) -> None:
-    """QLoRA and DeepSpeed need hardware or packages this machine may lack: say so before loading anything."""
-    if cfg.finetuning_type == "qlora":
-        if not torch.cuda.is_available():
-            raise UserError("finetuning_type: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; use finetuning_type: lora")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError("finetuning_type: qlora needs bitsandbytes: pip install bitsandbytes")
-    if cfg.deepspeed:
-        path = Path(cfg.deepspeed)
-        if not path.is_file():
-            raise UserError(f"deepspeed config {path} not found; see examples/deepspeed/")
-        try:
-            json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"deepspeed config {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        if importlib.util.find_spec("deepspeed") is None:
-            raise UserError("deepspeed: needs the deepspeed package: pip install deepspeed")
-
-
-def _selection_split(cfg: Config, train):
-    """The dev rows that pick the checkpoint, checked before any model loads."""
-    if cfg.select_metric in ("jaccard", "exact_match") and not train.label_space.multi_label:
-        raise UserError(f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy")
-    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, cfg.text_column, cfg.label_column)
-    return load_split(spec, cfg.dataset_dir, default_split="dev", label_space=train.label_space,
-                      max_samples=cfg.max_select_samples, text_column=cfg.text_column, label_column=cfg.label_column, on_bad_rows=cfg.on_bad_rows)
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _balanced(policy: str, label_sets: list[tuple[str, ...]], examples: list[dict]) -> list[dict]:
@@ -445,7 +407,7 @@ def shuffled_length_groups(trainer, train_dataset=None):
 def _answer_only_trainer_class():
     from trl import SFTTrainer
 
-    class AnswerOnlySFTTrainer(SFTTrainer):
+    class AnswerOnlySFTTrainer(FailOnDivergence, SFTTrainer):
         """SFTTrainer whose loss projects only the answer positions through the LM head.
 
         A classification answer is a few tokens after a prompt of dozens, and
@@ -456,6 +418,9 @@ def _answer_only_trainer_class():
         """
 
         _get_train_sampler = shuffled_length_groups
+
+        def create_model_card(self, *args, **kwargs):
+            """None: trl writes its hub card into output_dir at every checkpoint, outside the run's manifest."""
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()

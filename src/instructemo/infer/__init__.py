@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
+from ..errors import UserError
 from ..labels import LabelSpace
 from ..parse import parse_labels
 
@@ -56,18 +57,33 @@ def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelS
         from .multilabel import label_probabilities
 
         probabilities, answers = label_probabilities(engine, conversations, space)
+        probabilities = finite_scores(probabilities)
         return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities)
     candidates = [space.answer([name]) for name in space.names]
     loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
-    probabilities = np.exp(loglik - loglik.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        probabilities = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+        probabilities = finite_scores(probabilities / probabilities.sum(axis=1, keepdims=True))
     return Classified(decide(probabilities, space), None, probabilities)
 
 
 def classify_dense(cfg: Config, engine, texts: list[str], space: LabelSpace, thresholds: np.ndarray | None = None) -> Classified:
     """Labels and probabilities from a classification head (stage: cls), with the same decision rules."""
-    probabilities = engine.probabilities(texts)
+    probabilities = finite_scores(engine.probabilities(texts))
     return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), None, probabilities)
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """The scores, or a one-line error when any is NaN: a label chosen from NaN is no answer at all.
+
+    NaN only comes from broken weights (or a model that rules every label out).
+    """
+    broken = ~np.isfinite(scores)
+    if broken.any():
+        rows = int(broken.any(axis=1).sum()) if broken.ndim > 1 else int(broken.sum())
+        raise UserError(f"the model's scores are not numbers (NaN) for {rows} of {len(scores)} texts: its weights are "
+                        "broken, e.g. by a training run that diverged; train it again with a lower learning_rate")
+    return scores
 
 
 def decide(probabilities: np.ndarray, space: LabelSpace, thresholds: np.ndarray | None = None,

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..labels import LabelSpace
-from ..models import load_sequence_classifier, load_tokenizer
+from ..models import load_sequence_classifier, load_tokenizer, require_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class DenseEngine:
         self.cutoff_len = cfg.cutoff_len
         self.multi_label = space.multi_label
         full_model = not (adapter / "adapter_config.json").is_file()
+        if not full_model:
+            require_finite_weights(adapter)
         self.tokenizer = load_tokenizer(str(adapter), trust_remote_code=cfg.trust_remote_code, chat=False)
         model = load_sequence_classifier(
             str(adapter) if full_model else base_path, list(space.names), multi_label=space.multi_label,
@@ -35,7 +37,9 @@ class DenseEngine:
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        if not full_model:
+        if full_model:
+            require_finite_weights(adapter, model)
+        else:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # the saved head comes with it
@@ -58,9 +62,9 @@ class DenseEngine:
 
 def run_stage(adapter: Path | None, configured: str) -> str:
     """sft or cls: what the trained run in `adapter` is (its saved config says), else the configured stage."""
-    from ..train import RESOLVED_CONFIG_FILE
+    from ..rundir import CONFIG_FILE
 
-    path = adapter / RESOLVED_CONFIG_FILE if adapter is not None else None
+    path = adapter / CONFIG_FILE if adapter is not None else None
     if path is not None and path.is_file():
         import yaml
 

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..models import load_causal_lm, load_tokenizer
+from ..models import load_causal_lm, load_tokenizer, require_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,16 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
     """(model, tokenizer): the base alone, base + adapter merged, or a fully fine-tuned directory."""
     options = dict(flash_attn=flash_attn, bf16=bf16, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if adapter_dir is not None and (adapter_dir / "config.json").is_file():
-        return load_causal_lm(str(adapter_dir), **options), load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
+        model = load_causal_lm(str(adapter_dir), **options)
+        require_finite_weights(adapter_dir, model)
+        return model, load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
+    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"{adapter_dir} holds neither an adapter nor a model; train first or fix adapter_name_or_path")
+    if adapter_dir is not None:
+        require_finite_weights(adapter_dir)
     model = load_causal_lm(base_path, **options)
     if adapter_dir is None:
         return model, load_tokenizer(base_path, trust_remote_code=trust_remote_code)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise UserError(f"{adapter_dir} holds neither an adapter nor a model; train first or fix adapter_name_or_path")
     from peft import PeftModel
 
     # Merged weights generate as fast as the base model.

@@ -61,8 +61,9 @@ def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpa
             prefix = units[u][1]
             last = index[prefix[-1]] if prefix else -1
             row[: last + 1] = -np.inf  # canonical order: only later labels can come next
-            unit_probs[u] = np.exp(row - row.max())
-            unit_probs[u] /= unit_probs[u].sum()
+            with np.errstate(invalid="ignore"):  # NaN scores are refused by the caller
+                unit_probs[u] = np.exp(row - row.max())
+                unit_probs[u] /= unit_probs[u].sum()
 
     probabilities = np.zeros((len(conversations), len(names)))
     unit_of = {(row, len(prefix)): u for u, (row, prefix) in enumerate(units)}

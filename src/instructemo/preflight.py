@@ -1,0 +1,166 @@
+"""Before a model loads: everything a user can get wrong, and whether to start, replace or resume a run.
+
+Both stages (sft and cls) and the torchrun parent go through here, so a
+mistake in the config, the data, the template or the output directory stops
+the run in one line with nothing written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import torch
+
+from .config import Config
+from .data import Split, default_dev_spec, default_eval_spec, load_split, reader_options, spec_options
+from .errors import UserError
+from .launch import inside_launcher
+from .prompts import load_template, render_user_turn
+from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, differences, json_text, last_complete_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change what training computes: a resumed run may differ in these.
+RESUME_NEUTRAL_KEYS = frozenset({
+    "output_dir", "overwrite_output_dir", "resume", "do_eval", "eval_dataset", "max_eval_samples", "eval_output_dir",
+    "logging_steps", "save_steps", "save_total_limit", "report_to", "adapter_name_or_path", "trust_remote_code",
+    "allow_pickle_weights", "backend", "mode", "score_threshold", "tensor_parallel_size", "gpu_memory_utilization",
+    "vllm_merge_lora", "per_device_eval_batch_size", "max_new_tokens", "do_sample", "temperature", "top_p",
+})
+
+
+@dataclass
+class TrainingPlan:
+    """What check_before_training found: the rows to train on, the template, the selection rows, the run's fingerprint."""
+
+    train: Split
+    template: jinja2.Template
+    select: Split | None
+    fingerprint: dict
+
+
+def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPlan:
+    """Everything a user can get wrong, checked before a model loads; `train` replaces cfg.dataset's rows (cv folds)."""
+    if train is None:
+        train = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples, **reader_options(cfg))
+    template = load_template(cfg.template, train.template)
+    if cfg.stage == "sft":
+        render_user_turn(template, train.records[0].text, train.label_space)  # a template error surfaces now
+    if cfg.do_eval:
+        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+        load_split(eval_spec, cfg.dataset_dir, default_split="test", label_space=train.label_space,
+                   max_samples=cfg.max_eval_samples, **reader_options(cfg))
+    select = _selection_split(cfg, train) if cfg.select_best else None
+    if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
+        raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
+    check_engines(cfg)
+    plan = TrainingPlan(train, template, select, fingerprint(cfg, train))
+    if starts_the_run():
+        resume_point(cfg, plan.fingerprint, check_only=True)
+    return plan
+
+
+def fingerprint(cfg: Config, train: Split) -> dict:
+    """What makes two trainings the same run: the settings that change training, the rows and the label space."""
+    digest = hashlib.sha256()
+    for record in train.records:
+        digest.update(json.dumps([record.text, list(record.labels)]).encode("utf-8"))
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_KEYS}
+    value = {"settings": settings, "data": {"rows": len(train.records), "sha256": digest.hexdigest()[:16]},
+             "label_space": train.label_space.to_dict()}
+    return json.loads(json_text(value))  # as it reads back from a file, so comparisons are like for like
+
+
+def starts_the_run() -> bool:
+    """Whether this process prepares output_dir: a plain run, or the first worker of a torchrun we did not launch."""
+    if not inside_launcher():
+        return True
+    return os.environ.get("INSTRUCTEMO_RUN_STARTED") != "1" and os.environ.get("RANK", "0") == "0"
+
+
+def resume_point(cfg: Config, fingerprint: dict, check_only: bool = False) -> tuple[Path | None, dict]:
+    """The checkpoint to resume from (None: start afresh) and its progress record; prepares output_dir unless check_only.
+
+    resume: auto continues the newest whole checkpoint of an unfinished run,
+    and starts over (with a warning) when it has none. A checkpoint of a run
+    with other settings, data or labels is refused, with the differences.
+    """
+    run = RunDir(cfg.output_dir)
+    manifest = run.manifest() if run.path.is_dir() else None
+    checkpoint = None
+    if cfg.resume == "auto":
+        if manifest is not None and manifest["state"] == COMPLETE:
+            raise UserError(f"resume: auto, but the run in {run.path} finished; nothing to resume (set "
+                            "overwrite_output_dir: true to train again, or choose another output_dir)")
+        checkpoint = last_complete_checkpoint(run.path) if manifest is not None else None
+        if manifest is not None and checkpoint is None:
+            log.warning("resume: auto found no whole checkpoint in %s; starting the run over", run.path)
+    elif cfg.resume != "none":
+        checkpoint = Path(cfg.resume)
+        if checkpoint_progress(checkpoint) is None:
+            raise UserError(f"resume: {checkpoint} is not a whole instructemo checkpoint (no trainer_state.json or "
+                            "progress file); use resume: auto or a checkpoint-N directory of a run")
+    progress = checkpoint_progress(checkpoint) if checkpoint is not None else {}
+    if checkpoint is not None:
+        changes = differences(progress["fingerprint"], fingerprint)
+        if changes:
+            shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+            raise UserError(f"cannot resume from {checkpoint}: its run differs ({shown}); resume with the same "
+                            "settings and data, or set overwrite_output_dir: true to start over")
+    continues_here = checkpoint is not None and checkpoint.parent.resolve() == run.path.resolve()
+    restart = cfg.overwrite_output_dir or (cfg.resume == "auto" and manifest is not None and checkpoint is None)
+    if check_only:
+        run.check_can_begin("train", replace=restart and not continues_here, keep=continues_here)
+    else:
+        run.begin("train", replace=restart and not continues_here, keep=continues_here)
+        if cfg.report_to == "tensorboard":
+            run.record(dirs=[TENSORBOARD_DIR])
+    if checkpoint is not None and not check_only:
+        log.info("resuming from %s (step %d)", checkpoint, progress["global_step"])
+    return checkpoint, progress
+
+
+def start_run(cfg: Config, fingerprint: dict) -> tuple[RunDir, Path | None, dict]:
+    """Prepare output_dir for this run (the launching process only): (run directory, checkpoint, its progress)."""
+    if starts_the_run():
+        checkpoint, progress = resume_point(cfg, fingerprint)
+    else:  # a worker under our torchrun: the parent prepared output_dir
+        checkpoint = last_complete_checkpoint(Path(cfg.output_dir)) if cfg.resume == "auto" else (
+            Path(cfg.resume) if cfg.resume != "none" else None)
+        progress = checkpoint_progress(checkpoint) if checkpoint is not None else {}
+    return RunDir(cfg.output_dir), checkpoint, progress or {}
+
+
+def check_engines(cfg: Config) -> None:
+    """QLoRA and DeepSpeed need hardware or packages this machine may lack: say so before loading anything."""
+    if cfg.finetuning_type == "qlora":
+        if not torch.cuda.is_available():
+            raise UserError("finetuning_type: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; use finetuning_type: lora")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("finetuning_type: qlora needs bitsandbytes: pip install bitsandbytes")
+    if cfg.deepspeed:
+        path = Path(cfg.deepspeed)
+        if not path.is_file():
+            raise UserError(f"deepspeed config {path} not found; see examples/deepspeed/")
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"deepspeed config {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError("deepspeed: needs the deepspeed package: pip install deepspeed")
+
+
+def _selection_split(cfg: Config, train: Split) -> Split:
+    """The dev rows that pick the checkpoint, checked before any model loads."""
+    if cfg.select_metric in ("jaccard", "exact_match") and not train.label_space.multi_label:
+        raise UserError(f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy")
+    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+    return load_split(spec, cfg.dataset_dir, default_split="dev", label_space=train.label_space,
+                      max_samples=cfg.max_select_samples, **reader_options(cfg))

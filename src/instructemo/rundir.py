@@ -1,0 +1,409 @@
+"""The run directory: every file a run writes, whether the run finished, and what instructemo may delete.
+
+Every directory instructemo writes into (a training `output_dir`, an
+evaluation folder, a cross-validation folder) holds a manifest,
+`instructemo_run.json`, written before anything else. It is the one test for
+"this directory is instructemo's", it lists every file and folder the run
+wrote, and it says whether the run is complete:
+
+- a new run refuses a non-empty directory that is not instructemo's;
+- `overwrite_output_dir` removes what the manifest lists, and nothing else;
+- the final files are written into a staging folder inside the directory and
+  moved into place only when all of them are there; the manifest turns
+  `complete` last. A kill or a full disk at any moment leaves either a complete
+  run or a directory marked incomplete, and every reading verb refuses the latter.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "instructemo_run.json"
+# Files of a training run.
+CONFIG_FILE = "instructemo_config.yaml"
+LABEL_SPACE_FILE = "label_space.json"
+THRESHOLDS_FILE = "thresholds.json"
+SELECTION_FILE = "selection.json"
+TRAIN_RESULTS_FILE = "train_results.json"
+TRAINER_LOG_FILE = "trainer_log.jsonl"
+LOSS_PLOT_FILE = "loss.png"
+SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
+TENSORBOARD_DIR = "runs"
+EVAL_DIR = "eval"
+# In every checkpoint-N: what the run was (for resume) and how long it had trained.
+PROGRESS_FILE = "instructemo_progress.json"
+# Files of an evaluation.
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+REPORT_MD_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"
+# Files of a cross-validation.
+CV_DIR = "cv"
+CV_SUMMARY_FILE = "summary.json"
+CV_SUMMARY_MD_FILE = "summary.md"
+
+STAGING_DIR = ".instructemo-staging"
+COMPLETE, INCOMPLETE = "complete", "incomplete"
+KINDS = {"train": "training run", "eval": "evaluation", "cv": "cross-validation", "compare": "comparison"}
+
+
+# --- strict, atomic files ----------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    """The value with every NaN or infinity replaced by None, so the JSON written is strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON (no NaN or Infinity, which most JSON readers reject): non-finite numbers become null."""
+    return json.dumps(_finite(value), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    return "".join(json_text(row, indent=None) + "\n" for row in rows)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(text.encode("utf-8") if isinstance(text, str) else text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file a run wrote; a damaged one, or one holding NaN, is a one-line error, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not strict JSON ({exc}); it is damaged or from a broken run: run the step that "
+                        "writes it again") from None
+
+
+def skipped_rows_text(skipped) -> str:
+    """skipped_rows.jsonl: the rows on_bad_rows: skip left out, with where they are and why."""
+    return jsonl_text({"source": row.source, "reason": row.reason} for row in skipped)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether an exception (from Python, torch or safetensors, which word it differently) means the disk is full."""
+    for cause in (exc, exc.__cause__, exc.__context__):
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            return True
+    text = str(exc).lower()
+    return any(words in text for words in ("no space left", "file too large", "disk quota", "file write failed"))
+
+
+# --- the manifest -------------------------------------------------------------------
+
+
+class RunDir:
+    """A directory instructemo writes into, through its manifest."""
+
+    def __init__(self, path: str | Path, what: str = "output_dir"):
+        self.path = Path(path)
+        self.what = what  # how messages name it: output_dir, eval_output_dir, ...
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    def manifest(self) -> dict | None:
+        """The manifest, or None when this is not an instructemo directory."""
+        if not self.manifest_path.is_file():
+            return None
+        data = read_json(self.manifest_path)
+        if not isinstance(data, dict) or data.get("state") not in (COMPLETE, INCOMPLETE):
+            raise UserError(f"{self.manifest_path} is not an instructemo manifest; move it away or choose another directory")
+        return data
+
+    def is_complete(self) -> bool:
+        manifest = self.manifest()
+        return manifest is not None and manifest["state"] == COMPLETE
+
+    def require_complete(self) -> None:
+        """Refuse, in one line, a directory whose run did not finish (a directory with no manifest passes)."""
+        manifest = self.manifest()
+        if manifest is None or manifest["state"] == COMPLETE:
+            return
+        kind = manifest.get("kind", "train")
+        if kind == "train":
+            fix = "continue it with resume: auto, or train again with overwrite_output_dir: true"
+        else:
+            fix = "run it again"
+        raise UserError(f"{self.path} holds an incomplete {KINDS.get(kind, kind)} (it was interrupted or could not "
+                        f"finish writing); {fix}")
+
+    def check_can_begin(self, kind: str, *, replace: bool = False, keep: bool = False) -> None:
+        """Raise if a new `kind` run may not start here; changes nothing.
+
+        `replace`: a previous run of the same kind may be removed (overwrite).
+        `keep`: a previous run of the same kind is continued (resume).
+        """
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{self.what} {path} is a file; choose a directory path")
+        _check_writable(path, self.what)
+        manifest = self.manifest()
+        foreign, evaluations = self._survey(manifest)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            beside = "beside its run " if manifest is not None else ""
+            raise UserError(f"{self.what} {path} holds files {beside}that instructemo did not write ({shown}); move them "
+                            "away, or choose a new or empty directory")
+        if evaluations and not replace:
+            raise UserError(f"{self.what} {path} holds an earlier evaluation ({', '.join(p.name for p in evaluations)}) "
+                            "that would be mistaken for this run's; set overwrite_output_dir: true to replace it, or "
+                            "choose another directory")
+        if manifest is None:
+            return
+        previous = manifest.get("kind", "train")
+        if previous != kind:
+            raise UserError(f"{self.what} {path} holds an instructemo {KINDS.get(previous, previous)}, not a "
+                            f"{KINDS[kind]}; choose another directory")
+        if not (replace or keep):
+            state = "a finished" if manifest["state"] == COMPLETE else "an unfinished"
+            resume = ", resume: auto to continue it," if kind == "train" else ""
+            raise UserError(f"{self.what} {path} already holds {state} {KINDS[kind]}; set overwrite_output_dir: true "
+                            f"to replace it{resume} or choose another {self.what}")
+
+    def begin(self, kind: str, *, replace: bool = False, keep: bool = False) -> None:
+        """Make this directory the new run's, before anything else is written into it.
+
+        Removes a previous run's files when `replace`; keeps them, marked
+        incomplete again, when `keep`.
+        """
+        self.check_can_begin(kind, replace=replace, keep=keep)
+        manifest = self.manifest()
+        for evaluation in self._survey(manifest)[1]:
+            RunDir(evaluation).remove()
+            _rmdir_if_empty(evaluation)
+        if manifest is not None and not keep:
+            self.remove()
+            manifest = None
+        if manifest is None:
+            manifest = {"instructemo": 1, "kind": kind, "files": [], "dirs": []}
+        manifest.update(state=INCOMPLETE, started=_now())
+        manifest.pop("completed", None)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.path / STAGING_DIR, ignore_errors=True)
+            self._write(manifest)
+        except OSError as exc:
+            raise UserError(f"cannot write to {self.what} {self.path} ({exc.strerror}); choose a directory you can write to") from None
+
+    def record(self, files: Iterable[str] = (), dirs: Iterable[str] = ()) -> None:
+        """Add paths (relative to the directory) to what the run wrote, before or as it writes them."""
+        manifest = self.manifest()
+        if manifest is None:
+            raise RuntimeError(f"{self.path} has no manifest to record into")
+        manifest["files"] = sorted(set(manifest["files"]) | set(files))
+        manifest["dirs"] = sorted(set(manifest["dirs"]) | set(dirs))
+        self._write(manifest)
+
+    def write_file(self, name: str, content: str | bytes) -> Path:
+        """One file of the run, recorded, then written atomically."""
+        self.record(files=[name])
+        write_atomic(self.path / name, content)
+        return self.path / name
+
+    def staging(self) -> Path:
+        """The folder the final files are written into before they are moved into place; recorded first."""
+        self.record(dirs=[STAGING_DIR])
+        staging = self.path / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        return staging
+
+    def commit(self) -> None:
+        """Move the staged files into place and mark the run complete (the manifest's state changes last)."""
+        staging = self.path / STAGING_DIR
+        staged = sorted(staging.iterdir())
+        self.record(files=[p.name for p in staged if not p.is_dir()], dirs=[p.name for p in staged if p.is_dir()])
+        for item in staged:
+            target = self.path / item.name
+            if item.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+        manifest = self.manifest()
+        manifest["dirs"] = [d for d in manifest["dirs"] if d != STAGING_DIR]
+        manifest.update(state=COMPLETE, completed=_now())
+        self._write(manifest)
+
+    def publish(self, write: Callable[[Path], None]) -> None:
+        """write(staging) puts every final file in the staging folder; then commit()."""
+        staging = self.staging()
+        try:
+            write(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.commit()
+
+    def remove(self) -> None:
+        """Delete what the manifest lists, then the manifest; anything else in the directory stays."""
+        manifest = self.manifest()
+        if manifest is None:
+            return
+        if manifest["state"] == COMPLETE:  # a kill part-way through must not leave a "complete" run with files missing
+            manifest["state"] = INCOMPLETE
+            self._write(manifest)
+        for name in manifest["dirs"]:
+            target = self._inside(name)
+            if target is None or not target.exists():
+                continue
+            if target.is_symlink():
+                target.unlink()
+            elif RunDir(target).manifest() is not None:
+                RunDir(target).remove()
+                _rmdir_if_empty(target)
+            else:
+                shutil.rmtree(target)
+        for name in manifest["files"]:
+            target = self._inside(name)
+            if target is not None:
+                target.unlink(missing_ok=True)
+        self.manifest_path.unlink()
+        log.info("removed the previous %s in %s", KINDS.get(manifest.get("kind"), "run"), self.path)
+
+    def _write(self, manifest: dict) -> None:
+        write_atomic(self.manifest_path, json_text(manifest))
+
+    def _inside(self, name: str) -> Path | None:
+        """A recorded entry as a path, if it really lies inside this directory (a hand-edited manifest cannot reach out)."""
+        target = self.path / name
+        inside = target.parent.resolve().is_relative_to(self.path.resolve())
+        if Path(name).is_absolute() or ".." in Path(name).parts or not name.strip("./") or not inside:
+            log.warning("%s lists %r, which is not inside the directory; left alone", self.manifest_path, name)
+            return None
+        return target
+
+    def _survey(self, manifest: dict | None) -> tuple[list[str], list[Path]]:
+        """What lies here unrecorded: (names instructemo did not write, evaluations of no run).
+
+        The run's own temporary files (left by a kill) and other instructemo
+        folders (a cross-validation, a comparison) are neither: they stay as
+        they are.
+        """
+        if not self.path.is_dir():
+            return [], []
+        recorded = {MANIFEST_FILE, STAGING_DIR}
+        if manifest is not None:
+            recorded |= {Path(name).parts[0] for name in (*manifest["files"], *manifest["dirs"])}
+        temporary = tuple(f".{name}." for name in recorded)
+        foreign, evaluations = [], []
+        for entry in sorted(self.path.iterdir()):
+            if entry.name in recorded or entry.name.startswith(temporary):
+                continue
+            child = RunDir(entry).manifest() if entry.is_dir() and not entry.is_symlink() else None
+            if child is None:
+                foreign.append(entry.name)
+            elif child.get("kind") == "eval":
+                evaluations.append(entry)
+        return foreign, evaluations
+
+
+def write_into(directory: Path, name: str, content: str | bytes) -> Path:
+    """A file added to a directory: recorded in its manifest when it is instructemo's, written atomically either way."""
+    run = RunDir(directory)
+    if run.manifest() is not None:
+        return run.write_file(name, content)
+    write_atomic(Path(directory) / name, content)
+    return Path(directory) / name
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _check_writable(path: Path, what: str) -> None:
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a directory; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {what} {path} ({existing} is read-only); choose a directory you can write to")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def checkpoint_progress(checkpoint: Path) -> dict | None:
+    """What a checkpoint's run was and how far it had come, or None when the checkpoint is not whole."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return json.loads((checkpoint / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint-N whose save finished (our progress file is written after the Trainer's files)."""
+    steps = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        suffix = path.name.split("-", 1)[1]
+        if suffix.isdigit() and checkpoint_progress(path) is not None:
+            steps.append((int(suffix), path))
+    return max(steps)[1] if steps else None
+
+
+def differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two fingerprints (nested dicts), e.g. "learning_rate 0.0001 -> 0.0005"."""
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+    return changes
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,61 @@
+"""`python tests/fault_harness.py ARGS...`: the instructemo command with one fault injected, for test_faults.py.
+
+INSTRUCTEMO_FAULT names it:
+- kill:mid-staging      SIGKILL once the model is saved into the staging folder, before the other final files
+- kill:staged           SIGKILL with every final file staged, none moved into place
+- kill:move-K           SIGKILL right after the K-th staged file is moved into place
+- kill:before-complete  SIGKILL with every file in place, just before the manifest says complete
+- fsize:N               a file-size limit of N bytes (RLIMIT_FSIZE), as a full disk would refuse writes
+"""
+
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def inject(fault: str) -> None:
+    kind, _, point = fault.partition(":")
+    if kind == "fsize":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(point), int(point)))
+        return
+    from instructemo import rundir, train
+
+    if point == "mid-staging":
+        train.write_atomic = lambda *args, **kwargs: die()
+    elif point == "staged":
+        rundir.RunDir.commit = lambda self: die()
+    elif point.startswith("move-"):
+        wanted, moved, real_replace = int(point.split("-")[1]), [0], os.replace
+
+        def replace(source, target, *args, **kwargs):
+            real_replace(source, target, *args, **kwargs)
+            if Path(source).parent.name == rundir.STAGING_DIR and Path(target).parent.name != rundir.STAGING_DIR:
+                moved[0] += 1
+                if moved[0] == wanted:
+                    die()
+
+        os.replace = replace
+    elif point == "before-complete":
+        real_write = rundir.RunDir._write
+
+        def write(self, manifest):
+            if manifest["state"] == rundir.COMPLETE and manifest.get("kind") == "train":
+                die()
+            real_write(self, manifest)
+
+        rundir.RunDir._write = write
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    inject(os.environ["INSTRUCTEMO_FAULT"])
+    from instructemo.cli import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,116 @@
+"""Faults during `instructemo sft`: kill -9 at random moments and inside the final save, and a full disk.
+
+After each one, a reading verb either works on a complete run or refuses the
+directory in one line; and resume: auto then finishes the run.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
+from instructemo.rundir import MANIFEST_FILE, RunDir
+from test_end_to_end import run_cli, tiny_config
+
+HARNESS = Path(__file__).parent / "fault_harness.py"
+SETTINGS = dict(max_steps=12, save_steps=4, learning_rate=1e-3, logging_steps=1, max_eval_samples=2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A model big enough for a run to last a few seconds, data, and one uninterrupted reference run."""
+    root = tmp_path_factory.mktemp("faults")
+    model = build_tiny_causal_lm(root / "model", hidden_size=256, heads=4)
+    data = root / "data"
+    write_emotion_txt(data / "emotion" / "train.txt")
+    write_emotion_txt(data / "emotion" / "test.txt", EMOTION_ROWS[::2])
+    reference = tiny_config(root / "reference", model, data, **SETTINGS)
+    assert run_cli("sft", reference) == 0
+    run = root / "reference" / "run"
+    seconds = json.loads((run / "train_results.json").read_text())["train_seconds"]
+    sizes = {"adapter": (run / "adapter_model.safetensors").stat().st_size,
+             "optimizer": max(p.stat().st_size for p in run.glob("checkpoint-*/optimizer.pt"))}
+    return {"root": root, "model": model, "data": data, "train_seconds": max(seconds, 1.0), "sizes": sizes}
+
+
+def config_for(setup, name: str, **extra) -> tuple[str, Path]:
+    return tiny_config(setup["root"] / name, setup["model"], setup["data"], **{**SETTINGS, **extra}), setup["root"] / name / "run"
+
+
+def start(config: str, fault: str | None = None) -> subprocess.Popen:
+    command = [sys.executable, str(HARNESS) if fault else "-m", *([] if fault else ["instructemo.cli"]), "sft", config]
+    env = {**os.environ, **({"INSTRUCTEMO_FAULT": fault} if fault else {})}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def read_back(config: str, run: Path, capsys) -> str:
+    """What a reading verb makes of the directory: 'complete' (it evaluated the run) or 'refused' (one line)."""
+    capsys.readouterr()
+    code = run_cli("generate-eval", config)
+    err = capsys.readouterr().err.strip().splitlines()
+    if code == 0:
+        assert RunDir(run).is_complete()
+        assert json.loads((run / "eval" / "metrics.json").read_text())["adapter"] == str(run)
+        return "complete"
+    assert code == 2 and err[-1].startswith("instructemo: error: ") and "holds an incomplete training run" in err[-1]
+    assert not (run / "eval").exists()
+    return "refused"
+
+
+def resume_and_read(config: str, run: Path, capsys) -> None:
+    """resume: auto finishes an interrupted run, which then evaluates."""
+    if not RunDir(run).is_complete():
+        assert run_cli("sft", config, "resume=auto") == 0
+    assert read_back(config, run, capsys) == "complete"
+    assert json.loads((run / "train_results.json").read_text())["global_steps"] == SETTINGS["max_steps"]
+
+
+def test_kill_at_random_moments(setup, capsys):
+    rng = random.Random(20261125)
+    for attempt in range(3):
+        config, run = config_for(setup, f"random-{attempt}")
+        worker = start(config)
+        deadline = time.time() + 300
+        while not (run / MANIFEST_FILE).is_file() and worker.poll() is None:  # training has begun
+            assert time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 1.3 * setup["train_seconds"]))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        read_back(config, run, capsys)
+        resume_and_read(config, run, capsys)
+
+
+@pytest.mark.parametrize("point", ["mid-staging", "staged", "move-1", "move-4", "before-complete"])
+def test_kill_inside_the_final_save(setup, capsys, point):
+    config, run = config_for(setup, f"kill-{point}")
+    worker = start(config, f"kill:{point}")
+    worker.communicate(timeout=300)
+    assert worker.returncode == -signal.SIGKILL
+    assert read_back(config, run, capsys) == "refused"
+    resume_and_read(config, run, capsys)
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "final save"])
+def test_a_full_disk_stops_in_one_line_and_leaves_the_run_incomplete(setup, capsys, where):
+    sizes = setup["sizes"]
+    if where == "checkpoint":
+        config, run = config_for(setup, "full-checkpoint")
+        limit = sizes["optimizer"] - 1
+    else:
+        config, run = config_for(setup, "full-final", save_steps=None)
+        limit = sizes["adapter"] - 1
+    worker = start(config, f"fsize:{limit}")
+    _, err = worker.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("instructemo: error: ")]
+    assert worker.returncode == 2 and len(lines) == 1 and "Traceback" not in err
+    assert ("could not write a checkpoint" if where == "checkpoint" else "saving the trained run") in lines[0]
+    assert read_back(config, run, capsys) == "refused"
+    resume_and_read(config, run, capsys)

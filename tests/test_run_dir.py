@@ -1,0 +1,268 @@
+"""The run directory's promises: never lose a user's file, never report a broken run as a good one."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
+from instructemo import train
+from instructemo.cli import parse_arguments
+from instructemo.rundir import INCOMPLETE, MANIFEST_FILE, RunDir
+from test_end_to_end import run_cli, tiny_config
+
+
+@pytest.fixture()
+def trained(tmp_path, tiny_llama, emotion_dir):
+    """A finished run (3 steps) and its config."""
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3)
+    assert run_cli("sft", config) == 0
+    return config, tmp_path / "run"
+
+
+def strict_json(path: Path):
+    def refuse(name):
+        raise ValueError(f"{name} in {path}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()] if path.suffix == ".jsonl" \
+        else json.loads(path.read_text(), parse_constant=refuse)
+
+
+# --- files a run did not write ---------------------------------------------------------------
+
+
+def test_sft_never_writes_into_a_directory_it_did_not_make(tmp_path, tiny_llama, emotion_dir, capsys):
+    mine = tmp_path / "run"
+    mine.mkdir()
+    files = {"README.md": "# my notes\n", "tokenizer_config.json": "{}", "loss.png": "not a png",
+             "instructemo_config.yaml": "left by an old crashed run\n"}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)
+    for extra in ([], ["overwrite_output_dir=true"], ["resume=auto"]):
+        assert run_cli("sft", config, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds files that instructemo did not write (README.md, instructemo_config.yaml" in err and "\n" not in err
+    assert {p.name: p.read_text() for p in mine.iterdir()} == files
+
+
+def test_overwrite_removes_only_what_the_run_wrote(tmp_path, tiny_llama, emotion_dir):
+    parent = tmp_path / "saves"
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=2, save_steps=1, output_dir=str(parent / "run"))
+    sibling = tiny_config(tmp_path / "b", tiny_llama, emotion_dir, max_steps=1, output_dir=str(parent / "other"))
+    assert run_cli("sft", config) == 0 and run_cli("sft", sibling) == 0
+    assert run_cli("generate-eval", config) == 0
+    (parent / "notes.txt").write_text("mine")
+    before = set(RunDir(parent / "run").manifest()["files"])
+    assert {"checkpoint-1", "checkpoint-2", "eval"} <= set(RunDir(parent / "run").manifest()["dirs"])
+    assert run_cli("sft", config, "overwrite_output_dir=true", "max_steps=1") == 0
+    assert (parent / "notes.txt").read_text() == "mine" and RunDir(parent / "other").is_complete()
+    run = parent / "run"
+    assert not (run / "eval").exists() and not (run / "checkpoint-2").exists()  # the old run's, removed
+    assert set(RunDir(run).manifest()["files"]) == before
+
+
+def test_predict_never_overwrites_its_input(trained, tmp_path, capsys):
+    config, _ = trained
+    table = tmp_path / "texts.csv"
+    table.write_text("id,text\n1,i am happy\n")
+    assert run_cli("predict", config, "--input", table, "--output", table) == 2
+    assert "would overwrite the input file" in capsys.readouterr().err
+    assert table.read_text() == "id,text\n1,i am happy\n"
+    assert run_cli("predict", config, "--input", table, "--output", tmp_path) == 2  # a directory
+
+
+def test_export_to_a_file_is_one_line(trained, tmp_path, capsys):
+    config, _ = trained
+    target = tmp_path / "model.bin"
+    target.write_text("mine")
+    assert run_cli("export", config, "--output", target) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err and "\n" not in err and target.read_text() == "mine"
+
+
+def test_every_json_file_a_run_writes_is_strict(trained):
+    config, run = trained
+    assert run_cli("generate-eval", config, "mode=score") == 0
+    written = [*run.glob("*.json"), *run.glob("*.jsonl"), *(run / "eval").glob("*.json*"), *run.glob("checkpoint-*/*.json")]
+    assert len(written) >= 8
+    for path in written:
+        strict_json(path)
+
+
+# --- a run that did not finish ---------------------------------------------------------------
+
+
+def mark_incomplete(run: Path) -> None:
+    manifest = RunDir(run).manifest()
+    manifest["state"] = INCOMPLETE
+    (run / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_every_reading_verb_refuses_an_incomplete_run(trained, tmp_path, capsys):
+    config, run = trained
+    assert run_cli("generate-eval", config) == 0
+    mark_incomplete(run)
+    table = tmp_path / "texts.csv"
+    table.write_text("text\ni am happy\n")
+    verbs = [("generate-eval", config), ("classify", config, "--", "i am happy"), ("calibrate", config),
+             ("predict", config, "--input", table, "--output", tmp_path / "out.csv"),
+             ("export", config, "--output", tmp_path / "exported"), ("compare", run, "--output", tmp_path / "cmp")]
+    for verb in verbs:
+        capsys.readouterr()
+        assert run_cli(*verb) == 2, verb[0]
+        err = capsys.readouterr().err.strip()
+        assert "holds an incomplete training run" in err and "\n" not in err, verb[0]
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "exported").exists()
+
+
+# --- broken runs are failures ---------------------------------------------------------------
+
+
+def corrupt_weights_at(monkeypatch, step: int, where: str = "weights") -> None:
+    """Make training go non-finite at `step`, as an overflow would: NaN weights after the step, or a NaN gradient in it."""
+    from transformers import TrainerCallback
+
+    class Corrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if where == "weights" and state.global_step == step:
+                with torch.no_grad():
+                    next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if where == "gradient" and state.global_step + 1 == step:
+                next(p for p in model.parameters() if p.requires_grad).grad.fill_(float("inf"))
+
+    build = train._build_trainer
+
+    def build_with_fault(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(Corrupt())
+        return trainer
+
+    monkeypatch.setattr(train, "_build_trainer", build_with_fault)
+
+
+@pytest.mark.parametrize("where, step, what", [("weights", 5, "the loss is nan"), ("gradient", 6, "a gradient is not finite")])
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tiny_llama, emotion_dir, capsys,
+                                                                      monkeypatch, where, step, what):
+    corrupt_weights_at(monkeypatch, step, where)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=10, save_steps=4, do_eval=True)
+    assert run_cli("sft", config) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    shown = step + 1 if where == "weights" else step
+    assert err == (f"instructemo: error: training diverged at step {shown} of 10: {what}; learning_rate 0.02 is likely "
+                   "too high (LoRA usually takes 1e-4 to 5e-4); the last good checkpoint, checkpoint-4, is kept, and "
+                   "nothing was saved as final")
+    run = tmp_path / "run"
+    assert not (run / "adapter_model.safetensors").exists() and not (run / "eval").exists()
+    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-4"]
+    assert run_cli("generate-eval", config) == 2  # refused: incomplete
+
+
+def test_a_model_that_is_broken_before_any_update_stops_at_step_one(tmp_path, emotion_dir, capsys):
+    model = build_tiny_causal_lm(tmp_path / "broken")
+    weights = load_file(model / "model.safetensors")
+    name = next(n for n in weights if n.endswith("input_layernorm.weight"))
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    config = tiny_config(tmp_path, model, emotion_dir, max_steps=3)
+    assert run_cli("sft", config) == 2
+    assert "diverged at step 1 of 3: the loss is nan; no update had been made yet" in capsys.readouterr().err
+
+
+def test_nan_weights_are_refused_by_every_inference_path(trained, tmp_path, capsys):
+    config, run = trained
+    weights = load_file(run / "adapter_model.safetensors")
+    save_file({n: torch.full_like(t, float("nan")) for n, t in weights.items()}, run / "adapter_model.safetensors")
+    table = tmp_path / "texts.csv"
+    table.write_text("text\ni am happy\n")
+    for verb in [("generate-eval", config), ("generate-eval", config, "mode=score"), ("classify", config, "--", "hi"),
+                 ("predict", config, "--input", table, "--output", tmp_path / "out.csv")]:
+        capsys.readouterr()
+        assert run_cli(*verb) == 2
+        assert "holds weights that are not numbers" in capsys.readouterr().err
+    assert not (run / "eval").exists() and not (tmp_path / "out.csv").exists()
+
+
+def test_compare_refuses_metrics_that_hold_nan(trained, tmp_path, capsys):
+    config, run = trained
+    assert run_cli("generate-eval", config) == 0
+    metrics = run / "eval" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"accuracy": ', '"accuracy": NaN, "was": ', 1))
+    assert run_cli("compare", run, "--output", tmp_path / "cmp") == 2
+    assert "is not strict JSON" in capsys.readouterr().err
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+def test_resume_refuses_a_run_with_other_settings_or_data(tmp_path, tiny_llama, capsys):
+    data = tmp_path / "data"
+    write_emotion_txt(data / "emotion" / "train.txt")
+    config = tiny_config(tmp_path, tiny_llama, data, max_steps=4, save_steps=2)
+    assert run_cli("sft", config) == 0
+    mark_incomplete(tmp_path / "run")  # as if killed after its last checkpoint
+    assert run_cli("sft", config, "resume=auto", "learning_rate=0.01") == 2
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "settings.learning_rate 0.02 -> 0.01" in err
+    write_emotion_txt(data / "emotion" / "train.txt", EMOTION_ROWS + [("i am thrilled", "joy")])
+    assert run_cli("sft", config, "resume=auto") == 2
+    assert "data.rows 12 -> 13" in capsys.readouterr().err
+    write_emotion_txt(data / "emotion" / "train.txt")
+    assert run_cli("sft", config, "resume=auto", "logging_steps=2") == 0  # a setting that changes nothing trained
+    assert RunDir(tmp_path / "run").is_complete()
+    assert run_cli("sft", config, "resume=auto") == 2  # finished: nothing to resume
+    assert "finished; nothing to resume" in capsys.readouterr().err
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def test_overrides_come_before_or_after_options():
+    args = parse_arguments(["cv", "c.yaml", "seed=3", "--folds", "2", "max_steps=1"])
+    assert args.folds == 2 and args.overrides == ["seed=3", "max_steps=1"]
+    args = parse_arguments(["classify", "c.yaml", "--text", "one", "mode=score", "--", "seed=7", "two"])
+    assert args.texts == ["one", "seed=7", "two"] and args.overrides == ["mode=score"]
+
+
+def test_a_template_error_surfaces_before_the_model_loads(tmp_path, emotion_dir, capsys):
+    evil = tmp_path / "evil.jinja"
+    evil.write_text("{{ text.__class__.__mro__[1].__subclasses__() }}")
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{ not json")  # loading it would fail with another message
+    config = tiny_config(tmp_path, not_a_model, emotion_dir, template=str(evil))
+    for verb in ("sft", "generate-eval"):
+        assert run_cli(verb, config) == 2
+        assert "template refused by the sandbox" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path):
+    """A directory this process cannot write to: a read-only mount when running as root (which ignores permissions)."""
+    import os
+    import subprocess
+
+    target = tmp_path / "read-only"
+    target.mkdir()
+    if os.geteuid() != 0:
+        target.chmod(0o555)
+        yield target
+        target.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot make a read-only directory here as root: mount failed ({mounted.stderr.decode().strip()})")
+    yield target
+    subprocess.run(["umount", str(target)], check=False)
+
+
+def test_a_read_only_output_dir_is_one_line_before_anything_loads(tmp_path, tiny_llama, emotion_dir, read_only_dir, capsys):
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1, output_dir=str(read_only_dir / "run"))
+    assert run_cli("sft", config) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write to output_dir" in err and "read-only" in err and "\n" not in err
