@@ -215,7 +215,7 @@ def run_ours(folder: Path, seed: int, tokens_per_row: float, sample_overrides: l
     train = measured([exe, "sft", CONFIG, *overrides], folder, f"{name}-train")
     summary = json.loads((out / "train_results.json").read_text())
     ours = {"train": {**train, "train_seconds": summary["train_seconds"], "examples_per_second": summary["train_examples_per_second"],
-                      "tokens_per_second": round(summary["train_examples_per_second"] * tokens_per_row, 1), "final_loss": summary["final_loss"]},
+                      "tokens_per_second": round(summary["train_examples_per_second"] * tokens_per_row, 1), "final_loss": summary["mean_loss"]},
             "predict": {}}
     for evaluation in evaluations:
         backend, mode = evaluation.split(":")
