@@ -266,3 +266,23 @@ def test_a_read_only_output_dir_is_one_line_before_anything_loads(tmp_path, tiny
     assert run_cli("sft", config) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot write to output_dir" in err and "read-only" in err and "\n" not in err
+
+
+def test_the_vllm_merge_honours_allow_pickle_weights(trained, tmp_path, tiny_llama, monkeypatch):
+    """vLLM scores through a merged copy; building it must follow the config's pickle rule, not refuse a trusted base."""
+    import os
+
+    from instructemo.errors import UserError
+    from instructemo.infer.vllm import merged_model
+
+    _, run = trained
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in os.listdir(tiny_llama):
+        if not name.endswith(".safetensors"):
+            (pickled / name).write_bytes((tiny_llama / name).read_bytes())
+    torch.save(load_file(tiny_llama / "model.safetensors"), pickled / "pytorch_model.bin")
+    monkeypatch.setenv("INSTRUCTEMO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="only pickled weights"):
+        merged_model(str(pickled), run)
+    assert (merged_model(str(pickled), run, allow_pickle=True) / "model.safetensors").is_file()
