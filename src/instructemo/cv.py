@@ -47,7 +47,8 @@ def fold_indices(split: Split, folds: int, seed: int) -> list[np.ndarray]:
         target = np.array([r.labels[0] for r in split.records])
         names, counts = np.unique(target, return_counts=True)
         if counts.min() < folds:
-            raise UserError(f"label {names[counts.argmin()]!r} has {counts.min()} rows, fewer than --folds {folds}; use fewer folds or more data")
+            raise UserError(f"label {str(names[counts.argmin()])!r} has {counts.min()} row(s), fewer than --folds {folds}; "
+                            "use fewer folds or more data")
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [held_out for _, held_out in splitter.split(rows, target)]
 

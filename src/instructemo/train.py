@@ -143,8 +143,7 @@ def save_run(cfg: Config, run: RunDir, trainer, tokenizer, plan: TrainingPlan, m
         raise UserError(f"saving the trained run to {run.path} failed ({_first_line(exc)}); it is marked incomplete: "
                         "free space (or fix the folder's permissions), then continue with resume: auto") from exc
     run.publish(finish or (lambda staged: None))  # finish adds its files to the staged run; then all move into place
-    log.info("saved %s %s to %s (%.0fs, final loss %s)", cfg.stage, cfg.finetuning_type, run.path, monitor.train_seconds,
-             train_results_loss(history))
+    log.info("saved %s %s to %s (%.0fs)", cfg.stage, cfg.finetuning_type, run.path, monitor.train_seconds)
 
 
 def extra_files(train: Split) -> dict[str, str]:
@@ -172,15 +171,12 @@ def train_results(cfg: Config, trainer, result, rows: int, train_seconds: float,
         "resumed_from_step": resumed_from,
         "processes": args.world_size,
         "final_loss": losses[-1][1] if losses else None,
-        "mean_loss": sum(loss * span for (_, loss), span in zip(losses, spans)) / sum(spans) if losses else None,
+        "mean_loss": sum(loss * span for (_, loss), span in zip(losses, spans)) / sum(spans) if losses
+        # with no loss logged, the Trainer's own mean, which counts only this session's steps after a resume
+        else (result.training_loss if resumed_from is None else None),
         "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
         "total_parameters": sum(p.numel() for p in parameters),
     }
-
-
-def train_results_loss(history: list[dict]) -> str:
-    losses = [h["loss"] for h in history if "loss" in h]
-    return f"{losses[-1]:.4f}" if losses else "not logged"
 
 
 def _first_line(exc: BaseException) -> str:
