@@ -113,6 +113,19 @@ def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size
 build_tiny_llama = build_tiny_causal_lm
 
 
+def pickled_copy(model_dir: Path, target: Path) -> Path:
+    """The model folder with its safetensors weights re-saved as a pickled pytorch_model.bin only."""
+    import torch
+    from safetensors.torch import load_file
+
+    target.mkdir(parents=True)
+    for item in model_dir.iterdir():
+        if item.suffix != ".safetensors":
+            (target / item.name).write_bytes(item.read_bytes())
+    torch.save(load_file(model_dir / "model.safetensors"), target / "pytorch_model.bin")
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

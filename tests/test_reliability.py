@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_causal_lm, write_emotion_txt, EMOTION_ROWS
+from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emotion_txt
 from instructemo.prompts import load_template
 from instructemo.errors import UserError
 from test_end_to_end import run_cli, tiny_config
@@ -140,15 +140,7 @@ def test_code_shipped_with_a_model_needs_trust_remote_code(tmp_path, tiny_llama,
 
 
 def test_pickled_weights_are_refused_unless_allowed(tmp_path, tiny_llama, emotion_dir, capsys):
-    import torch
-    from safetensors.torch import load_file
-
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name in os.listdir(tiny_llama):
-        if not name.endswith(".safetensors"):
-            (pickled / name).write_bytes((tiny_llama / name).read_bytes())
-    torch.save(load_file(tiny_llama / "model.safetensors"), pickled / "pytorch_model.bin")
+    pickled = pickled_copy(tiny_llama, tmp_path / "pickled")
     config = tiny_config(tmp_path, pickled, emotion_dir, max_steps=1)
     assert run_cli("sft", config) == 2
     assert "only pickled weights" in capsys.readouterr().err

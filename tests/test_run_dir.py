@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
+from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emotion_txt
 from instructemo import train
 from instructemo.cli import parse_arguments
 from instructemo.rundir import INCOMPLETE, MANIFEST_FILE, RunDir
@@ -270,18 +270,11 @@ def test_a_read_only_output_dir_is_one_line_before_anything_loads(tmp_path, tiny
 
 def test_the_vllm_merge_honours_allow_pickle_weights(trained, tmp_path, tiny_llama, monkeypatch):
     """vLLM scores through a merged copy; building it must follow the config's pickle rule, not refuse a trusted base."""
-    import os
-
     from instructemo.errors import UserError
     from instructemo.infer.vllm import merged_model
 
     _, run = trained
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for name in os.listdir(tiny_llama):
-        if not name.endswith(".safetensors"):
-            (pickled / name).write_bytes((tiny_llama / name).read_bytes())
-    torch.save(load_file(tiny_llama / "model.safetensors"), pickled / "pytorch_model.bin")
+    pickled = pickled_copy(tiny_llama, tmp_path / "pickled")
     monkeypatch.setenv("INSTRUCTEMO_CACHE", str(tmp_path / "cache"))
     with pytest.raises(UserError, match="only pickled weights"):
         merged_model(str(pickled), run)
