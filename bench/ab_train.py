@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from result_file import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "ab_train.json"
 CONFIG = "examples/smollm2_emotion.yaml"
@@ -72,7 +74,7 @@ def main() -> None:
         "runs": runs,
         "mean_train_seconds": summary,
     }
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    write_result(RESULTS, record)
     print(json.dumps(summary))
 
 

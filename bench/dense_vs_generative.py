@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from result_file import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dense_vs_generative.json"
 CHART = RESULTS.with_name("dense_vs_generative_per_class_f1.png")
@@ -79,7 +81,7 @@ def main() -> None:
         "runs": rows,
         "table": (table_dir / "compare.md").read_text(),
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     shutil.copyfile(table_dir / "per_class_f1.png", CHART)
     print(result["table"])
 

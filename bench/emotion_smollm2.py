@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from result_file import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "examples/smollm2_emotion.yaml"
 RESULTS = ROOT / "bench" / "results" / "emotion_smollm2.json"
@@ -59,7 +61,7 @@ def main() -> None:
         m["accuracy"] >= 0.87 and m["invalid_rate"] <= 0.01 and train_seconds + eval_seconds < 45 * 60
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     print(json.dumps(result, indent=2))
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from result_file import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "examples/smollm2_emotion.yaml"
 RESULTS = ROOT / "bench" / "results" / "infer_emotion.json"
@@ -65,7 +67,7 @@ def write_summary(results: dict) -> None:
         summary["speedup_vs_hf_generate"] = {
             run: round(r["examples_per_second"] / base["examples_per_second"], 2) for run, r in results.items()
         }
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    write_result(RESULTS, summary)
     print(json.dumps(summary.get("speedup_vs_hf_generate", {})), flush=True)
 
 

@@ -50,6 +50,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from result_file import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -237,7 +238,7 @@ def peer_seed(args, venv: Path, scratch: Path, folder: Path, seed: int, model_pa
         print(f"seed {seed}: reusing LLaMA-Factory's finished run in {record}", flush=True)
         return {**json.loads(record.read_text()), "reused": str(Path(args.scratch) / folder.name / record.name)}
     peer = run_peer(venv, scratch, folder, seed, model_path, gold, space, tokens_per_row)
-    record.write_text(json.dumps(peer, indent=2) + "\n")
+    write_result(record, peer)
     return peer
 
 
@@ -333,7 +334,7 @@ def main() -> None:
     if args.smoke:
         result["smoke"] = "64 train and 64 test rows: a check that the harness runs, not a measurement"
     results = RESULTS.with_name(f"peer_llamafactory_{args.variant}.json") if args.variant else RESULTS
-    (results.with_suffix(".smoke.json") if args.smoke else results).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(results.with_suffix(".smoke.json") if args.smoke else results, result)
     print(json.dumps({k: summary[k] for k in ("accuracy_over_seeds", "ratios")}, indent=2))
 
 

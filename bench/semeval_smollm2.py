@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from result_file import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "examples/smollm2_semeval.yaml"
 RESULTS = ROOT / "bench" / "results" / "semeval_smollm2.json"
@@ -88,7 +90,7 @@ def main() -> None:
             mode = name.rsplit("_", 1)[1]
             result[f"dev_{mode}"] = summary(json.loads((out / f"eval-{mode}" / "metrics.json").read_text()))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(RESULTS, result)
     print(json.dumps({k: result.get(k) for k in ("wall_seconds", "dev_generate", "dev_score")}, indent=2))
 
 

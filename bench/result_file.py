@@ -1,0 +1,24 @@
+"""Writing a benchmark's result file: JSON whose paths are relative to the project, so it reads the same on any machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_relative(value: Any, root: Path = ROOT) -> Any:
+    """The value with this checkout's absolute path taken out of every string (`/x/main/saves/a` -> `saves/a`)."""
+    if isinstance(value, str):
+        return value.replace(f"{root}/", "").replace(str(root), ".")
+    if isinstance(value, dict):
+        return {k: project_relative(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [project_relative(v, root) for v in value]
+    return value
+
+
+def write_result(path: Path, record: dict) -> None:
+    Path(path).write_text(json.dumps(project_relative(record), indent=2) + "\n")
