@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -20,9 +19,6 @@ from transformers import TrainerCallback
 
 from .errors import UserError
 from .rundir import PROGRESS_FILE, RunDir, json_text, last_complete_checkpoint, write_atomic
-
-log = logging.getLogger(__name__)
-
 
 class TrainingDiverged(UserError):
     """The loss or a gradient stopped being a finite number."""

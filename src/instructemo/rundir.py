@@ -16,7 +16,6 @@ wrote, and it says whether the run is complete:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -115,18 +114,6 @@ def read_json(path: Path) -> Any:
 def skipped_rows_text(skipped) -> str:
     """skipped_rows.jsonl: the rows on_bad_rows: skip left out, with where they are and why."""
     return jsonl_text({"source": row.source, "reason": row.reason} for row in skipped)
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def out_of_space(exc: BaseException) -> bool:
-    """Whether an exception (from Python, torch or safetensors, which word it differently) means the disk is full."""
-    for cause in (exc, exc.__cause__, exc.__context__):
-        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
-            return True
-    text = str(exc).lower()
-    return any(words in text for words in ("no space left", "file too large", "disk quota", "file write failed"))
 
 
 # --- the manifest -------------------------------------------------------------------

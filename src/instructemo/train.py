@@ -28,7 +28,7 @@ from .prompts import PromptBuilder
 from .report import plot_loss
 from .rundir import (
     CONFIG_FILE, LABEL_SPACE_FILE, SELECTION_FILE, SKIPPED_ROWS_FILE, STAGING_DIR, TRAIN_RESULTS_FILE, TRAINER_LOG_FILE,
-    LOSS_PLOT_FILE, RunDir, json_text, jsonl_text, out_of_space, skipped_rows_text, write_atomic,
+    LOSS_PLOT_FILE, RunDir, json_text, jsonl_text, skipped_rows_text, write_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,17 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
 
 
 def train_until_done(trainer, checkpoint: Path | None, monitor: RunMonitor):
-    """trainer.train(); a checkpoint that cannot be written (a full disk) is a one-line error, the run left incomplete."""
+    """trainer.train(); a checkpoint that cannot be written (a full disk) is a one-line error, the run left incomplete.
+
+    torch and safetensors word a failed write in their own exception types, so
+    any failure while the Trainer writes a checkpoint is taken for one.
+    """
     try:
         return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except Exception as exc:
         _close_progress_bar(trainer)  # so the one-line error is the last thing printed
-        if monitor.saving is not None or out_of_space(exc):
-            where = Path(trainer.args.output_dir) / (monitor.saving or "")
+        if monitor.saving is not None:
+            where = Path(trainer.args.output_dir) / monitor.saving
             raise UserError(f"training stopped: could not write a checkpoint to {where} ({_first_line(exc)}); free "
                             "space (or fix the folder's permissions), then continue with resume: auto") from exc
         raise
