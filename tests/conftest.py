@@ -49,24 +49,30 @@ def shared_data() -> Path:
     return path
 
 
-def tiny_tokenizer():
-    """A word-level tokenizer over the test texts, labels and templates: (tokenizer, vocab)."""
+def tiny_tokenizer(specials=("<unk>", "<|im_start|>", "<|im_end|>", "<pad>"), *, bos="<|im_start|>", eos="<|im_end|>",
+                   pad="<pad>", extra_words=""):
+    """A word-level tokenizer over the test texts, labels and templates: (tokenizer, vocab).
+
+    `specials` come first and are special tokens (a model family's turn markers);
+    bos, eos and pad name three of them.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from instructemo.prompts import TEMPLATE_DIR
 
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    specials = list(dict.fromkeys(["<unk>", *specials]))
     corpus = " ".join([t for t, _ in EMOTION_ROWS] + [l for _, l in EMOTION_ROWS])
-    corpus += " user assistant system none " + " ".join(p.read_text() for p in TEMPLATE_DIR.glob("*.jinja"))
+    corpus += " user assistant system none " + extra_words + " " + " ".join(p.read_text() for p in TEMPLATE_DIR.glob("*.jinja"))
     words = sorted(set(re.findall(r"\w+|[^\w\s]", corpus.lower())))
     vocab = {token: i for i, token in enumerate(specials + words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    named = {bos, eos, pad, "<unk>"}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<pad>",
-        bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>"],
+        tokenizer_object=backend, unk_token="<unk>", eos_token=eos, pad_token=pad, bos_token=bos,
+        additional_special_tokens=[t for t in specials if t not in named],
     )
     return tokenizer, vocab
 

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from instructemo.cli import main
-from instructemo.infer.hf import answer_tokens, score_answers
+from instructemo.chat import answer_tokens
+from instructemo.infer.hf import score_answers
 from instructemo.metrics import expected_calibration_error
 from test_end_to_end import tiny_config
 

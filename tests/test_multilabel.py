@@ -64,7 +64,8 @@ def test_selecting_on_a_multi_label_metric_needs_multi_label_data(tmp_path, tiny
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from instructemo.infer.hf import answer_tokens, score_continuations  # noqa: E402
+from instructemo.chat import answer_tokens  # noqa: E402
+from instructemo.infer.hf import score_continuations  # noqa: E402
 from instructemo.infer.multilabel import best_thresholds, label_probabilities  # noqa: E402
 from instructemo.labels import LabelSpace  # noqa: E402
 from instructemo.metrics import binarize  # noqa: E402

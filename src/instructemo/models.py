@@ -18,16 +18,10 @@ from pathlib import Path
 
 import torch
 
+from .chat import CHATML_TEMPLATE, GEMMA_TEMPLATE, fallback_template
 from .errors import UserError
 
 log = logging.getLogger(__name__)
-
-# A plain ChatML template for tokenizers that ship none (base models).
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 
 def _smollm2_gguf() -> Path:
     # The package's __init__ imports `llm`; locate its file without importing it.
@@ -176,8 +170,9 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat: bool = T
     except OSError as exc:
         raise UserError(f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
     if chat and tokenizer.chat_template is None:
-        log.warning("%s has no chat template; using plain ChatML", path)
-        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        tokenizer.chat_template = fallback_template(tokenizer)
+        family = {GEMMA_TEMPLATE: "Gemma's", CHATML_TEMPLATE: "ChatML"}.get(tokenizer.chat_template, "plain ChatML text ended by eos")
+        log.warning("%s has no chat template; using %s", path, family)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

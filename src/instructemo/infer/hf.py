@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..chat import answer_tokens, prompt_text, prompt_token_ids, stop_token_ids, until_stop
 from ..errors import UserError
 from ..models import load_causal_lm, load_tokenizer, require_finite_weights
 
@@ -65,22 +66,41 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
     return model, load_tokenizer(str(adapter_dir) if has_tokenizer else base_path, trust_remote_code=trust_remote_code)
 
 
-@torch.inference_mode()
 def generate(
     model, tokenizer, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
 ) -> list[str]:
     """The model's answer to each conversation, in input order (greedy unless do_sample)."""
+    answers = generate_ids(model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, progress=progress)
+    # The stop token is cut before decoding: a turn end the tokenizer does not mark special would stay in the text.
+    return [text.strip() for text in tokenizer.batch_decode([ids[:-1] if ids and ids[-1] in answers.stops else ids
+                                                              for ids in answers], skip_special_tokens=True)]
+
+
+class _Answers(list):
+    """Token ids per answer, and the stop tokens that may end them."""
+
+    stops: frozenset[int]
+
+
+@torch.inference_mode()
+def generate_ids(
+    model, tokenizer, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
+    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
+) -> _Answers:
+    """The token ids of each answer through its stop token (the turn end, or eos), in input order."""
     tokenizer.padding_side = "left"
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    prompts = [prompt_text(tokenizer, c) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     # Similar lengths share a batch, so little compute goes to padding.
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
+    stop_ids = stop_token_ids(tokenizer, model.generation_config)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     if do_sample:
         torch.manual_seed(seed)
-    answers: list[str] = [""] * len(prompts)
+    answers = _Answers([[] for _ in prompts])
+    answers.stops = frozenset(stop_ids)
     model.eval()
     with tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
@@ -88,20 +108,13 @@ def generate(
             batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
             batch = batch.to(model.device)
             output = model.generate(
-                **batch, max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids),
+                **batch, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                 pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
             )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                answers[i] = text.strip()
+            for i, row in zip(chunk, output[:, batch["input_ids"].shape[1] :].tolist()):
+                answers[i] = until_stop(row, stop_ids)  # finished rows are padded to the batch's longest
             bar.update(len(chunk))
     return answers
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def common_prefix_length(token_lists: list[list[int]]) -> int:
@@ -111,24 +124,6 @@ def common_prefix_length(token_lists: list[list[int]]) -> int:
         if any(t[i] != first[i] for t in token_lists):
             return i
     return shortest - 1
-
-
-def answer_tokens(tokenizer, conversation: list[dict], answer: str) -> list[int]:
-    """The tokens the chat template puts after the generation prompt for `answer`, through end-of-turn."""
-    prompt = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(conversation + [{"role": "assistant", "content": answer}], tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError("the chat template renders the answer turn differently from the generation prompt")
-    ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
-    return ids
-
-
-def prompt_token_ids(tokenizer, conversations: list[list[dict]]) -> list[list[int]]:
-    """Each conversation through the chat template up to the assistant's turn, as token ids."""
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    return tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
 
 def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..labels import LabelSpace
 from ..parse import parse_labels
-from .hf import answer_tokens, prompt_token_ids
+from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
 
 
 def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpace) -> tuple[np.ndarray, list[str]]:
@@ -30,6 +30,7 @@ def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpa
     greedy = [space.canonical(parse_labels(a, space) or ()) for a in answers]
     prompt_ids = prompt_token_ids(tokenizer, conversations)
     names, index = space.names, {n: i for i, n in enumerate(space.names)}
+    stops = set(stop_token_ids(tokenizer))
 
     @lru_cache(maxsize=None)
     def candidates(prefix: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
@@ -37,11 +38,10 @@ def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpa
 
         Candidates: each label's name appended (without what follows it), then the end of the answer.
         """
-        eot = tokenizer.eos_token_id
         full = []
         for name in names:
             ids = answer_tokens(tokenizer, conversations[0], space.answer(prefix + (name,)))
-            full.append(ids[:-1] if ids and ids[-1] == eot else ids)
+            full.append(ids[:-1] if ids and ids[-1] in stops else ids)  # the label, not the end of the answer
         full.append(answer_tokens(tokenizer, conversations[0], space.answer(prefix)))
         shared = 0
         while all(len(f) > shared + 1 and f[shared] == full[0][shared] for f in full):

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..models import load_tokenizer, refuse_pickles, require_finite_weights
-from .hf import answer_tokens, prompt_token_ids
+from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class VLLMEngine:
         refuse_pickles(model_path, cfg.allow_pickle_weights)  # vLLM itself would unpickle them
         # One tokenizer renders prompts for every engine, so hf and vllm see the same tokens.
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.trust_remote_code)
+        self.generation_config = _generation_config(model_path)
         options = dict(
             model=model_path, dtype="bfloat16" if bf16 else "float32",
             max_model_len=cfg.cutoff_len + cfg.max_new_tokens, seed=cfg.seed,
@@ -84,7 +85,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         cfg = self.cfg
-        stop = [self.tokenizer.eos_token_id]
+        stop = stop_token_ids(self.tokenizer, self.generation_config)
         sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed) if cfg.do_sample else dict(temperature=0.0)
         params = SamplingParams(max_tokens=cfg.max_new_tokens, stop_token_ids=stop, **sampling)
         requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, conversations)]
@@ -114,6 +115,16 @@ class VLLMEngine:
             start = len(tokens) - len(continuations[k])
             scores[row, k] = sum(output.prompt_logprobs[p][tokens[p]].logprob for p in range(start, len(tokens)))
         return scores
+
+
+def _generation_config(model_path: str):
+    """The model's generation config (its eos ids are stops too), or None when it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        return None
 
 
 def _supported_rank(rank: int) -> int:
