@@ -60,14 +60,26 @@ def targets(space: LabelSpace, label_sets: list[tuple[str, ...]]) -> list:
 
 
 def classification_loss(weights: torch.Tensor | None, multi_label: bool):
-    """The loss Trainer calls with the model's outputs and the batch's labels."""
+    """The loss Trainer calls with the model's outputs and the batch's labels.
+
+    Trainer does not divide a `compute_loss_func` loss by the gradient
+    accumulation steps: it passes `num_items_in_batch`, the labels in the whole
+    accumulated batch (over every process), and takes the loss as scaled by it.
+    So each micro-batch returns its summed loss over that count, and k
+    micro-batches of b rows give the loss and gradients of one batch of k*b
+    rows. Items are rows (single-label) or (row, label) pairs (multi-label);
+    class weights scale each item's term, as in a weighted sum.
+    """
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs.logits.float()
         w = weights.to(logits.device) if weights is not None else None
         if multi_label:
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w)
-        return torch.nn.functional.cross_entropy(logits, labels, weight=w)
+            total = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w, reduction="sum")
+        else:
+            total = torch.nn.functional.cross_entropy(logits, labels, weight=w, reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
+        return total / count
 
     return loss
 
