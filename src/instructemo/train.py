@@ -18,7 +18,7 @@ import yaml
 from .balance import oversample_counts, rarest_label_weights
 from .checkpoints import BestCheckpoint
 from .config import Config
-from .data import Split
+from .data import Split, split_source
 from .errors import UserError
 from .infer.hf import common_prefix_length
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
@@ -57,29 +57,38 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
         log.warning("%d of %d texts were cut to fit cutoff_len=%d", builder.truncated, len(examples), cfg.cutoff_len)
     examples = _balanced(cfg.label_balancing, [r.labels for r in train.records], examples)
 
-    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16, four_bit=cfg.finetuning_type == "qlora",
+    # Full fine-tuning updates every weight, and a bf16 weight loses any update below 1/256 of itself: the weights
+    # stay fp32 (the master copy) while bf16 autocast does the compute. DeepSpeed keeps its own fp32 copy.
+    master_fp32 = cfg.finetuning_type == "full" and not cfg.deepspeed
+    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16 and not master_fp32, four_bit=cfg.finetuning_type == "qlora",
                            trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights, training=True)
     if cfg.finetuning_type == "qlora":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     trainer = _build_trainer(cfg, model, tokenizer, examples, bf16)
+    longest = max(len(row) for row in trainer.train_dataset["input_ids"])
+    if longest > cfg.cutoff_len:
+        log.info("the longest row is %d tokens, %d over cutoff_len: kept whole, answer included", longest,
+                 longest - cfg.cutoff_len)
     run, checkpoint, progress = start_run(cfg, plan.fingerprint)  # only now: a failure to load leaves output_dir as it was
-    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
-    trainer.add_callback(monitor)
     selector = None
     if plan.select is not None:
         select = plan.select
         selector = BestCheckpoint(
             tokenizer, [builder.prompt(r.text) for r in select.records], [r.labels for r in select.records],
             train.label_space, metric=cfg.select_metric, every_steps=cfg.select_steps,
-            batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens, source=split_source(select),
         )
-        trainer.add_callback(selector)
+        if checkpoint is not None:
+            selector.resume_from(checkpoint)
+        trainer.add_callback(selector)  # before the monitor, whose progress file marks a checkpoint whole
+    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
+    trainer.add_callback(monitor)
     result = train_until_done(trainer, checkpoint, monitor)
     selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
     extra = {SELECTION_FILE: json_text(selection)} if selection is not None else {}
-    save_run(cfg, run, trainer, tokenizer, plan, model_path, rows=len(examples), monitor=monitor, result=result,
+    save_run(cfg, run, trainer, tokenizer, plan, model_path, rows=len(trainer.train_dataset), monitor=monitor, result=result,
              resumed_from=progress.get("global_step"), extra=extra)
     return run.path
 
@@ -551,7 +560,9 @@ def _build_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bo
     collator = _collator(cfg, model, tokenizer)
     args = SFTConfig(
         **trainer_arguments(cfg, bf16, packed=collator.pack),
-        max_length=cfg.cutoff_len,
+        # PromptBuilder already cut each text so prompt and answer fit cutoff_len. trl's own cut would take the
+        # answer's end (or the whole row, silently) off a row that re-tokenizes a few tokens longer.
+        max_length=None,
         completion_only_loss=True,
         dataset_num_proc=None,
     )
