@@ -5,6 +5,7 @@ INSTRUCTEMO_FAULT names it:
 - kill:staged           SIGKILL with every final file staged, none moved into place
 - kill:move-K           SIGKILL right after the K-th staged file is moved into place
 - kill:before-complete  SIGKILL with every file in place, just before the manifest says complete
+- kill:checkpoint-N      SIGKILL once checkpoint-N is whole (its progress file written), as a crash would stop a run
 - fsize:N               a file-size limit of N bytes (RLIMIT_FSIZE), as a full disk would refuse writes
 """
 
@@ -24,9 +25,18 @@ def inject(fault: str) -> None:
     if kind == "fsize":
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(point), int(point)))
         return
-    from instructemo import rundir, train
+    from instructemo import monitor, rundir, train
 
-    if point == "mid-staging":
+    if point.startswith("checkpoint-"):
+        step, real_on_save = int(point.split("-")[1]), monitor.RunMonitor.on_save
+
+        def on_save(self, args, state, control, **kwargs):
+            real_on_save(self, args, state, control, **kwargs)
+            if state.global_step == step:
+                die()
+
+        monitor.RunMonitor.on_save = on_save
+    elif point == "mid-staging":
         train.write_atomic = lambda *args, **kwargs: die()
     elif point == "staged":
         rundir.RunDir.commit = lambda self: die()

@@ -11,6 +11,7 @@ memory (for LoRA, a few MB). After training they are put back before saving.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -18,18 +19,42 @@ from transformers import TrainerCallback
 from .labels import LabelSpace
 from .metrics import score
 from .parse import parse_labels
+from .rundir import BEST_WEIGHTS_FILE, SELECTION_STATE_FILE, json_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
 class BestCheckpoint(TrainerCallback):
     def __init__(self, tokenizer, conversations: list[list[dict]], gold: list[tuple[str, ...]], space: LabelSpace,
-                 *, metric: str, every_steps: int | None, batch_size: int, max_new_tokens: int):
+                 *, metric: str, every_steps: int | None, batch_size: int, max_new_tokens: int, source: dict | None = None):
         self.tokenizer, self.conversations, self.gold, self.space = tokenizer, conversations, gold, space
         self.metric, self.every_steps = metric, every_steps
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.source = source
         self.history: list[dict] = []
         self.best: dict | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_save(self, args, state, control, **kwargs):
+        """Keep the selection with the checkpoint: a resumed run then picks the best of the whole run."""
+        if not state.is_world_process_zero or self.best is None:
+            return
+        from safetensors.torch import save_file
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        save_file({n: t.contiguous() for n, t in self._best_weights.items()}, str(checkpoint / BEST_WEIGHTS_FILE))
+        write_atomic(checkpoint / SELECTION_STATE_FILE, json_text({"history": self.history, "best": self.best}))
+
+    def resume_from(self, checkpoint: Path) -> None:
+        """The selection as it stood when `checkpoint` was written."""
+        if not (checkpoint / SELECTION_STATE_FILE).is_file():
+            log.warning("%s holds no checkpoint selection (written before select_best kept one): the best "
+                        "checkpoint is chosen among the steps from here on", checkpoint)
+            return
+        from safetensors.torch import load_file
+
+        stored = read_json(checkpoint / SELECTION_STATE_FILE)
+        self.history, self.best = stored["history"], stored["best"]
+        self._best_weights = load_file(str(checkpoint / BEST_WEIGHTS_FILE))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0:
@@ -67,4 +92,5 @@ class BestCheckpoint(TrainerCallback):
                 for name, saved in self._best_weights.items():
                     parameters[name].copy_(saved)
             log.info("kept the step-%d weights: dev %s %.4f", self.best["step"], self.metric, self.best[self.metric])
-        return {"metric": self.metric, "best": self.best, "history": self.history, "dev_rows": len(self.gold)}
+        return {"metric": self.metric, "best": self.best, "history": self.history, "dev_rows": len(self.gold),
+                "data": self.source}

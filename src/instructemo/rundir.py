@@ -44,6 +44,9 @@ TENSORBOARD_DIR = "runs"
 EVAL_DIR = "eval"
 # In every checkpoint-N: what the run was (for resume) and how long it had trained.
 PROGRESS_FILE = "instructemo_progress.json"
+# In each checkpoint with select_best: the selection so far, and the best weights (so a resume keeps the run's best).
+SELECTION_STATE_FILE = "instructemo_selection.json"
+BEST_WEIGHTS_FILE = "instructemo_best_weights.safetensors"
 # Files of an evaluation.
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
