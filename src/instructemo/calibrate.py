@@ -12,7 +12,7 @@ import dataclasses
 import logging
 
 from .config import Config
-from .data import default_dev_spec, load_split, reader_options, spec_options
+from .data import default_dev_spec, load_split, reader_options, spec_options, split_source
 from .errors import UserError
 from .evaluate import Classifier
 from .infer.multilabel import best_thresholds
@@ -39,6 +39,7 @@ def run_calibrate(cfg: Config) -> dict:
         "thresholds": {n: float(t) for n, t in zip(space.names, thresholds)},  # exact: a cut sits on a probability
         "dev_f1": {n: round(float(f), 4) for n, f in zip(space.names, f1)},
         "dataset": spec,
+        "data": split_source(split),
         "rows": len(split.records),
     }
     write_into(classifier.adapter, THRESHOLDS_FILE, json_text(record))

@@ -167,7 +167,8 @@ class Config:
         choices=("generate", "score"),
     )
     score_threshold: float | None = _key(
-        None, "Multi-label score mode: predict labels whose probability reaches this; default 1 / (labels + 1).", minimum=0
+        None, "Multi-label score mode: predict labels whose probability reaches this, for a run without calibrated "
+        "thresholds (thresholds.json, from instructemo calibrate, takes precedence); default 0.5.", minimum=0
     )
     tensor_parallel_size: int = _key(1, "vLLM: GPUs to split the model across.", minimum=1)
     gpu_memory_utilization: float = _key(0.9, "vLLM: share of GPU memory the engine may take.", minimum=0)

@@ -162,6 +162,12 @@ class Split:
     conflicts: list[tuple[str, str]] = field(default_factory=list)
 
 
+def split_source(split: Split) -> dict[str, str]:
+    """Where a split's rows come from (file or hub id, and split name): recorded by selection and calibration,
+    so an evaluation on the same rows can say it is not held out."""
+    return {"origin": split.origin, "split": split.name}
+
+
 def resolve_label_space(spec: str, dataset_dir: str | Path, text_column=None, label_column=None,
                         labels=None) -> tuple[LabelSpace, str]:
     """The label space and default template of a dataset spec, without reading a registry dataset's rows."""
@@ -380,9 +386,25 @@ def _is_integer(name: str) -> bool:
 
 
 def _has_header_line(path: Path) -> bool:
-    first = next(_lines(_decode_lines(path)[0]), (0, ""))[1]
-    text, _, label = first.strip().casefold().rpartition(";")
-    return text in {g.casefold() for g in TEXT_COLUMN_GUESSES} and label in {g.casefold() for g in LABEL_COLUMN_GUESSES}
+    """Whether a semicolon file's first line names its columns.
+
+    Known column names (text;label, text;label_name, ...) make a header. So does
+    any other first line whose label field appears on no other line: a label
+    with a single row is a header's column name far more often than data
+    ("message;feeling"), and training on it would invent a class. That
+    reading is logged.
+    """
+    numbered = list(_lines(_decode_lines(path)[0]))
+    first = numbered[0][1] if numbered else ""
+    text, sep, label = first.strip().casefold().rpartition(";")
+    if text in {g.casefold() for g in TEXT_COLUMN_GUESSES} and label in {g.casefold() for g in LABEL_COLUMN_GUESSES}:
+        return True
+    others = {line.rpartition(";")[2].strip().casefold() for _, line in numbered[1:]}
+    if sep and len(numbered) > 1 and label.strip() not in others:
+        log.warning("%s: line 1 %r read as the header (its label %r is on no other line); name the columns "
+                    "text;label to say so", path, first.strip()[:80], label.strip())
+        return True
+    return False
 
 
 def _columns_of(entry: DatasetEntry, path: Path) -> list[str]:

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .data import Split, default_eval_spec, load_split, reader_options, resolve_label_space, spec_options
+from .data import Split, default_eval_spec, load_split, reader_options, resolve_label_space, spec_options, split_source
 from .errors import UserError
-from .infer import classify, classify_dense, load_engine
+from .infer import classify, classify_dense, load_engine, threshold_rule
 from .infer.dense import DenseEngine, run_stage
 from .labels import LabelSpace
 from .metrics import score
 from .models import resolve_model_path, use_bf16
 from .prompts import PromptBuilder, load_template, render_user_turn
 from .report import check_eval_dir, write_eval_outputs
-from .rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir, read_json
+from .rundir import LABEL_SPACE_FILE, SELECTION_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,20 @@ class Classifier:
         self.template = load_template(cfg.template, default_template)
         self.bf16 = use_bf16(cfg.bf16)
         self.thresholds = load_thresholds(self.adapter, self.space)
+        if self.thresholds is not None and cfg.score_threshold is not None:
+            log.warning("score_threshold %g is not used: %s holds per-label thresholds calibrated by instructemo "
+                        "calibrate, which take precedence; remove that file to use one threshold for every label",
+                        cfg.score_threshold, self.adapter / THRESHOLDS_FILE)
         self.stage = run_stage(self.adapter, cfg.stage)
         if self.stage == "sft":
             render_user_turn(self.template, "a text", self.space)  # a template error surfaces before the model loads
+
+    def threshold_record(self) -> dict | None:
+        """For metrics.json: the multi-label thresholds used and where they came from (None where none apply)."""
+        if not self.space.multi_label or self.mode == "generate":
+            return None
+        source, values = threshold_rule(self.space, self.thresholds, self.cfg.score_threshold)
+        return {"source": source, "values": {n: float(t) for n, t in zip(self.space.names, values)}}
 
     @property
     def mode(self) -> str:
@@ -97,6 +108,19 @@ class Classifier:
         if self.stage == "cls":
             return classify_dense(self.cfg, self.engine, texts, self.space, self.thresholds)
         return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space, self.thresholds)
+
+
+def tuning_uses(classifier: Classifier, split: Split) -> list[str]:
+    """What the run tuned on these same rows: checkpoint selection, and the calibrated thresholds in use."""
+    adapter, source, uses = classifier.adapter, split_source(split), []
+    if adapter is None:
+        return uses
+    if (adapter / SELECTION_FILE).is_file() and read_json(adapter / SELECTION_FILE).get("data") == source:
+        uses.append("checkpoint selection (select_best)")
+    record = classifier.threshold_record()
+    if record and record["source"] == "calibrated" and read_json(adapter / THRESHOLDS_FILE).get("data") == source:
+        uses.append("threshold calibration")
+    return uses
 
 
 def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
@@ -124,14 +148,22 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         if result.probabilities is not None:
             row["probabilities"] = {n: round(float(p), 6) for n, p in zip(space.names, result.probabilities[i])}
         rows.append(row)
+    reused = tuning_uses(classifier, split)
+    if reused:
+        log.warning("NOT HELD OUT: the evaluated rows (%s) also served for %s, so these figures are optimistic; "
+                    "evaluate on a split that played no part in training (eval_dataset: name:test)",
+                    eval_spec, " and ".join(reused))
     context = {
         "model": cfg.model_name_or_path,
         "adapter": str(classifier.adapter) if classifier.adapter else None,
         "eval_dataset": eval_spec,
         "data_origin": split.origin,
+        "held_out": not reused,
+        "also_used_for": reused,
         "backend": cfg.backend,
         "mode": classifier.mode,
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
+        "thresholds": classifier.threshold_record(),
         "inference_seconds": round(seconds, 1),
         "examples_per_second": round(len(rows) / seconds, 2),
     }

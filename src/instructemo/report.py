@@ -89,6 +89,9 @@ def _fmt(value) -> str:
 
 def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
     lines = [f"# Evaluation of {context.get('model', '?')}", ""]
+    if context.get("also_used_for"):
+        lines += [f"**Not held out: these rows also served for {' and '.join(context['also_used_for'])}; "
+                  "the figures are optimistic.**", ""]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
     summary_keys = ["n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate", "ece"]

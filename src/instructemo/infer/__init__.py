@@ -47,8 +47,7 @@ def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelS
     """Labels for each conversation; in score mode with probabilities.
 
     Multi-label score mode predicts a label when its probability reaches its
-    threshold: `thresholds` (calibrated per label on dev), else score_threshold,
-    else 0.5.
+    threshold (see `threshold_rule`).
     """
     if cfg.mode == "generate":
         answers = engine.generate(conversations)
@@ -86,15 +85,22 @@ def finite_scores(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
+def threshold_rule(space: LabelSpace, thresholds: np.ndarray | None, score_threshold: float | None) -> tuple[str, np.ndarray]:
+    """The multi-label thresholds in force and where they come from; one rule everywhere:
+    the calibrated per-label `thresholds` (thresholds.json) when the run has them, else
+    `score_threshold` for every label, else 0.5 for every label."""
+    if thresholds is not None:
+        return "calibrated", np.asarray(thresholds, dtype=np.float64)
+    if score_threshold is not None:
+        return "score_threshold", np.full(len(space.names), score_threshold)
+    return "default", np.full(len(space.names), DEFAULT_THRESHOLD)
+
+
 def decide(probabilities: np.ndarray, space: LabelSpace, thresholds: np.ndarray | None = None,
            score_threshold: float | None = None) -> list[tuple[str, ...]]:
-    """Single-label: the most probable label. Multi-label: every label at or above its threshold
-    (score_threshold when set, else the calibrated `thresholds`, else 0.5)."""
+    """Single-label: the most probable label. Multi-label: every label at or above its threshold (threshold_rule)."""
     names = space.names
     if not space.multi_label:
         return [(names[i],) for i in probabilities.argmax(axis=1)]
-    if score_threshold is not None:
-        thresholds = np.full(len(names), score_threshold)
-    elif thresholds is None:
-        thresholds = np.full(len(names), DEFAULT_THRESHOLD)
-    return [tuple(n for n, p, t in zip(names, row, thresholds) if p >= t) for row in probabilities]
+    _, cut = threshold_rule(space, thresholds, score_threshold)
+    return [tuple(n for n, p, t in zip(names, row, cut) if p >= t) for row in probabilities]
