@@ -79,3 +79,35 @@ def test_vllm_loads_an_exported_model(trained):
     cli("generate-eval", config, "backend=vllm", f"adapter_name_or_path={root / 'exported'}", f"eval_output_dir={root}/vllm-exported")
     hf, vllm = predictions(root / "hf-adapter" / "predictions.jsonl"), predictions(root / "vllm-exported" / "predictions.jsonl")
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
+
+
+@pytest.mark.parametrize("name", ["gemma3"])
+def test_model_families_agree_with_hf(tmp_path, name):
+    """Gemma 3 ends a turn with <end_of_turn>, and its generation config lists only the eos token: vLLM must stop
+    at the turn end as hf does (no answer runs on to max_new_tokens), and score the same answers.
+    (Llama-3-Instruct's <|eot_id|> passed too; one family keeps the suite's time.)"""
+    from conftest import EMOTION_ROWS, write_emotion_txt
+    from test_families import FAMILIES, build_model
+
+    family = next(f for f in FAMILIES if f.name == name)
+    base = build_model(family, tmp_path / "base", hidden=128, heads=2)  # head_dim 64 for vLLM's CPU attention
+    data = tmp_path / "data"
+    write_emotion_txt(data / "emotion" / "train.txt", EMOTION_ROWS * 4)
+    write_emotion_txt(data / "emotion" / "test.txt")
+    config = tiny_config(tmp_path, base, data, finetuning_type="full", learning_rate=3e-3, num_train_epochs=4, bf16=False,
+                         per_device_train_batch_size=8, max_new_tokens=6, cutoff_len=64)
+    cli("sft", config)
+    run = tmp_path / "run"
+    for backend in ("hf", "vllm"):
+        cli("generate-eval", config, f"backend={backend}", f"eval_output_dir={run}/{backend}")
+        cli("generate-eval", config, f"backend={backend}", "mode=score", f"eval_output_dir={run}/{backend}-score")
+    hf, vllm = predictions(run / "hf" / "predictions.jsonl"), predictions(run / "vllm" / "predictions.jsonl")
+    assert sum(r["predicted"] is not None for r in hf) >= len(hf) // 2
+    assert [r["generation"] for r in vllm] == [r["generation"] for r in hf]
+    for backend in ("hf", "vllm"):
+        assert json.loads((run / backend / "metrics.json").read_text())["answers_cut_at_max_new_tokens"] == 0
+    assert all(family.turn_end not in r["generation"] for r in vllm)
+    hf, vllm = predictions(run / "hf-score" / "predictions.jsonl"), predictions(run / "vllm-score" / "predictions.jsonl")
+    for a, b in zip(hf, vllm):
+        for label, p in a["probabilities"].items():
+            assert b["probabilities"][label] == pytest.approx(p, abs=2e-3)

@@ -148,6 +148,9 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         if result.probabilities is not None:
             row["probabilities"] = {n: round(float(p), 6) for n, p in zip(space.names, result.probabilities[i])}
         rows.append(row)
+    if result.unfinished:
+        log.warning("%d of %d answers reached max_new_tokens=%d before the model ended its turn: they may be cut "
+                    "short; raise max_new_tokens", result.unfinished, len(rows), cfg.max_new_tokens)
     reused = tuning_uses(classifier, split)
     if reused:
         log.warning("NOT HELD OUT: the evaluated rows (%s) also served for %s, so these figures are optimistic; "
@@ -164,6 +167,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "mode": classifier.mode,
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
         "thresholds": classifier.threshold_record(),
+        "answers_cut_at_max_new_tokens": result.unfinished if result.answers is not None else None,
         "inference_seconds": round(seconds, 1),
         "examples_per_second": round(len(rows) / seconds, 2),
     }

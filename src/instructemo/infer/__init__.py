@@ -29,6 +29,7 @@ class Classified:
     labels: list[tuple[str, ...] | None]  # None: the answer named no label (generate mode only)
     answers: list[str] | None  # raw generations (generate mode)
     probabilities: np.ndarray | None  # rows x labels (score mode)
+    unfinished: int = 0  # generated answers cut by max_new_tokens before the model ended its turn
 
 
 def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool):
@@ -51,13 +52,14 @@ def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelS
     """
     if cfg.mode == "generate":
         answers = engine.generate(conversations)
-        return Classified([parse_labels(a, space) for a in answers], answers, None)
+        return Classified([parse_labels(a, space) for a in answers], answers, None, engine.unfinished)
     if space.multi_label:
         from .multilabel import label_probabilities
 
         probabilities, answers = label_probabilities(engine, conversations, space)
         probabilities = finite_scores(probabilities)
-        return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities)
+        return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities,
+                          engine.unfinished)
     candidates = [space.answer([name]) for name in space.names]
     loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
     with np.errstate(invalid="ignore"):

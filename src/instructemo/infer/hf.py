@@ -27,13 +27,17 @@ class HFEngine:
             trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
         )
 
+    unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
+
     def generate(self, conversations: list[list[dict]]) -> list[str]:
         cfg = self.cfg
-        return generate(
+        answers = generate_ids(
             self.model, self.tokenizer, conversations, batch_size=cfg.per_device_eval_batch_size,
             max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
             top_p=cfg.top_p, seed=cfg.seed,
         )
+        self.unfinished = sum(not ids or ids[-1] not in answers.stops for ids in answers)
+        return decode_answers(self.tokenizer, answers)
 
     def score(self, conversations: list[list[dict]], answers: list[str]):
         return score_answers(self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size)
@@ -73,9 +77,13 @@ def generate(
     """The model's answer to each conversation, in input order (greedy unless do_sample)."""
     answers = generate_ids(model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, progress=progress)
-    # The stop token is cut before decoding: a turn end the tokenizer does not mark special would stay in the text.
-    return [text.strip() for text in tokenizer.batch_decode([ids[:-1] if ids and ids[-1] in answers.stops else ids
-                                                              for ids in answers], skip_special_tokens=True)]
+    return decode_answers(tokenizer, answers)
+
+
+def decode_answers(tokenizer, answers: "_Answers") -> list[str]:
+    """The answers' text. The stop token is cut first: a turn end the tokenizer does not mark special would stay in it."""
+    kept = [ids[:-1] if ids and ids[-1] in answers.stops else ids for ids in answers]
+    return [text.strip() for text in tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
 
 class _Answers(list):

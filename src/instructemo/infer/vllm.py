@@ -33,6 +33,8 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMEngine:
+    unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
+
     def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -90,6 +92,7 @@ class VLLMEngine:
         params = SamplingParams(max_tokens=cfg.max_new_tokens, stop_token_ids=stop, **sampling)
         requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, conversations)]
         outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
+        self.unfinished = sum(o.outputs[0].finish_reason == "length" for o in outputs)
         return [o.outputs[0].text.strip() for o in outputs]
 
     def score(self, conversations: list[list[dict]], answers: list[str]) -> torch.Tensor:
