@@ -70,6 +70,17 @@ def test_semicolon_without_header(tmp_path):
     assert split.records[0].text == EMOTION_ROWS[0][0]
 
 
+def test_a_txt_file_with_another_header_does_not_train_on_it(tmp_path, caplog):
+    """`message;feeling` is a header, not a row labelled `feeling`; a first row whose label recurs is data."""
+    path = tmp_path / "mine.txt"
+    path.write_text("message;feeling\ni am happy;joy\ni am sad;sadness\nso glad;joy\n")
+    split = load_split(str(path), tmp_path)
+    assert [r.labels for r in split.records] == [("joy",), ("sadness",), ("joy",)]
+    assert "feeling" not in split.label_space.names and "read as the header" in caplog.text
+    path.write_text("so glad;joy\ni am happy;joy\ni am sad;sadness\nso sad;sadness\n")  # no header
+    assert len(load_split(str(path), tmp_path).records) == 4
+
+
 def test_semicolon_splits_on_the_last_semicolon(tmp_path):
     (tmp_path / "e.txt").write_text("a;b;joy\n")
     registry(tmp_path, "mine:\n  format: semicolon\n  header: false\n  splits: {train: e.txt}\n  labels: {names: [joy]}\n")

@@ -95,3 +95,33 @@ def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "instructemo.cli", "generate-eval", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "max_new_tokens" in result.stdout and "[default: 16]" in result.stdout
+
+
+def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path, emotion_dir, monkeypatch):
+    """In bf16 an update below 1/256 of a weight rounds away; full fine-tuning keeps fp32 weights under bf16 autocast."""
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import build_tiny_causal_lm
+    from instructemo import models
+
+    monkeypatch.setattr(models, "bf16_supported", lambda: True)  # CPUs without native bf16 emulate it: slow, not wrong
+    base = build_tiny_causal_lm(tmp_path / "base")
+    config = tiny_config(tmp_path, base, emotion_dir, finetuning_type="full", bf16=True, learning_rate=1e-5, max_steps=1)
+    assert run_cli("sft", config) == 0
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    moved = [name for name in before if not torch.equal(before[name].float(), after[name].float())]
+    assert all(t.dtype == torch.float32 for t in after.values())
+    # Adam moves every weight with a gradient by about lr = 1e-5, far below bf16's step for weights of 0.02
+    assert len(moved) >= 0.8 * len(before), f"only {len(moved)} of {len(before)} tensors changed"
+
+
+def test_a_row_longer_than_cutoff_len_keeps_its_answer_and_is_counted(tmp_path, tiny_llama, emotion_dir, monkeypatch):
+    """A text that re-tokenizes longer than its budget is trained whole (answer and turn end), never cut or dropped."""
+    from instructemo.prompts import PromptBuilder
+
+    monkeypatch.setattr(PromptBuilder, "fit", lambda self, text: text + " happy" * 120)  # over cutoff_len=96
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)
+    assert run_cli("sft", config) == 0
+    results = json.loads((tmp_path / "run" / "train_results.json").read_text())
+    assert results["train_rows"] == 12

@@ -86,7 +86,7 @@ IDS = [f.name for f in FAMILIES]
 HIDDEN = 64  # Gemma's head_dim of 16 at 4 heads is fine on CPU; the test is about tokens, not size
 
 
-def build_model(family: Family, directory: Path) -> Path:
+def build_model(family: Family, directory: Path, hidden: int = HIDDEN, heads: int = 4) -> Path:
     """A 2-layer random model of the family's architecture, saved with the family's tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -95,8 +95,8 @@ def build_model(family: Family, directory: Path) -> Path:
     ids = tokenizer.convert_tokens_to_ids
     torch.manual_seed(0)
     config = AutoConfig.for_model(
-        family.model_type, vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=HIDDEN // 4,
+        family.model_type, vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=hidden // heads,
         max_position_embeddings=512, tie_word_embeddings=True,
         bos_token_id=ids(family.bos), eos_token_id=ids(family.eos), pad_token_id=ids(family.pad),
     )
@@ -302,3 +302,49 @@ def test_multi_label_score_mode_scores_the_next_label(loaded):
             options["<end>"] = brute_force(model, tokenizer, prompts[row], expected_answer_ids(family, tokenizer, space.answer(before)))
             expected = np.exp(options[name]) / sum(np.exp(v) for v in options.values()) if name in options else 0.0
             assert probabilities[row, k] == pytest.approx(expected, abs=1e-4), (row, name)
+
+
+def _embedded_tokenizer(alias: str):
+    """The real tokenizer of an embedded GGUF model, read from the GGUF file alone (no weights dequantized)."""
+    from transformers import AutoTokenizer
+
+    from instructemo.chat import fallback_template
+    from instructemo.errors import UserError
+    from instructemo.models import ALIASES
+
+    try:
+        gguf = ALIASES[alias]()
+    except UserError as exc:
+        pytest.skip(str(exc))
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = fallback_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.mark.parametrize("alias, turn_end", [("smollm2-135m-instruct", "<|im_end|>"), ("gemma3-270m", "<end_of_turn>")])
+def test_embedded_models_real_tokenizers(alias, turn_end, tmp_path):
+    """With real BPE vocabularies the answer's tokens are the ones trl trains, through the turn end."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from instructemo.chat import answer_tokens, prompt_text, turn_end_id
+    from instructemo.config import load_config
+    from instructemo.train import _build_trainer
+
+    tokenizer = _embedded_tokenizer(alias)
+    assert turn_end_id(tokenizer) == tokenizer.convert_tokens_to_ids(turn_end)
+    conv = conversation("i feel a little nervous about tomorrow")
+    assert prompt_text(tokenizer, conv).endswith("<|im_start|>assistant\n" if "im_end" in turn_end else "<start_of_turn>model\n")
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    cfg = load_config(tiny_config(tmp_path, tmp_path, tmp_path, finetuning_type="full", bf16=False), [])
+    answers = ("fear", "anger, fear, sadness", "none")
+    examples = [{"prompt": conv, "completion": [{"role": "assistant", "content": a}]} for a in answers]
+    trainer = _build_trainer(cfg, AutoModelForCausalLM.from_config(config), tokenizer, examples, bf16=False)
+    for row, answer in zip(trainer.train_dataset, answers):
+        trained = [t for t in row["labels"] if t != -100]
+        ids = answer_tokens(tokenizer, conv, answer)
+        assert trained[: len(ids)] == ids and ids[-1] == turn_end_id(tokenizer)
+        assert tokenizer.decode(ids[:-1]).strip() == answer

@@ -1,9 +1,11 @@
 """Multi-label and imbalance: balancing, checkpoint selection, thresholds and cross-validation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from instructemo.balance import oversample_counts, rarest_label_weights
 from instructemo.train import LeftPadCollator, _balanced
@@ -36,22 +38,92 @@ def test_collator_passes_loss_weights():
     assert batch["weights"].tolist() == [2.0, 0.5]
 
 
-@pytest.mark.parametrize("policy", ["oversample", "loss_weight"])
-def test_sft_with_label_balancing(tmp_path, tiny_llama, emotion_dir, policy):
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, label_balancing=policy, num_train_epochs=1)
-    assert run_cli("sft", config) == 0
-    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+def test_sft_with_label_balancing(tmp_path, tiny_llama):
+    """On imbalanced rows, oversample trains on more rows and loss_weight changes the loss: neither is ignored."""
+    from conftest import write_emotion_txt
+
+    rows = [("i feel so happy and cheerful today", "joy")] * 9 + [("i am scared of the dark house", "fear")]
+    write_emotion_txt(tmp_path / "data" / "emotion" / "train.txt", rows)
+    first_loss, trained_rows = {}, {}
+    for policy in ("none", "oversample", "loss_weight"):
+        config = tiny_config(tmp_path / policy, tiny_llama, tmp_path / "data", label_balancing=policy, max_steps=1,
+                             per_device_train_batch_size=32, shared_prefix=False)
+        assert run_cli("sft", config) == 0
+        run = tmp_path / policy / "run"
+        first_loss[policy] = next(json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line)
+        trained_rows[policy] = json.loads((run / "train_results.json").read_text())["train_rows"]
+    assert trained_rows["none"] == trained_rows["loss_weight"] == 10
+    assert trained_rows["oversample"] == 9 + round(rarest_label_weights([("joy",)] * 9 + [("fear",)])[-1])
+    # one batch holds every row: the weighted loss is sum(w * row loss) / tokens, with fear weighing 5x joy
+    assert first_loss["loss_weight"] != pytest.approx(first_loss["none"], rel=1e-3)
+    assert first_loss["oversample"] != pytest.approx(first_loss["none"], rel=1e-3)
+
+
+SELECT = dict(select_best=True, select_steps=2, max_steps=6, save_steps=2, save_total_limit=3,
+              per_device_train_batch_size=6, learning_rate=5e-2, logging_steps=1)
+
+
+def dev_score(base, adapter_dir, config) -> float:
+    """The dev split's macro-F1 for the weights in adapter_dir, worked out here: greedy answers, parsed, scored."""
+    from instructemo.config import load_config
+    from instructemo.data import load_split
+    from instructemo.infer.hf import generate, load_for_inference
+    from instructemo.metrics import score
+    from instructemo.parse import parse_labels
+    from instructemo.prompts import PromptBuilder, load_template
+
+    cfg = load_config(config)
+    model, tokenizer = load_for_inference(str(base), adapter_dir, flash_attn="auto", bf16=False)
+    dev = load_split("emotion:validation", cfg.dataset_dir)
+    builder = PromptBuilder(tokenizer, load_template("auto", dev.template), dev.label_space, cfg.cutoff_len)
+    answers = generate(model, tokenizer, [builder.prompt(r.text) for r in dev.records], batch_size=4,
+                       max_new_tokens=cfg.max_new_tokens, progress=False)
+    return score([r.labels for r in dev.records], [parse_labels(a, dev.label_space) for a in answers], dev.label_space)["macro_f1"]
 
 
 def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, select_best=True, select_steps=2, num_train_epochs=2)
+    """The saved adapter holds the weights of the step that classifies dev best, scored here for each checkpoint."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, **SELECT)
     assert run_cli("sft", config) == 0
-    selection = json.loads((tmp_path / "run" / "selection.json").read_text())
-    steps = [p["step"] for p in selection["history"]]
-    assert steps == sorted(set(steps)) and len(steps) >= 3  # every 2 steps, each epoch's end, the final step
-    best = selection["best"]
-    assert best["macro_f1"] == max(p["macro_f1"] for p in selection["history"])
+    run = tmp_path / "run"
+    selection = json.loads((run / "selection.json").read_text())
+    assert [p["step"] for p in selection["history"]] == [2, 4, 6]  # every 2 steps; the epoch ends fall on them
+    scores = {step: dev_score(tiny_llama, run / f"checkpoint-{step}", config) for step in (2, 4, 6)}
+    for point in selection["history"]:
+        assert point["macro_f1"] == pytest.approx(scores[point["step"]])
+    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores
+    saved = load_file(run / "adapter_model.safetensors")
+    at_best = load_file(run / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert saved.keys() == at_best.keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], at_best[name], rtol=0, atol=0)
+    if best != 6:  # and not the last weights
+        last = load_file(run / "checkpoint-6" / "adapter_model.safetensors")
+        assert any(not torch.equal(saved[n], last[n]) for n in saved)
     assert selection["metric"] == "macro_f1" and selection["dev_rows"] == 6
+
+
+def test_select_best_after_a_resume_chooses_among_the_whole_run(tmp_path, tiny_llama, emotion_dir):
+    """Killed after checkpoint-4 and resumed: the selection still knows steps 2 and 4."""
+    import os
+    import subprocess
+    import sys
+
+    whole = tiny_config(tmp_path / "whole", tiny_llama, emotion_dir, **SELECT)
+    assert run_cli("sft", whole) == 0
+    config = tiny_config(tmp_path / "killed", tiny_llama, emotion_dir, **SELECT)
+    harness = Path(__file__).parent / "fault_harness.py"
+    killed = subprocess.run([sys.executable, str(harness), "sft", config], capture_output=True,
+                            env={**os.environ, "INSTRUCTEMO_FAULT": "kill:checkpoint-4"})
+    assert killed.returncode == -9
+    assert run_cli("sft", config, "resume=auto") == 0
+    resumed = json.loads((tmp_path / "killed" / "run" / "selection.json").read_text())
+    reference = json.loads((tmp_path / "whole" / "run" / "selection.json").read_text())
+    assert [p["step"] for p in resumed["history"]] == [2, 4, 6]
+    assert [p["macro_f1"] for p in resumed["history"]] == pytest.approx([p["macro_f1"] for p in reference["history"]])
+    assert resumed["best"]["step"] == reference["best"]["step"]
 
 
 def test_selecting_on_a_multi_label_metric_needs_multi_label_data(tmp_path, tiny_llama, emotion_dir, capsys):
@@ -146,6 +218,55 @@ def test_calibrate_then_score_mode_uses_the_thresholds(tmp_path, tiny_llama):
             threshold = stored["thresholds"][name]
             assert (p >= threshold - 1e-6) if name in row["predicted"] else (p < threshold + 1e-6)
         assert row["generation"] is not None  # the greedy answer the probabilities condition on
+
+
+def test_calibrated_thresholds_take_precedence_over_score_threshold(tmp_path, tiny_llama, caplog):
+    """One rule: thresholds.json when the run has it, else score_threshold, else 0.5; metrics.json says which."""
+    train, dev = multi_label_files(tmp_path)
+    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(train), eval_dataset=str(dev),
+                         select_dataset=str(dev), mode="score", max_steps=3, max_new_tokens=8)
+    assert run_cli("sft", config) == 0
+    run = tmp_path / "run"
+
+    def evaluate(*overrides):
+        assert run_cli("generate-eval", config, *overrides) == 0
+        metrics = json.loads((run / "eval" / "metrics.json").read_text())
+        rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
+        return metrics["thresholds"], rows
+
+    used, _ = evaluate()
+    assert used == {"source": "default", "values": {"fear": 0.5, "joy": 0.5, "sadness": 0.5}}
+    used, rows = evaluate("score_threshold=0.01")  # no calibration yet: score_threshold applies
+    assert used["source"] == "score_threshold" and set(used["values"].values()) == {0.01}
+    assert all(sorted(r["predicted"]) == sorted(k for k, p in r["probabilities"].items() if p >= 0.01) for r in rows)
+    assert run_cli("calibrate", config) == 0
+    stored = json.loads((run / "thresholds.json").read_text())["thresholds"]
+    caplog.clear()
+    used, rows = evaluate("score_threshold=0.01")  # calibrated: thresholds.json wins, and the log says so
+    assert used == {"source": "calibrated", "values": stored}
+    assert "score_threshold 0.01 is not used" in caplog.text
+    for row in rows:
+        assert sorted(row["predicted"]) == sorted(k for k, p in row["probabilities"].items() if p >= stored[k] - 1e-6)
+
+
+def test_an_evaluation_on_the_rows_that_tuned_the_run_is_marked_not_held_out(tmp_path, tiny_llama, caplog):
+    """Selection and calibration on dev, then evaluated on dev: said loudly, and recorded in metrics.json."""
+    train, dev = multi_label_files(tmp_path)
+    (tmp_path / "test.jsonl").write_text(dev.read_text())  # the same texts, another split: not the tuning split
+    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(train), eval_dataset=str(dev),
+                         select_dataset=str(dev), select_best=True, mode="score", max_steps=3, max_new_tokens=8)
+    assert run_cli("sft", config) == 0
+    assert run_cli("calibrate", config) == 0
+    caplog.clear()
+    assert run_cli("generate-eval", config) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["held_out"] is False
+    assert metrics["also_used_for"] == ["checkpoint selection (select_best)", "threshold calibration"]
+    assert "NOT HELD OUT" in caplog.text
+    assert "Not held out" in (tmp_path / "run" / "eval" / "report.md").read_text()
+    assert run_cli("generate-eval", config, f"eval_dataset={tmp_path / 'test.jsonl'}") == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert metrics["held_out"] is True and metrics["also_used_for"] == []
 
 
 def test_calibrate_refuses_single_label_models(tmp_path, tiny_llama, emotion_dir, capsys):

@@ -72,7 +72,14 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, 
         for name in plain:
             torch.testing.assert_close(grads[name], plain[name], rtol=1e-4, atol=1e-6, msg=f"{name} (pack={pack})")
     weighted = [{**r, "weight": 1.0 + i % 3} for i, r in enumerate(rows)]  # label_balancing: loss_weight
-    torch.testing.assert_close(loss_and_grads(True, True, weighted)[0], loss_and_grads(False, rows=weighted)[0], rtol=1e-5, atol=1e-6)
+    # The weighted loss is sum over rows of weight x (the row's summed token loss), over all answer tokens:
+    # worked out here from one-row batches, whose loss is their mean token loss.
+    tokens = [sum(t != -100 for t in r["labels"][1:]) for r in rows]
+    row_sums = [loss_and_grads(False, rows=[r])[0] * n for r, n in zip(rows, tokens)]
+    expected = sum(r["weight"] * s for r, s in zip(weighted, row_sums)) / sum(tokens)
+    assert expected != pytest.approx(plain_loss.item(), rel=1e-3)  # the weights matter here
+    for share, pack in ((False, False), (True, False), (True, True)):
+        torch.testing.assert_close(loss_and_grads(share, pack, weighted)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_cpu_training_picks_eager_attention_and_inference_sdpa():
