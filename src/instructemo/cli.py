@@ -21,7 +21,8 @@ def _sft(cfg, args=None):
 
     if args is not None and args.nproc:
         cfg = dataclasses.replace(cfg, nproc_per_node=args.nproc)
-    if cfg.nproc_per_node > 1 and not inside_launcher():
+    # DeepSpeed sets up its process group from torchrun's variables (else it looks for MPI): even one process runs under it.
+    if (cfg.nproc_per_node > 1 or (cfg.deepspeed and args is not None)) and not inside_launcher():
         from .models import resolve_model_path
         from .preflight import check_before_training, start_run
 
