@@ -126,15 +126,16 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
     rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert metrics["mode"] == "cls" and metrics["metrics"]["invalid"] == 0
     assert all(r["predicted"] is not None and r["generation"] is None for r in rows)
-    if metrics["multi_label"]:  # one independent probability per label; predicted: those at or above their threshold
+    if "jaccard" in metrics["metrics"]:  # multi-label: one independent probability per label; predicted: those at or above their threshold
         thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
         for r in rows:
             assert all(0 <= p <= 1 for p in r["probabilities"].values())
-            assert sorted(r["predicted"]) == sorted(k for k, p in r["probabilities"].items() if p >= thresholds[k])
+            for name, p in r["probabilities"].items():  # written rounded to 6 decimals; a threshold sits on a probability
+                assert (p >= thresholds[name] - 1e-6) if name in r["predicted"] else (p < thresholds[name] + 1e-6)
     else:  # a distribution over the labels, and the most probable one predicted
         for r in rows:
             assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
-            assert r["predicted"] == max(r["probabilities"], key=r["probabilities"].get)
+            assert r["predicted"] == [max(r["probabilities"], key=r["probabilities"].get)]
     for name in ("report.md", "report.html"):
         assert (run / "eval" / name).is_file()
     return config, metrics, rows
@@ -186,6 +187,12 @@ def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):
     assert set(thresholds["thresholds"]) == {"anger", "fear", "joy", "sadness"}
     assert "jaccard" in metrics["metrics"] and metrics["metrics"]["jaccard"] > 0.5
     assert all(r["predicted"] is not None for r in rows_out)
+    # The stored thresholds decide: set joy's above every probability and it is never predicted, fear's to 0 and always.
+    thresholds["thresholds"].update(joy=1.0 + 1e-9, fear=0.0)
+    (tmp_path / "run" / "thresholds.json").write_text(json.dumps(thresholds))
+    assert run_cli("generate-eval", config) == 0
+    rows_out = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert all("joy" not in r["predicted"] and "fear" in r["predicted"] for r in rows_out)
 
 
 def test_cls_refuses_vllm_and_qlora(tmp_path, emotion_dir, capsys):
