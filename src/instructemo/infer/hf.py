@@ -156,10 +156,10 @@ def score_continuations(model, contexts: list[list[int]], continuations: list[li
     tree = AnswerTree(continuations)
     device = model.device
     prefix_len = common_prefix_length(contexts)
+    model.eval()  # before the prefix is encoded: no dropout in the cache every row reuses
     prefix_cache = model(torch.tensor([contexts[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
     scores = torch.zeros(len(contexts), len(continuations))
-    model.eval()
     with _attention_that_takes_a_mask(model), tqdm(total=len(contexts), desc="scoring", unit="ex") as progress:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
