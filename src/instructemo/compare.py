@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from .errors import UserError
-from .report import save_figure
+from .plots import pyplot, save_figure
 from .rundir import EVAL_DIR, METRICS_FILE, TRAIN_RESULTS_FILE, RunDir, json_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,9 @@ def render_table(runs: list[dict], labels: list[str]) -> str:
 
 def plot_per_class_f1(runs: list[dict], labels: list[str], path: Path) -> None:
     """Grouped bars: for each class, one bar per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     x = np.arange(len(labels))
     width = 0.8 / len(runs)

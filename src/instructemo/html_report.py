@@ -8,35 +8,17 @@ at hand, and the most confident mistakes with their texts.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections import Counter
+
+from .plots import loss_figure, loss_points, png_data_uri, pyplot
 
 SUMMARY_KEYS = ("n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate", "ece")
 WORST_MISTAKES = 25
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> str:
-    plt = _figure()
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def confusion_figure(cm: dict) -> str:
-    plt = _figure()
+    plt = pyplot()
     counts = cm["counts"]
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cm["columns"]), 1.0 + 0.6 * len(cm["labels"])))
     image = ax.imshow(counts, cmap="Blues")
@@ -50,11 +32,11 @@ def confusion_figure(cm: dict) -> str:
             ax.text(j, i, value, ha="center", va="center", color="white" if value > top / 2 else "black", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title("Confusion matrix")
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def grouped_bars(title: str, names: list[str], series: dict[str, list[float]], ylabel: str) -> str:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) * len(series)), 3.6))
     width = 0.8 / len(series)
     for k, (label, values) in enumerate(series.items()):
@@ -64,13 +46,11 @@ def grouped_bars(title: str, names: list[str], series: dict[str, list[float]], y
     ax.set_title(title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def loss_image(history: list[dict]) -> str | None:
-    from .report import loss_figure, loss_points
-
-    return _png(loss_figure(history)) if loss_points(history) else None
+    return png_data_uri(loss_figure(history)) if loss_points(history) else None
 
 
 def worst_mistakes(rows: list[dict]) -> list[dict]:

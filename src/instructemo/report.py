@@ -7,52 +7,19 @@ interrupted run never leaves a truncated file that looks complete.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
+from .plots import loss_figure, save_figure
 from .rundir import (
     METRICS_FILE, PREDICTIONS_FILE, REPORT_HTML_FILE, REPORT_MD_FILE, SKIPPED_ROWS_FILE, RunDir, json_text, jsonl_text,
     skipped_rows_text, write_atomic,
 )
 
 
-def loss_points(log_history: list[dict]) -> list[tuple[int, float]]:
-    return [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
-
-
-def loss_figure(log_history: list[dict]):
-    """Training loss against optimizer step, as a matplotlib figure (for loss.png and report.html)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = loss_points(log_history)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    if points:
-        ax.plot(*zip(*points), marker="o", markersize=3)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def plot_loss(log_history: list[dict], path: Path) -> None:
     """The loss curve written as a PNG."""
     save_figure(loss_figure(log_history), path)
-
-
-def save_figure(fig, path: Path) -> None:
-    """A matplotlib figure written as a PNG under a temporary name, then renamed into place; the figure is closed."""
-    import matplotlib.pyplot as plt
-
-    temp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(temp)
-    plt.close(fig)
-    os.replace(temp, path)
 
 
 def check_eval_dir(out_dir: Path) -> None:
