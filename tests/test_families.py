@@ -212,7 +212,7 @@ def test_generation_stops_at_the_turn_end(trained):
     model = AutoModelForCausalLM.from_pretrained(run).eval()
     texts = [conversation(f"classify : {t}") for t, _ in EMOTION_ROWS[:6]]
     turn_end = tokenizer.convert_tokens_to_ids(family.turn_end)
-    answers = generate_ids(model, tokenizer, texts, batch_size=4, max_new_tokens=6, progress=False)
+    answers, _ = generate_ids(model, tokenizer, texts, batch_size=4, max_new_tokens=6, progress=False)
     for ids in answers:
         assert ids[-1] == turn_end and turn_end not in ids[:-1], tokenizer.convert_ids_to_tokens(ids)
     texts_out = generate(model, tokenizer, texts, batch_size=4, max_new_tokens=6, progress=False)
@@ -318,7 +318,7 @@ def _embedded_tokenizer(alias: str):
         pytest.skip(str(exc))
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if tokenizer.chat_template is None:
-        tokenizer.chat_template = fallback_template(tokenizer)
+        _, tokenizer.chat_template = fallback_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

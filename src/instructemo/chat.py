@@ -9,10 +9,6 @@ answer's tokens) asks this module instead of the eos token.
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
-
 # Tokenizers that ship no chat template (base models) get one that their own
 # vocabulary can write. A template built from turn markers the vocabulary
 # lacks would end each answer in several ordinary tokens, which no stop token
@@ -35,22 +31,22 @@ PLAIN_TEMPLATE = (
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-FALLBACK_TEMPLATES = (  # (markers that must each be one special token, template)
-    (("<start_of_turn>", "<end_of_turn>"), GEMMA_TEMPLATE),
-    (("<|im_start|>", "<|im_end|>"), CHATML_TEMPLATE),
+FALLBACK_TEMPLATES = (  # (name, markers that must each be one special token, template)
+    ("Gemma's", ("<start_of_turn>", "<end_of_turn>"), GEMMA_TEMPLATE),
+    ("ChatML", ("<|im_start|>", "<|im_end|>"), CHATML_TEMPLATE),
 )
 # The answer a probe conversation renders, to find what the template writes after an answer.
 _PROBE = [{"role": "user", "content": "x"}]
 _PROBE_ANSWER = "y"
 
 
-def fallback_template(tokenizer) -> str:
-    """The chat template for a tokenizer that has none: its family's, when its vocabulary has the markers."""
+def fallback_template(tokenizer) -> tuple[str, str]:
+    """(name, chat template) for a tokenizer that has none: its family's, when its vocabulary has the markers."""
     special = _special_tokens(tokenizer)
-    for markers, template in FALLBACK_TEMPLATES:
+    for name, markers, template in FALLBACK_TEMPLATES:
         if all(m in special for m in markers):
-            return template
-    return PLAIN_TEMPLATE
+            return name, template
+    return "plain ChatML text ended by eos", PLAIN_TEMPLATE
 
 
 def _special_tokens(tokenizer) -> set[str]:

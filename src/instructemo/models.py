@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .chat import CHATML_TEMPLATE, GEMMA_TEMPLATE, fallback_template
+from .chat import fallback_template
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,7 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat: bool = T
     except OSError as exc:
         raise UserError(f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
     if chat and tokenizer.chat_template is None:
-        tokenizer.chat_template = fallback_template(tokenizer)
-        family = {GEMMA_TEMPLATE: "Gemma's", CHATML_TEMPLATE: "ChatML"}.get(tokenizer.chat_template, "plain ChatML text ended by eos")
+        family, tokenizer.chat_template = fallback_template(tokenizer)
         log.warning("%s has no chat template; using %s", path, family)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -31,13 +31,13 @@ class HFEngine:
 
     def generate(self, conversations: list[list[dict]]) -> list[str]:
         cfg = self.cfg
-        answers = generate_ids(
+        answers, stops = generate_ids(
             self.model, self.tokenizer, conversations, batch_size=cfg.per_device_eval_batch_size,
             max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
             top_p=cfg.top_p, seed=cfg.seed,
         )
-        self.unfinished = sum(not ids or ids[-1] not in answers.stops for ids in answers)
-        return decode_answers(self.tokenizer, answers)
+        self.unfinished = sum(not ids or ids[-1] not in stops for ids in answers)
+        return decode_answers(self.tokenizer, answers, stops)
 
     def score(self, conversations: list[list[dict]], answers: list[str]):
         return score_answers(self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size)
@@ -75,29 +75,22 @@ def generate(
     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
 ) -> list[str]:
     """The model's answer to each conversation, in input order (greedy unless do_sample)."""
-    answers = generate_ids(model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, progress=progress)
-    return decode_answers(tokenizer, answers)
+    answers, stops = generate_ids(model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, progress=progress)
+    return decode_answers(tokenizer, answers, stops)
 
 
-def decode_answers(tokenizer, answers: "_Answers") -> list[str]:
+def decode_answers(tokenizer, answers: list[list[int]], stops: list[int]) -> list[str]:
     """The answers' text. The stop token is cut first: a turn end the tokenizer does not mark special would stay in it."""
-    kept = [ids[:-1] if ids and ids[-1] in answers.stops else ids for ids in answers]
+    kept = [ids[:-1] if ids and ids[-1] in stops else ids for ids in answers]
     return [text.strip() for text in tokenizer.batch_decode(kept, skip_special_tokens=True)]
-
-
-class _Answers(list):
-    """Token ids per answer, and the stop tokens that may end them."""
-
-    stops: frozenset[int]
-
 
 @torch.inference_mode()
 def generate_ids(
     model, tokenizer, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
-) -> _Answers:
-    """The token ids of each answer through its stop token (the turn end, or eos), in input order."""
+) -> tuple[list[list[int]], list[int]]:
+    """The token ids of each answer through its stop token (the turn end, or eos), in input order; and the stops."""
     tokenizer.padding_side = "left"
     prompts = [prompt_text(tokenizer, c) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -107,8 +100,7 @@ def generate_ids(
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     if do_sample:
         torch.manual_seed(seed)
-    answers = _Answers([[] for _ in prompts])
-    answers.stops = frozenset(stop_ids)
+    answers: list[list[int]] = [[] for _ in prompts]
     model.eval()
     with tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
@@ -122,7 +114,7 @@ def generate_ids(
             for i, row in zip(chunk, output[:, batch["input_ids"].shape[1] :].tolist()):
                 answers[i] = until_stop(row, stop_ids)  # finished rows are padded to the batch's longest
             bar.update(len(chunk))
-    return answers
+    return answers, stop_ids
 
 
 def common_prefix_length(token_lists: list[list[int]]) -> int:
