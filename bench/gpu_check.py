@@ -59,7 +59,6 @@ def main() -> None:
     parser.add_argument("--rehearse-on-cpu", action="store_true", help="without a GPU, run the checks a CPU can run")
     args = parser.parse_args()
     import torch
-
     from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
     from result_file import write_result
     from test_end_to_end import tiny_config

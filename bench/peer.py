@@ -55,7 +55,8 @@ from result_file import write_result
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from instructemo.data import load_split, shared_data_dir  # noqa: E402
+from instructemo.data import load_split  # noqa: E402
+from instructemo.readers import shared_data_dir  # noqa: E402
 from instructemo.metrics import score  # noqa: E402
 from instructemo.models import load_tokenizer, resolve_model_path  # noqa: E402
 from instructemo.parse import parse_labels  # noqa: E402

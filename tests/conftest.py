@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from instructemo.data import shared_data_dir
+from instructemo.readers import shared_data_dir
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

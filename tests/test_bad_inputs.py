@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_end_to_end import run_cli
 
 from instructemo.data import load_split
 from instructemo.errors import UserError
-from test_end_to_end import run_cli
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())

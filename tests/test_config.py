@@ -82,7 +82,7 @@ def test_help_lists_every_key_with_default(capsys):
     with pytest.raises(SystemExit):
         main(["sft", "--help"])
     out = capsys.readouterr().out
-    for name, f in FIELDS.items():
+    for name in FIELDS:
         assert name in out
     assert "[default: 512]" in out  # cutoff_len
 

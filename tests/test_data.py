@@ -2,14 +2,13 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import EMOTION_ROWS, write_emotion_txt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import EMOTION_ROWS, write_emotion_txt
-from instructemo import data
+from instructemo import data, readers
 from instructemo.data import default_eval_spec, load_registry, load_split, resolve_label_space
 from instructemo.errors import UserError
-
 
 # --- the real files in ../shared/data ------------------------------------------------
 
@@ -159,7 +158,7 @@ def test_hub_fallback_maps_class_labels(tmp_path, monkeypatch):
         return datasets.Dataset.from_dict({"text": ["so glad", "so sad"], "label": [1, 0]}, features=features)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    monkeypatch.setattr(data, "shared_data_dir", lambda: tmp_path / "nowhere")
+    monkeypatch.setattr(readers, "shared_data_dir", lambda: tmp_path / "nowhere")
     split = load_split("emotion:test", tmp_path)
     assert calls == [("dair-ai/emotion", "split", "test")]
     assert [r.labels for r in split.records] == [("joy",), ("sadness",)]
@@ -169,7 +168,7 @@ def test_hub_fallback_maps_class_labels(tmp_path, monkeypatch):
 def test_hub_failure_is_a_clear_error(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
-    monkeypatch.setattr(data, "shared_data_dir", lambda: tmp_path / "nowhere")
+    monkeypatch.setattr(readers, "shared_data_dir", lambda: tmp_path / "nowhere")
     with pytest.raises(UserError, match="no local file, and the hub copy dair-ai/emotion failed to load"):
         load_split("emotion", tmp_path)
 

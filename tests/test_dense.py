@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_tiny_causal_lm, build_tiny_encoder
+from test_end_to_end import run_cli, tiny_config
+
 from instructemo.dense import class_weights, classification_loss
 from instructemo.labels import LabelSpace
-from test_end_to_end import run_cli, tiny_config
 
 EMOTIONS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 
@@ -65,11 +65,17 @@ def test_weighted_loss_matches_the_definition():
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(tmp_path, multi_label):
     """bs 8 x GA 1 and bs 2 x GA 4 take the same step: Trainer does not scale a compute_loss_func loss by GA."""
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainerCallback, TrainingArguments
-
     from conftest import EMOTION_ROWS, tiny_tokenizer
-    from instructemo.dense import _classifier_trainer_class, targets
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from instructemo.dense import targets
+    from instructemo.trainer import classifier_trainer
 
     model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
     tokenizer, _ = tiny_tokenizer()
@@ -93,7 +99,7 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
                                  gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-3, logging_steps=1,
                                  report_to=[], use_cpu=True, save_strategy="no", max_grad_norm=1e9, seed=0)
         grads = Gradients()
-        trainer = _classifier_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        trainer = classifier_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                               data_collator=DataCollatorWithPadding(tokenizer), callbacks=[grads],
                                               compute_loss_func=classification_loss(weights, multi_label))
         trainer.train()

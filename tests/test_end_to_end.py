@@ -100,9 +100,9 @@ def test_console_script_help():
 def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path, emotion_dir, monkeypatch):
     """In bf16 an update below 1/256 of a weight rounds away; full fine-tuning keeps fp32 weights under bf16 autocast."""
     import torch
+    from conftest import build_tiny_causal_lm
     from safetensors.torch import load_file
 
-    from conftest import build_tiny_causal_lm
     from instructemo import models
 
     monkeypatch.setattr(models, "bf16_supported", lambda: True)  # CPUs without native bf16 emulate it: slow, not wrong

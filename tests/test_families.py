@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import EMOTION_ROWS, tiny_tokenizer, write_emotion_txt
 from test_end_to_end import run_cli, tiny_config
 
@@ -152,8 +151,9 @@ def test_prompt_rendering(loaded):
 
 
 def test_turn_end_and_stop_tokens(loaded):
-    from instructemo.chat import answer_tokens, stop_token_ids, turn_end_id
     from transformers import GenerationConfig
+
+    from instructemo.chat import answer_tokens, stop_token_ids, turn_end_id
 
     family, directory, tokenizer = loaded
     turn_end = tokenizer.convert_tokens_to_ids(family.turn_end)
@@ -167,13 +167,13 @@ def test_loss_mask_token_by_token(loaded, tmp_path):
     """trl's completion-only labels: every prompt token masked, the answer and its turn end trained."""
     from instructemo.config import load_config
     from instructemo.models import load_causal_lm
-    from instructemo.train import _build_trainer
+    from instructemo.trainer import build_sft_trainer
 
     family, directory, tokenizer = loaded
     cfg = load_config(tiny_config(tmp_path, directory, tmp_path, finetuning_type="full", bf16=False), [])
     examples = [{"prompt": conversation(), "completion": [{"role": "assistant", "content": a}]} for a in ("joy", "anger, fear")]
     model = load_causal_lm(str(directory), flash_attn="auto", bf16=False, training=True)
-    trainer = _build_trainer(cfg, model, tokenizer, examples, bf16=False)
+    trainer = build_sft_trainer(cfg, model, tokenizer, examples, bf16=False)
     prompt_ids = tokenizer(family.prompt, add_special_tokens=False)["input_ids"]
     for row, example in zip(trainer.train_dataset, examples):
         answer = expected_answer_ids(family, tokenizer, example["completion"][0]["content"])
@@ -331,7 +331,7 @@ def test_embedded_models_real_tokenizers(alias, turn_end, tmp_path):
 
     from instructemo.chat import answer_tokens, prompt_text, turn_end_id
     from instructemo.config import load_config
-    from instructemo.train import _build_trainer
+    from instructemo.trainer import build_sft_trainer
 
     tokenizer = _embedded_tokenizer(alias)
     assert turn_end_id(tokenizer) == tokenizer.convert_tokens_to_ids(turn_end)
@@ -342,7 +342,7 @@ def test_embedded_models_real_tokenizers(alias, turn_end, tmp_path):
     cfg = load_config(tiny_config(tmp_path, tmp_path, tmp_path, finetuning_type="full", bf16=False), [])
     answers = ("fear", "anger, fear, sadness", "none")
     examples = [{"prompt": conv, "completion": [{"role": "assistant", "content": a}]} for a in answers]
-    trainer = _build_trainer(cfg, AutoModelForCausalLM.from_config(config), tokenizer, examples, bf16=False)
+    trainer = build_sft_trainer(cfg, AutoModelForCausalLM.from_config(config), tokenizer, examples, bf16=False)
     for row, answer in zip(trainer.train_dataset, answers):
         trained = [t for t in row["labels"] if t != -100]
         ids = answer_tokens(tokenizer, conv, answer)

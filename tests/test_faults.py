@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
-from instructemo.rundir import MANIFEST_FILE, RunDir
 from test_end_to_end import run_cli, tiny_config
+
+from instructemo.rundir import MANIFEST_FILE, RunDir
 
 HARNESS = Path(__file__).parent / "fault_harness.py"
 SETTINGS = dict(max_steps=12, save_steps=4, learning_rate=1e-3, logging_steps=1, max_eval_samples=2)

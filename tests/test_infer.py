@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_end_to_end import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from instructemo.cli import main
 from instructemo.chat import answer_tokens
+from instructemo.cli import main
 from instructemo.infer.hf import score_answers
 from instructemo.metrics import expected_calibration_error
-from test_end_to_end import tiny_config
 
 CONVERSATIONS = [[{"role": "user", "content": f"classify this : {t}"}] for t in
                  ["i feel happy", "so sad and lonely tonight i cried", "wow", "i adore my sweet partner"]]

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from instructemo.balance import oversample_counts, rarest_label_weights
-from instructemo.train import LeftPadCollator, _balanced
 from test_end_to_end import run_cli, tiny_config
+
+from instructemo.balance import balanced_examples, oversample_counts, rarest_label_weights
+from instructemo.batching import LeftPadCollator
 
 
 def test_rarest_label_weights_favour_rare_labels():
@@ -25,10 +25,10 @@ def test_rarest_label_weights_favour_rare_labels():
 def test_balanced_policies():
     sets = [("joy",)] * 8 + [("fear",)] * 2
     rows = [{"i": i} for i in range(10)]
-    assert _balanced("none", sets, rows) is rows
-    weighted = _balanced("loss_weight", sets, rows)
+    assert balanced_examples("none", sets, rows) is rows
+    weighted = balanced_examples("loss_weight", sets, rows)
     assert [r["weight"] for r in weighted][-1] == pytest.approx(4 * weighted[0]["weight"])
-    oversampled = _balanced("oversample", sets, rows)  # weights 0.625 and 2.5
+    oversampled = balanced_examples("oversample", sets, rows)  # weights 0.625 and 2.5
     assert [r["i"] for r in oversampled].count(9) == 2 and [r["i"] for r in oversampled].count(0) == 1
 
 
@@ -134,6 +134,7 @@ def test_selecting_on_a_multi_label_metric_needs_multi_label_data(tmp_path, tiny
 
 # --- score mode: per-label probabilities and thresholds ---------------------------
 
+from test_infer import brute_force_token_loglik  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from instructemo.chat import answer_tokens  # noqa: E402
@@ -141,7 +142,6 @@ from instructemo.infer.hf import score_continuations  # noqa: E402
 from instructemo.infer.multilabel import best_thresholds, label_probabilities  # noqa: E402
 from instructemo.labels import LabelSpace  # noqa: E402
 from instructemo.metrics import binarize  # noqa: E402
-from test_infer import brute_force_token_loglik  # noqa: E402
 
 SPACE = LabelSpace(("joy", "fear", "sadness", "anger"), multi_label=True)
 PROMPTS = [[{"role": "user", "content": f"labels for : {t}"}] for t in ["i feel happy and scared", "so sad", "wow"]]

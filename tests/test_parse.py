@@ -77,7 +77,8 @@ def test_multiword_and_underscored_labels():
     assert parse_labels("positive", space) == ("positive",)
 
 
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st
 
 from instructemo.parse import words  # noqa: E402
 

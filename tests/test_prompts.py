@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from instructemo.data import Record
+from instructemo.records import Record
 from instructemo.errors import UserError
 from instructemo.labels import LabelSpace
 from instructemo.prompts import PromptBuilder, builtin_templates, load_template, render_user_turn

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tiny_causal_lm
+from test_end_to_end import run_cli, tiny_config
+
 from instructemo.config import load_config
 from instructemo.launch import torchrun_command
-from test_end_to_end import run_cli, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emotion_txt
-from instructemo.prompts import load_template
-from instructemo.errors import UserError
 from test_end_to_end import run_cli, tiny_config
+
+from instructemo.errors import UserError
+from instructemo.prompts import load_template
 
 
 def losses(run: Path) -> dict[int, float]:

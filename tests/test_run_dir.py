@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emotion_txt
+from safetensors.torch import load_file, save_file
+from test_end_to_end import run_cli, tiny_config
+
 from instructemo import train
 from instructemo.cli import parse_arguments
 from instructemo.rundir import INCOMPLETE, MANIFEST_FILE, RunDir
-from test_end_to_end import run_cli, tiny_config
 
 
 @pytest.fixture()
@@ -135,14 +135,14 @@ def corrupt_weights_at(monkeypatch, step: int, where: str = "weights") -> None:
             if where == "gradient" and state.global_step + 1 == step:
                 next(p for p in model.parameters() if p.requires_grad).grad.fill_(float("inf"))
 
-    build = train._build_trainer
+    build = train.build_sft_trainer
 
     def build_with_fault(*args, **kwargs):
         trainer = build(*args, **kwargs)
         trainer.add_callback(Corrupt())
         return trainer
 
-    monkeypatch.setattr(train, "_build_trainer", build_with_fault)
+    monkeypatch.setattr(train, "build_sft_trainer", build_with_fault)
 
 
 @pytest.mark.parametrize("where, step, what", [("weights", 5, "the loss is nan"), ("gradient", 6, "a gradient is not finite")])

@@ -2,22 +2,23 @@
 
 import pytest
 import torch
+from conftest import build_tiny_causal_lm
+from test_end_to_end import tiny_config
 
+from instructemo.batching import LeftPadCollator, shared_prompt_length
 from instructemo.config import load_config
 from instructemo.data import load_split
 from instructemo.models import load_causal_lm, load_tokenizer
 from instructemo.prompts import PromptBuilder, load_template
-from instructemo.train import LeftPadCollator, _build_trainer, _shared_prompt_length
-from conftest import build_tiny_causal_lm
-from test_end_to_end import tiny_config
+from instructemo.trainer import build_sft_trainer
 
 
 def test_shared_prompt_length_keeps_the_answer_predicting_position():
     rows = [{"input_ids": [1, 2, 3, 4, 9], "labels": [-100, -100, -100, -100, 9]},
             {"input_ids": [1, 2, 3, 5, 9], "labels": [-100, -100, -100, -100, 9]}]
-    assert _shared_prompt_length(rows) == 3
+    assert shared_prompt_length(rows) == 3
     same = [rows[0], dict(rows[0])]  # identical rows: stop before the position that predicts the answer
-    assert _shared_prompt_length(same) == 3
+    assert shared_prompt_length(same) == 3
     batch = LeftPadCollator(0, share_prefix=True)(rows)
     assert batch["prefix_ids"].tolist() == [[1, 2, 3]]
     assert batch["input_ids"].tolist() == [[4, 9], [5, 9]]
@@ -49,7 +50,7 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, 
     builder = PromptBuilder(tokenizer, load_template(cfg.template, split.template), split.label_space, cfg.cutoff_len)
     examples = [builder.training_example(r) for r in split.records]
     model = load_causal_lm(str(model_dir), flash_attn=attention, bf16=False)
-    trainer = _build_trainer(cfg, model, tokenizer, examples, bf16=False)
+    trainer = build_sft_trainer(cfg, model, tokenizer, examples, bf16=False)
     rows = [trainer.train_dataset[i] for i in range(len(examples))]
     # Rows of different lengths, so the rests are padded in the middle of the sequence.
     assert len({len(r["input_ids"]) for r in rows}) > 1
@@ -93,10 +94,10 @@ def test_cpu_training_picks_eager_attention_and_inference_sdpa():
 
 
 def test_length_grouped_batches_come_in_shuffled_order():
-    from instructemo.train import _epoch_seeded_sampler
+    from instructemo.batching import epoch_seeded_sampler
 
     lengths = [int(x) for x in torch.randint(5, 200, (800,), generator=torch.Generator().manual_seed(1))]
-    sampler = _epoch_seeded_sampler(16, lengths, seed=3)
+    sampler = epoch_seeded_sampler(16, lengths, seed=3)
     first = list(sampler)
     assert sorted(first) == list(range(800))  # every row once
     batches = [first[i : i + 16] for i in range(0, 800, 16)]
@@ -125,7 +126,7 @@ def test_packed_random_batches_train_from_the_command_line(tmp_path, emotion_dir
 
 
 def test_batch_order_auto_is_random_when_rows_are_packed(tmp_path, emotion_dir, tiny_llama):
-    from instructemo.train import trainer_arguments
+    from instructemo.trainer import trainer_arguments
 
     def order(packed: bool, **keys) -> str:
         cfg = load_config(tiny_config(tmp_path, tiny_llama, emotion_dir, **keys))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import build_tiny_llama
 from test_end_to_end import tiny_config
 
@@ -31,7 +30,7 @@ def predictions(path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, request):
     """A tiny model fully fine-tuned on the tiny emotion set, and a LoRA adapter trained on top of it."""
-    from conftest import write_emotion_txt, EMOTION_ROWS
+    from conftest import EMOTION_ROWS, write_emotion_txt
 
     root = tmp_path_factory.mktemp("vllm")
     base = build_tiny_llama(root / "base", hidden_size=128, heads=2)

@@ -8,8 +8,11 @@ row whose rarest label is `anger` (37%), so rare labels are not drowned out.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Sequence
+
+log = logging.getLogger(__name__)
 
 NO_LABEL = "<none>"
 
@@ -27,3 +30,16 @@ def rarest_label_weights(label_sets: Sequence[Sequence[str]]) -> list[float]:
 def oversample_counts(weights: Sequence[float]) -> list[int]:
     """How many copies of each row to train on: its weight rounded, at least one."""
     return [max(1, round(w)) for w in weights]
+
+
+def balanced_examples(policy: str, label_sets: list[tuple[str, ...]], examples: list[dict]) -> list[dict]:
+    """The training rows under a label_balancing policy: as they are, with a loss weight each, or oversampled."""
+    if policy == "none":
+        return examples
+    weights = rarest_label_weights(label_sets)
+    if policy == "loss_weight":
+        log.info("loss weights by rarest label: %.2f to %.2f", min(weights), max(weights))
+        return [{**e, "weight": w} for e, w in zip(examples, weights)]
+    counts = oversample_counts(weights)
+    log.info("oversampling rare labels: %d rows become %d", len(examples), sum(counts))
+    return [e for e, n in zip(examples, counts) for _ in range(n)]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from .atomic import json_text
 from .config import Config
-from .data import default_dev_spec, load_split, reader_options, spec_options, split_source
+from .data import load_run_split, run_spec, split_source
 from .errors import UserError
-from .evaluate import Classifier
+from .infer.classifier import Classifier
 from .infer.multilabel import best_thresholds
 from .metrics import binarize
-from .rundir import THRESHOLDS_FILE, json_text, write_into
+from .rundir import THRESHOLDS_FILE, write_into
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def run_calibrate(cfg: Config) -> dict:
         raise UserError("calibrate picks per-label thresholds for multi-label models; single-label score mode takes the most probable label")
     if classifier.adapter is None:
         raise UserError(f"no trained model in {cfg.output_dir}; run instructemo sft first (or set adapter_name_or_path)")
-    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
-    split = load_split(spec, cfg.dataset_dir, default_split="dev", label_space=space, **reader_options(cfg))
+    spec = run_spec(cfg, "dev")
+    split = load_run_split(cfg, "dev", label_space=space)
     classifier.thresholds = None  # probabilities only; old thresholds play no part
     result = classifier.load().classify([r.text for r in split.records])
     thresholds, f1 = best_thresholds(result.probabilities, binarize([r.labels for r in split.records], space))

@@ -10,25 +10,30 @@ memory (for LoRA, a few MB). After training they are put back before saving.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
+from .atomic import json_text, read_json, write_atomic
+from .config import Config
+from .infer import classify
+from .infer.hf import HFEngine
 from .labels import LabelSpace
 from .metrics import score
-from .parse import parse_labels
-from .rundir import BEST_WEIGHTS_FILE, SELECTION_STATE_FILE, json_text, read_json, write_atomic
+from .rundir import BEST_WEIGHTS_FILE, SELECTION_STATE_FILE
 
 log = logging.getLogger(__name__)
 
 class BestCheckpoint(TrainerCallback):
-    def __init__(self, tokenizer, conversations: list[list[dict]], gold: list[tuple[str, ...]], space: LabelSpace,
-                 *, metric: str, every_steps: int | None, batch_size: int, max_new_tokens: int, source: dict | None = None):
+    def __init__(self, cfg: Config, tokenizer, conversations: list[list[dict]], gold: list[tuple[str, ...]],
+                 space: LabelSpace, source: dict | None = None):
+        # Greedy answers parsed into labels, exactly as generate-eval gets them (infer.classify).
+        self.cfg = dataclasses.replace(cfg, mode="generate", do_sample=False)
         self.tokenizer, self.conversations, self.gold, self.space = tokenizer, conversations, gold, space
-        self.metric, self.every_steps = metric, every_steps
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.metric, self.every_steps = cfg.select_metric, cfg.select_steps
         self.source = source
         self.history: list[dict] = []
         self.best: dict | None = None
@@ -66,14 +71,12 @@ class BestCheckpoint(TrainerCallback):
     def evaluate(self, model, step: int, epoch: float | None) -> None:
         if self.history and self.history[-1]["step"] == step:
             return
-        from .infer.hf import generate
-
         was_training = model.training
         model.eval()
-        answers = generate(model, self.tokenizer, self.conversations, batch_size=self.batch_size,
-                           max_new_tokens=self.max_new_tokens, progress=False)
+        engine = HFEngine.wrapping(self.cfg, model, self.tokenizer, progress=False)
+        predicted = classify(self.cfg, engine, self.conversations, self.space).labels
         model.train(was_training)
-        metrics = score(self.gold, [parse_labels(a, self.space) for a in answers], self.space)
+        metrics = score(self.gold, predicted, self.space)
         point = {"step": step, "epoch": round(epoch or 0.0, 3), self.metric: metrics[self.metric],
                  "invalid_rate": metrics["invalid_rate"]}
         self.history.append(point)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .atomic import json_text, read_json, write_atomic
 from .errors import UserError
 from .plots import pyplot, save_figure
-from .rundir import EVAL_DIR, METRICS_FILE, TRAIN_RESULTS_FILE, RunDir, json_text, read_json, write_atomic
+from .rundir import EVAL_DIR, METRICS_FILE, TRAIN_RESULTS_FILE, RunDir
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,9 @@ import yaml
 
 from .errors import UserError
 
+# The checkout (or installed tree) that holds the project's own templates/ and data/.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
 
 def _key(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
          maximum: float | None = None):

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import json_text, write_atomic
 from .config import Config
-from .data import Split, load_split, reader_options
+from .data import Split, load_run_split
 from .errors import UserError
+from .evaluate import run_generate_eval
 from .metrics import binarize
-from .rundir import CV_DIR, CV_SUMMARY_FILE, CV_SUMMARY_MD_FILE, RunDir, json_text, write_atomic
+from .rundir import CV_DIR, CV_SUMMARY_FILE, CV_SUMMARY_MD_FILE, RunDir
+from .train import run_sft
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,7 @@ def fold_indices(split: Split, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def run_cv(cfg: Config, folds: int) -> dict:
-    from .evaluate import run_generate_eval
-    from .train import run_sft
-
-    data = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples, **reader_options(cfg))
+    data = load_run_split(cfg, "train", max_samples=cfg.max_samples)
     held_out = fold_indices(data, folds, cfg.seed)
     root = RunDir(Path(cfg.output_dir) / CV_DIR, "cv folder")
     root.begin("cv", replace=cfg.overwrite_output_dir)

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibrate import run_calibrate
 from .config import Config
-from .data import Split
+from .data import Split, run_spec
 from .errors import UserError
 from .labels import LabelSpace
 from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
-from .monitor import FailOnDivergence, RunMonitor
+from .monitor import RunMonitor
 from .preflight import check_before_training, start_run
-from .train import adapter_config, save_run, shuffled_length_groups, train_until_done, trainer_arguments
+from .trainer import adapter_config, classifier_trainer, save_run, train_until_done, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,9 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
 
         model = get_peft_model(model, peft_config)  # SEQ_CLS also trains (and saves) the new head in full
     args = TrainingArguments(**trainer_arguments(cfg, bf16))
-    trainer = _classifier_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                      data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_loss_func=classification_loss(weights, space.multi_label))
+    trainer = classifier_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                 data_collator=DataCollatorWithPadding(tokenizer),
+                                 compute_loss_func=classification_loss(weights, space.multi_label))
     run, checkpoint, progress = start_run(cfg, plan.fingerprint)  # only now: a failure to load leaves output_dir as it was
     monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
     trainer.add_callback(monitor)
@@ -134,24 +135,12 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     return run.path
 
 
-def _classifier_trainer_class():
-    from transformers import Trainer
-
-    class ClassifierTrainer(FailOnDivergence, Trainer):
-        _get_train_sampler = shuffled_length_groups
-
-    return ClassifierTrainer
-
-
 def _calibrate_if_dev(cfg: Config, staged_run: Path) -> None:
     """Per-label thresholds from the dev split, when the dataset has one (else every label uses 0.5),
     stored with the staged run so it is complete with them."""
-    from .calibrate import run_calibrate
-    from .data import default_dev_spec, spec_options
-
     if cfg.select_dataset is None:
         try:
-            default_dev_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+            run_spec(cfg, "dev")
         except UserError:
             log.warning("no dev split to choose per-label thresholds on: every label uses 0.5 "
                         "(set select_dataset and run instructemo calibrate to choose them)")

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 from .errors import UserError
 
+
 @dataclass(frozen=True)
 class LabelSpace:
     """The labels of one task, in their canonical order."""

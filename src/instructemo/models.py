@@ -20,6 +20,7 @@ import torch
 
 from .chat import fallback_template
 from .errors import UserError
+from .rundir import ADAPTER_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def require_finite_weights(trained: Path, model=None) -> None:
     An adapter's own file is checked (small); a fully fine-tuned model, all of
     its parameters once loaded.
     """
-    adapter_file = Path(trained) / "adapter_model.safetensors"
+    adapter_file = Path(trained) / ADAPTER_WEIGHTS_FILE
     if adapter_file.is_file():
         from safetensors import safe_open
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .atomic import json_text, write_atomic
 from .errors import UserError
-from .rundir import PROGRESS_FILE, RunDir, json_text, last_complete_checkpoint, write_atomic
+from .rundir import PROGRESS_FILE, RunDir, last_complete_checkpoint
+
 
 class TrainingDiverged(UserError):
     """The loss or a gradient stopped being a finite number."""

@@ -39,6 +39,11 @@ def loss_figure(log_history: list[dict]):
     return fig
 
 
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    """The loss curve written as loss.png."""
+    save_figure(loss_figure(log_history), path)
+
+
 def save_figure(fig, path: Path) -> None:
     """The figure written as a PNG under a temporary name, then renamed into place; the figure is closed."""
     temp = path.with_name(f".{path.name}.tmp.png")

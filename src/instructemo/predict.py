@@ -12,12 +12,13 @@ import io
 import logging
 from pathlib import Path
 
+from .atomic import json_text, write_atomic
 from .config import Config
-from .data import ID_COLUMN_GUESSES, PATH_FORMATS, TEXT_COLUMN_GUESSES, pick_column, read_table
 from .errors import UserError
-from .evaluate import Classifier
 from .html_report import render_predictions
-from .rundir import json_text, write_atomic
+from .infer.classifier import Classifier
+from .readers import ID_COLUMN_GUESSES, TEXT_COLUMN_GUESSES, pick_column, read_table
+from .records import PATH_FORMATS
 
 log = logging.getLogger(__name__)
 

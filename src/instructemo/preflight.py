@@ -14,16 +14,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import torch
 
+from .atomic import json_text
 from .config import Config
-from .data import Split, default_dev_spec, default_eval_spec, load_split, reader_options, spec_options
+from .data import Split, load_run_split
 from .errors import UserError
 from .launch import inside_launcher
 from .prompts import load_template, render_user_turn
-from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, differences, json_text, last_complete_checkpoint
+from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, last_complete_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,12 @@ class TrainingPlan:
 def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPlan:
     """Everything a user can get wrong, checked before a model loads; `train` replaces cfg.dataset's rows (cv folds)."""
     if train is None:
-        train = load_split(cfg.dataset, cfg.dataset_dir, max_samples=cfg.max_samples, **reader_options(cfg))
+        train = load_run_split(cfg, "train", max_samples=cfg.max_samples)
     template = load_template(cfg.template, train.template)
     if cfg.stage == "sft":
         render_user_turn(template, train.records[0].text, train.label_space)  # a template error surfaces now
     if cfg.do_eval:
-        eval_spec = cfg.eval_dataset or default_eval_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
-        load_split(eval_spec, cfg.dataset_dir, default_split="test", label_space=train.label_space,
-                   max_samples=cfg.max_eval_samples, **reader_options(cfg))
+        load_run_split(cfg, "eval", label_space=train.label_space, max_samples=cfg.max_eval_samples)
     select = _selection_split(cfg, train) if cfg.select_best else None
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
@@ -161,6 +161,21 @@ def _selection_split(cfg: Config, train: Split) -> Split:
     """The dev rows that pick the checkpoint, checked before any model loads."""
     if cfg.select_metric in ("jaccard", "exact_match") and not train.label_space.multi_label:
         raise UserError(f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy")
-    spec = cfg.select_dataset or default_dev_spec(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
-    return load_split(spec, cfg.dataset_dir, default_split="dev", label_space=train.label_space,
-                      max_samples=cfg.max_select_samples, **reader_options(cfg))
+    return load_run_split(cfg, "dev", label_space=train.label_space, max_samples=cfg.max_select_samples)
+
+
+def differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two fingerprints (nested dicts), e.g. "learning_rate 0.0001 -> 0.0005"."""
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+    return changes
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."

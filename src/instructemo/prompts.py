@@ -7,9 +7,10 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .data import PROJECT_ROOT, Record
+from .config import PROJECT_ROOT
 from .errors import UserError
 from .labels import LabelSpace
+from .records import Record
 
 TEMPLATE_DIR = PROJECT_ROOT / "templates"
 # Templates may come from strangers: the sandbox keeps them from reaching Python internals.

@@ -10,16 +10,17 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from .plots import loss_figure, save_figure
+from .atomic import json_text, jsonl_text, write_atomic
+from .html_report import render
 from .rundir import (
-    METRICS_FILE, PREDICTIONS_FILE, REPORT_HTML_FILE, REPORT_MD_FILE, SKIPPED_ROWS_FILE, RunDir, json_text, jsonl_text,
-    skipped_rows_text, write_atomic,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_HTML_FILE,
+    REPORT_MD_FILE,
+    SKIPPED_ROWS_FILE,
+    RunDir,
+    skipped_rows_text,
 )
-
-
-def plot_loss(log_history: list[dict], path: Path) -> None:
-    """The loss curve written as a PNG."""
-    save_figure(loss_figure(log_history), path)
 
 
 def check_eval_dir(out_dir: Path) -> None:
@@ -34,8 +35,6 @@ def write_eval_outputs(out_dir: Path, rows: Iterable[dict], metrics: dict, conte
     They replace the previous evaluation in out_dir all together: staged, then
     moved into place, the folder marked complete last.
     """
-    from .html_report import render
-
     rows = list(rows)
     files = {
         PREDICTIONS_FILE: jsonl_text(rows),

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
+from .atomic import json_text, jsonl_text, read_json, write_atomic
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,61 +56,15 @@ CV_DIR = "cv"
 CV_SUMMARY_FILE = "summary.json"
 CV_SUMMARY_MD_FILE = "summary.md"
 
+# transformers' and peft's names for a saved model, which other tools read too.
+MODEL_CONFIG_FILE = "config.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
 STAGING_DIR = ".instructemo-staging"
 COMPLETE, INCOMPLETE = "complete", "incomplete"
 KINDS = {"train": "training run", "eval": "evaluation", "cv": "cross-validation", "compare": "comparison"}
-
-
-# --- strict, atomic files ----------------------------------------------------------
-
-
-def _finite(value: Any) -> Any:
-    """The value with every NaN or infinity replaced by None, so the JSON written is strict."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def json_text(value: Any, indent: int | None = 2) -> str:
-    """Strict JSON (no NaN or Infinity, which most JSON readers reject): non-finite numbers become null."""
-    return json.dumps(_finite(value), indent=indent, ensure_ascii=False, allow_nan=False)
-
-
-def jsonl_text(rows: Iterable[Any]) -> str:
-    return "".join(json_text(row, indent=None) + "\n" for row in rows)
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(text.encode("utf-8") if isinstance(text, str) else text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file a run wrote; a damaged one, or one holding NaN, is a one-line error, not a traceback."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not strict JSON ({exc}); it is damaged or from a broken run: run the step that "
-                        "writes it again") from None
 
 
 def skipped_rows_text(skipped) -> str:
@@ -382,18 +335,36 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def differences(before: dict, now: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two fingerprints (nested dicts), e.g. "learning_rate 0.0001 -> 0.0005"."""
-    changes = []
-    for key in sorted(set(before) | set(now)):
-        a, b = before.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
-    return changes
+
+# --- the saved model -------------------------------------------------------------------
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 40 else text[:37] + "..."
+def saved_model_kind(directory: Path | None) -> str | None:
+    """What a trained run's directory holds: "full" (a fine-tuned model, config.json), "adapter" (a peft adapter for
+    the base model, adapter_config.json), or None. The one answer every engine and verb uses."""
+    if directory is None:
+        return None
+    if (directory / MODEL_CONFIG_FILE).is_file():
+        return "full"
+    if (directory / ADAPTER_CONFIG_FILE).is_file():
+        return "adapter"
+    return None
+
+
+def adapter_settings(directory: Path) -> dict:
+    """The adapter's peft config (peft_type, r, ...)."""
+    return read_json(directory / ADAPTER_CONFIG_FILE)
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return (directory / TOKENIZER_CONFIG_FILE).is_file()
+
+
+def saved_stage(directory: Path | None, configured: str) -> str:
+    """sft or cls: what the trained run in `directory` is (its saved config says), else the configured stage."""
+    path = directory / CONFIG_FILE if directory is not None else None
+    if path is not None and path.is_file():
+        import yaml
+
+        return (yaml.safe_load(path.read_text()) or {}).get("stage", "sft")
+    return configured

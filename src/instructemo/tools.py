@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import Config
-from .data import find_file, load_registry, load_split
+from .data import load_registry, load_split
 from .errors import UserError
+from .infer.classifier import Classifier, find_adapter, trained_label_space
+from .infer.dense import DenseEngine
+from .infer.hf import load_for_inference
+from .models import resolve_model_path, save_atomically
+from .readers import find_file
+from .rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, saved_stage
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,6 @@ def print_datasets(listing: list[dict], out=None) -> None:
 
 def classify_texts(cfg: Config, texts: Iterable[str]) -> list[dict]:
     """Labels with probabilities (score mode) for each text, in order; an empty text gets no label (labels None)."""
-    from .evaluate import Classifier
-
     texts = list(texts)
     todo = [i for i, t in enumerate(texts) if t.strip()]
     if not todo:
@@ -92,12 +96,6 @@ def print_classified(results: list[dict], out=None) -> None:
 
 def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
     """The base with the trained adapter merged in, saved as a standalone HF directory (safetensors)."""
-    from .evaluate import find_adapter, trained_label_space
-    from .infer.dense import DenseEngine, run_stage
-    from .infer.hf import load_for_inference
-    from .models import resolve_model_path, save_atomically
-    from .rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE
-
     if gguf:
         raise UserError("--gguf: no well-kept GGUF converter ships with instructemo; export without --gguf, then run "
                         "llama.cpp's convert_hf_to_gguf.py on the exported directory")
@@ -109,7 +107,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
     if output.exists() and any(output.iterdir()):
         raise UserError(f"--output {output} is not empty; choose a new directory")
     base = resolve_model_path(cfg.model_name_or_path)
-    if run_stage(adapter, cfg.stage) == "cls":
+    if saved_stage(adapter, cfg.stage) == "cls":
         engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, trained_label_space(cfg, adapter)[0], bf16=False)
         model, tokenizer = engine.model, engine.tokenizer
     else:

@@ -9,9 +9,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..batching import longest_first
 from ..errors import UserError
 from ..labels import LabelSpace
 from ..models import load_sequence_classifier, load_tokenizer, require_finite_weights
+from ..rundir import saved_model_kind
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class DenseEngine:
         self.batch_size = cfg.per_device_eval_batch_size
         self.cutoff_len = cfg.cutoff_len
         self.multi_label = space.multi_label
-        full_model = not (adapter / "adapter_config.json").is_file()
+        full_model = saved_model_kind(adapter) == "full"
         if not full_model:
             require_finite_weights(adapter)
         self.tokenizer = load_tokenizer(str(adapter), trust_remote_code=cfg.trust_remote_code, chat=False)
@@ -49,24 +51,10 @@ class DenseEngine:
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Rows x labels: softmax over the labels (single-label) or each label's sigmoid (multi-label)."""
         encoded = self.tokenizer(texts, truncation=True, max_length=self.cutoff_len)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
         out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float64)
-        for start in tqdm(range(0, len(order), self.batch_size), desc="classifying", unit="batch"):
-            chunk = order[start : start + self.batch_size]
+        for chunk in tqdm(longest_first([len(ids) for ids in encoded], self.batch_size), desc="classifying", unit="batch"):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
             logits = self.model(**batch.to(self.model.device)).logits.float()
             probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
             out[chunk] = probs.cpu().numpy()
         return out
-
-
-def run_stage(adapter: Path | None, configured: str) -> str:
-    """sft or cls: what the trained run in `adapter` is (its saved config says), else the configured stage."""
-    from ..rundir import CONFIG_FILE
-
-    path = adapter / CONFIG_FILE if adapter is not None else None
-    if path is not None and path.is_file():
-        import yaml
-
-        return (yaml.safe_load(path.read_text()) or {}).get("stage", "sft")
-    return configured

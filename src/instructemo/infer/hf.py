@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..batching import (
+    additive_mask,
+    common_prefix_length,
+    encode_prefix,
+    left_padded,
+    longest_first,
+    positions_after,
+    repeat_cache,
+)
 from ..chat import answer_tokens, prompt_text, prompt_token_ids, stop_token_ids, until_stop
 from ..errors import UserError
 from ..models import load_causal_lm, load_tokenizer, require_finite_weights
+from ..rundir import has_tokenizer, saved_model_kind
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +30,21 @@ class HFEngine:
     """transformers: batched greedy generation, and label scoring with shared prompt caches."""
 
     def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
-        self.cfg = cfg
-        self.model, self.tokenizer = load_for_inference(
+        model, tokenizer = load_for_inference(
             base_path, adapter, flash_attn=cfg.flash_attn, bf16=bf16,
             trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
         )
+        self._use(cfg, model, tokenizer)
+
+    @classmethod
+    def wrapping(cls, cfg, model, tokenizer, progress: bool = True) -> "HFEngine":
+        """An engine over a model already in memory (the one being trained, for checkpoint selection)."""
+        engine = cls.__new__(cls)
+        engine._use(cfg, model, tokenizer, progress)
+        return engine
+
+    def _use(self, cfg, model, tokenizer, progress: bool = True) -> None:
+        self.cfg, self.model, self.tokenizer, self.progress = cfg, model, tokenizer, progress
 
     unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
 
@@ -34,7 +53,7 @@ class HFEngine:
         answers, stops = generate_ids(
             self.model, self.tokenizer, conversations, batch_size=cfg.per_device_eval_batch_size,
             max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            top_p=cfg.top_p, seed=cfg.seed,
+            top_p=cfg.top_p, seed=cfg.seed, progress=self.progress,
         )
         self.unfinished = sum(not ids or ids[-1] not in stops for ids in answers)
         return decode_answers(self.tokenizer, answers, stops)
@@ -51,11 +70,12 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
                        trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer): the base alone, base + adapter merged, or a fully fine-tuned directory."""
     options = dict(flash_attn=flash_attn, bf16=bf16, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    if adapter_dir is not None and (adapter_dir / "config.json").is_file():
+    kind = saved_model_kind(adapter_dir)
+    if kind == "full":
         model = load_causal_lm(str(adapter_dir), **options)
         require_finite_weights(adapter_dir, model)
         return model, load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
-    if adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file():
+    if adapter_dir is not None and kind is None:
         raise UserError(f"{adapter_dir} holds neither an adapter nor a model; train first or fix adapter_name_or_path")
     if adapter_dir is not None:
         require_finite_weights(adapter_dir)
@@ -66,8 +86,8 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
 
     # Merged weights generate as fast as the base model.
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    return model, load_tokenizer(str(adapter_dir) if has_tokenizer else base_path, trust_remote_code=trust_remote_code)
+    tokenizer_path = str(adapter_dir) if has_tokenizer(adapter_dir) else base_path
+    return model, load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
 
 
 def generate(
@@ -94,8 +114,6 @@ def generate_ids(
     tokenizer.padding_side = "left"
     prompts = [prompt_text(tokenizer, c) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    # Similar lengths share a batch, so little compute goes to padding.
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     stop_ids = stop_token_ids(tokenizer, model.generation_config)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     if do_sample:
@@ -103,8 +121,7 @@ def generate_ids(
     answers: list[list[int]] = [[] for _ in prompts]
     model.eval()
     with tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in longest_first(lengths, batch_size):
             batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
             batch = batch.to(model.device)
             output = model.generate(
@@ -115,15 +132,6 @@ def generate_ids(
                 answers[i] = until_stop(row, stop_ids)  # finished rows are padded to the batch's longest
             bar.update(len(chunk))
     return answers, stop_ids
-
-
-def common_prefix_length(token_lists: list[list[int]]) -> int:
-    shortest = min(len(t) for t in token_lists)
-    first = token_lists[0]
-    for i in range(shortest - 1):  # every prompt keeps at least one token of its own
-        if any(t[i] != first[i] for t in token_lists):
-            return i
-    return shortest - 1
 
 
 def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:
@@ -149,12 +157,10 @@ def score_continuations(model, contexts: list[list[int]], continuations: list[li
     device = model.device
     prefix_len = common_prefix_length(contexts)
     model.eval()  # before the prefix is encoded: no dropout in the cache every row reuses
-    prefix_cache = model(torch.tensor([contexts[0][:prefix_len]], device=device), use_cache=True).past_key_values if prefix_len else None
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    prefix_cache = encode_prefix(model, torch.tensor([contexts[0][:prefix_len]], device=device)) if prefix_len else None
     scores = torch.zeros(len(contexts), len(continuations))
     with _attention_that_takes_a_mask(model), tqdm(total=len(contexts), desc="scoring", unit="ex") as progress:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in longest_first([len(c) for c in contexts], batch_size):
             rests = [contexts[i][prefix_len:] for i in chunk]
             scores[chunk] = _score_batch(model, rests, prefix_len, prefix_cache, tree, pad_id)
             progress.update(len(chunk))
@@ -193,13 +199,9 @@ class AnswerTree:
 def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, tree: AnswerTree, pad_id: int) -> torch.Tensor:
     """One row per prompt: [left padding][prompt tokens after the shared prefix][every answer's tokens]."""
     batch, width, answers = len(rests), max(len(r) for r in rests), tree.width
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    real = torch.zeros((batch, width), dtype=torch.bool)
-    for row, rest in enumerate(rests):
-        input_ids[row, width - len(rest) :] = torch.tensor(rest)
-        real[row, width - len(rest) :] = True
+    input_ids, real = left_padded(rests, pad_id)
     input_ids = torch.cat([input_ids, tree.input_ids.expand(batch, -1)], dim=1)
-    positions = prefix_len + (real.long().cumsum(-1) - 1).clamp(min=0)
+    positions = positions_after(real, prefix_len)
     positions = torch.cat([positions, positions[:, -1:] + tree.depth], dim=1)
 
     # allowed[b, query, key] over [prefix | prompt rest | answers]; every query sees itself, so no row is empty.
@@ -211,13 +213,8 @@ def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, t
     allowed[:, width:, prefix_len : prefix_len + width] = real[:, None, :]
     allowed[:, width:, prefix_len + width :] = tree.visible
     allowed[:, :, prefix_len:] |= torch.eye(length, dtype=torch.bool)
-    dtype = model.dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-    cache = None
-    if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(batch)
+    mask = additive_mask(allowed, model.dtype)
+    cache = repeat_cache(prefix_cache, batch) if prefix_cache is not None else None
     device = model.device
     logits = model(
         input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),

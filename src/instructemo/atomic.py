@@ -1,0 +1,71 @@
+"""Strict JSON and atomic writes: a file instructemo writes is whole or absent, never half-written.
+
+Every file goes to a temporary name beside its target, is flushed to disk and
+renamed into place. JSON is strict (no NaN or Infinity, which most readers
+reject), and a damaged JSON file is a one-line error that says what to rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UserError
+
+
+def _finite(value: Any) -> Any:
+    """The value with every NaN or infinity replaced by None, so the JSON written is strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON (no NaN or Infinity, which most JSON readers reject): non-finite numbers become null."""
+    return json.dumps(_finite(value), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    return "".join(json_text(row, indent=None) + "\n" for row in rows)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(text.encode("utf-8") if isinstance(text, str) else text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file a run wrote; a damaged one, or one holding NaN, is a one-line error, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not strict JSON ({exc}); it is damaged or from a broken run: run the step that "
+                        "writes it again") from None
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The rows of a JSONL file a run wrote (trainer_log.jsonl)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,112 @@
+"""A trained run as a classifier: texts in, labels (and probabilities) out.
+
+`Classifier` finds the run (adapter, fully fine-tuned model or classification
+head) and its label space, thresholds and template, loads the configured
+engine, and classifies; generate-eval, predict and calibrate all go through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import read_json
+from ..config import Config
+from ..data import resolve_label_space, spec_options
+from ..errors import UserError
+from ..labels import LabelSpace
+from ..models import resolve_model_path, use_bf16
+from ..prompts import PromptBuilder, load_template, render_user_turn
+from ..rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, RunDir, saved_model_kind, saved_stage
+from . import classify, classify_dense, load_engine, threshold_rule
+from .dense import DenseEngine
+
+log = logging.getLogger(__name__)
+
+
+def find_adapter(cfg: Config) -> Path | None:
+    """The trained adapter or model to evaluate, or None for the base model alone (zero-shot)."""
+    if cfg.adapter_name_or_path:
+        path = Path(cfg.adapter_name_or_path)
+        if not path.is_dir():
+            raise UserError(f"adapter_name_or_path {path} not found; point it at a training output_dir")
+        RunDir(path).require_complete()
+        return path
+    output_dir = Path(cfg.output_dir)
+    run = RunDir(output_dir)
+    run.require_complete()  # never the base model in place of a run that did not finish
+    if saved_model_kind(output_dir) is not None:
+        return output_dir
+    if run.manifest() is not None:
+        raise UserError(f"the run in {output_dir} has no adapter_config.json or config.json: its model files are gone; "
+                        "train it again with overwrite_output_dir: true")
+    return None
+
+
+def trained_label_space(cfg: Config, adapter: Path | None) -> tuple[LabelSpace, str]:
+    """The label space the model was trained on, else the training dataset's; and the default template."""
+    space, template = resolve_label_space(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+    if adapter is not None and (adapter / LABEL_SPACE_FILE).is_file():
+        space = LabelSpace.from_dict(read_json(adapter / LABEL_SPACE_FILE), str(adapter / LABEL_SPACE_FILE))
+    return space, template
+
+
+def load_thresholds(adapter: Path | None, space: LabelSpace):
+    """Per-label thresholds calibrated by `instructemo calibrate`, in label order, or None."""
+    path = adapter / THRESHOLDS_FILE if adapter is not None else None
+    if path is None or not path.is_file():
+        return None
+    stored = read_json(path)["thresholds"]
+    if set(stored) != set(space.names):
+        raise UserError(f"{path} holds thresholds for other labels than the model's; run instructemo calibrate again")
+    return np.array([stored[n] for n in space.names])
+
+
+class Classifier:
+    """A loaded model with its prompts and label space: texts in, labels (and probabilities) out."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.adapter = find_adapter(cfg)
+        self.space, default_template = trained_label_space(cfg, self.adapter)
+        self.template = load_template(cfg.template, default_template)
+        self.bf16 = use_bf16(cfg.bf16)
+        self.thresholds = load_thresholds(self.adapter, self.space)
+        if self.thresholds is not None and cfg.score_threshold is not None:
+            log.warning("score_threshold %g is not used: %s holds per-label thresholds calibrated by instructemo "
+                        "calibrate, which take precedence; remove that file to use one threshold for every label",
+                        cfg.score_threshold, self.adapter / THRESHOLDS_FILE)
+        self.stage = saved_stage(self.adapter, cfg.stage)
+        if self.stage == "sft":
+            render_user_turn(self.template, "a text", self.space)  # a template error surfaces before the model loads
+
+    def threshold_record(self) -> dict | None:
+        """For metrics.json: the multi-label thresholds used and where they came from (None where none apply)."""
+        if not self.space.multi_label or self.mode == "generate":
+            return None
+        source, values = threshold_rule(self.space, self.thresholds, self.cfg.score_threshold)
+        return {"source": source, "values": {n: float(t) for n, t in zip(self.space.names, values)}}
+
+    @property
+    def mode(self) -> str:
+        """What produced the labels: generate or score (stage sft), or cls (a classification head)."""
+        return "cls" if self.stage == "cls" else self.cfg.mode
+
+    def load(self) -> "Classifier":
+        """Load the model; separate from __init__ so input checks run first."""
+        base = resolve_model_path(self.cfg.model_name_or_path)
+        if self.stage == "cls":
+            self.engine = DenseEngine(self.cfg, base, self.adapter, self.space, self.bf16)
+            return self
+        if self.adapter is None:
+            log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
+        self.engine = load_engine(self.cfg, base, self.adapter, self.bf16)
+        self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
+        return self
+
+    def classify(self, texts: list[str]):
+        if self.stage == "cls":
+            return classify_dense(self.cfg, self.engine, texts, self.space, self.thresholds)
+        return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space, self.thresholds)
