@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +37,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/instructemo sft examples/smollm2_emotion.yaml do_eval=true overwrite_output_dir=true $(ARGS)
 
-test: $(STAMP)
+# The shape first (seconds): lint, format, and imports that point one way (pyproject.toml [tool.importlinter]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q $(ARGS)
 
 clean:

@@ -51,9 +51,11 @@ def main() -> None:
     commands: list[str] = []
     compared: list[Path] = []
 
-    dense = [("minilm-cls", "examples/minilm_cls_emotion.yaml", []),
-             ("minilm-cls-balanced", "examples/minilm_cls_emotion.yaml", ["class_weights=balanced"]),
-             ("smollm2-cls", "examples/smollm2_cls_emotion.yaml", [])]
+    dense = [
+        ("minilm-cls", "examples/minilm_cls_emotion.yaml", []),
+        ("minilm-cls-balanced", "examples/minilm_cls_emotion.yaml", ["class_weights=balanced"]),
+        ("smollm2-cls", "examples/smollm2_cls_emotion.yaml", []),
+    ]
     for name, config, extra in dense:
         overrides = [f"output_dir={out / name}", "overwrite_output_dir=true", *extra]
         run([exe, "sft", config, *overrides], commands)
@@ -67,7 +69,17 @@ def main() -> None:
     for mode in ("generate", "score"):
         eval_dir = generative / f"eval-hf-{mode}"
         if not (eval_dir / "metrics.json").is_file():
-            run([exe, "generate-eval", config, f"output_dir={generative}", f"eval_output_dir={eval_dir}", f"mode={mode}"], commands)
+            run(
+                [
+                    exe,
+                    "generate-eval",
+                    config,
+                    f"output_dir={generative}",
+                    f"eval_output_dir={eval_dir}",
+                    f"mode={mode}",
+                ],
+                commands,
+            )
         compared.append(eval_dir)
 
     table_dir = out / "compare"
@@ -75,7 +87,8 @@ def main() -> None:
     rows = json.loads((table_dir / "compare.json").read_text())
     result = {
         "benchmark": "dair-ai emotion, first 4000 train rows, 1 epoch; 2000-row test split; one scorer for all runs",
-        "command": "python bench/dense_vs_generative.py" + (f" --generative-run {args.generative_run}" if args.generative_run else ""),
+        "command": "python bench/dense_vs_generative.py"
+        + (f" --generative-run {args.generative_run}" if args.generative_run else ""),
         "commands": commands,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "runs": rows,

@@ -50,7 +50,11 @@ def main() -> None:
         "benchmark": "SmolLM2-135M-Instruct LoRA r16/a32 all-linear, dair-ai emotion, first 4000 train rows, 1 epoch; 2000-row test split",
         "commands": [" ".join(["instructemo", *sft[1:]]), " ".join(["instructemo", *evaluate[1:]])],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "wall_seconds": {"sft": round(train_seconds, 1), "generate_eval": round(eval_seconds, 1), "total": round(train_seconds + eval_seconds, 1)},
+        "wall_seconds": {
+            "sft": round(train_seconds, 1),
+            "generate_eval": round(eval_seconds, 1),
+            "total": round(train_seconds + eval_seconds, 1),
+        },
         "train": train,
         "eval": {k: m[k] for k in ("n", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate")},
         "eval_examples_per_second": metrics["examples_per_second"],

@@ -21,7 +21,10 @@ from result_file import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "families_emotion.json"
-MODELS = {"SmolLM2-135M-Instruct": "examples/smollm2_emotion.yaml", "Gemma 3 270M (base)": "examples/gemma3_emotion.yaml"}
+MODELS = {
+    "SmolLM2-135M-Instruct": "examples/smollm2_emotion.yaml",
+    "Gemma 3 270M (base)": "examples/gemma3_emotion.yaml",
+}
 
 # Runs one command and prints its wall time and the peak resident memory of its process tree.
 MEASURE = """
@@ -65,20 +68,35 @@ def main() -> None:
         by_mode = {}
         for mode, folder in (("generate", "eval-generate"), ("score", "eval-score")):
             m = json.loads((scratch / folder / "metrics.json").read_text())
-            by_mode[mode] = {"accuracy": round(m["metrics"]["accuracy"], 4), "macro_f1": round(m["metrics"]["macro_f1"], 4),
-                             "invalid_rate": m["metrics"]["invalid_rate"], "predict_examples_per_second": m["examples_per_second"]}
-        rows.append({
-            "model": name, "config": config,
-            "train_examples_per_second": results["train_examples_per_second"], "train_seconds": results["train_seconds"],
-            "final_loss": results["final_loss"], "mean_loss": results["mean_loss"],
-            "peak_rss_gib": {"sft": train["peak_rss_gib"], "generate": gen["peak_rss_gib"], "score": sco["peak_rss_gib"]},
-            "wall_seconds": {"sft": train["seconds"], "generate": gen["seconds"], "score": sco["seconds"]},
-            **by_mode,
-        })
+            by_mode[mode] = {
+                "accuracy": round(m["metrics"]["accuracy"], 4),
+                "macro_f1": round(m["metrics"]["macro_f1"], 4),
+                "invalid_rate": m["metrics"]["invalid_rate"],
+                "predict_examples_per_second": m["examples_per_second"],
+            }
+        rows.append(
+            {
+                "model": name,
+                "config": config,
+                "train_examples_per_second": results["train_examples_per_second"],
+                "train_seconds": results["train_seconds"],
+                "final_loss": results["final_loss"],
+                "mean_loss": results["mean_loss"],
+                "peak_rss_gib": {
+                    "sft": train["peak_rss_gib"],
+                    "generate": gen["peak_rss_gib"],
+                    "score": sco["peak_rss_gib"],
+                },
+                "wall_seconds": {"sft": train["seconds"], "generate": gen["seconds"], "score": sco["seconds"]},
+                **by_mode,
+            }
+        )
         commands += [" ".join(["instructemo", *c[1:]]) for c in (sft, generate, score)]
     result = {
-        "benchmark": (f"LoRA r16/a32 all-linear, lr 5e-4, batch 16, 1 epoch on the first {args.train_rows} dair-ai emotion "
-                      f"train rows; greedy generate and score mode on the first {args.eval_rows} test rows; this CPU (2 cores)"),
+        "benchmark": (
+            f"LoRA r16/a32 all-linear, lr 5e-4, batch 16, 1 epoch on the first {args.train_rows} dair-ai emotion "
+            f"train rows; greedy generate and score mode on the first {args.eval_rows} test rows; this CPU (2 cores)"
+        ),
         "command": f"python bench/families.py --train-rows {args.train_rows} --eval-rows {args.eval_rows}",
         "commands": commands,
         "rows": rows,

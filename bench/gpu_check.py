@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def run(name: str, args: list[str], work: Path, log: list[str]) -> dict:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "instructemo.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=420)
+    done = subprocess.run(
+        [sys.executable, "-m", "instructemo.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=420
+    )
     seconds = round(time.perf_counter() - started, 1)
     log.append(f"$ instructemo {' '.join(args)}\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
     last = (done.stderr.strip().splitlines() or [""])[-1]
@@ -44,8 +46,13 @@ def run(name: str, args: list[str], work: Path, log: list[str]) -> dict:
 
 def metrics(path: Path) -> dict:
     m = json.loads(path.read_text())
-    return {"accuracy": m["metrics"]["accuracy"], "invalid_rate": m["metrics"]["invalid_rate"], "backend": m["backend"],
-            "mode": m["mode"], "examples_per_second": m["examples_per_second"]}
+    return {
+        "accuracy": m["metrics"]["accuracy"],
+        "invalid_rate": m["metrics"]["invalid_rate"],
+        "backend": m["backend"],
+        "mode": m["mode"],
+        "examples_per_second": m["examples_per_second"],
+    }
 
 
 def missing(*modules: str) -> str | None:
@@ -69,9 +76,16 @@ def main() -> None:
     gpus = torch.cuda.device_count()
     result = {
         "command": "bash bench/gpu_check.sh",
-        "machine": {"gpus": gpus, "gpu": torch.cuda.get_device_name(0) if gpus else None, "torch": torch.__version__,
-                    "python": platform.python_version()},
-        "packages": {m: (importlib.util.find_spec(m) is not None) for m in ("flash_attn", "bitsandbytes", "vllm", "deepspeed", "trl", "peft")},
+        "machine": {
+            "gpus": gpus,
+            "gpu": torch.cuda.get_device_name(0) if gpus else None,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "packages": {
+            m: (importlib.util.find_spec(m) is not None)
+            for m in ("flash_attn", "bitsandbytes", "vllm", "deepspeed", "trl", "peft")
+        },
         "checks": {},
     }
     log: list[str] = []
@@ -79,7 +93,9 @@ def main() -> None:
     data = work / "data"
     write_emotion_txt(data / "emotion" / "train.txt", EMOTION_ROWS * 8)
     write_emotion_txt(data / "emotion" / "test.txt")
-    common = dict(num_train_epochs=6, learning_rate=2e-3, per_device_train_batch_size=8, cutoff_len=64, max_new_tokens=4)
+    common = dict(
+        num_train_epochs=6, learning_rate=2e-3, per_device_train_batch_size=8, cutoff_len=64, max_new_tokens=4
+    )
     checks = result["checks"]
 
     bf16 = gpus > 0
@@ -106,7 +122,12 @@ def main() -> None:
         lora = sft_then_eval("sdpa_lora_sft", None, flash_attn="sdpa", bf16=bf16)
     sft_then_eval("qlora_4bit_sft", missing("bitsandbytes"), cuda_only=True, finetuning_type="qlora", bf16=True)
     if lora:
-        step = run("score_mode", ["generate-eval", lora, "mode=score", f"eval_output_dir={Path(lora).parent / 'run' / 'score'}"], work, log)
+        step = run(
+            "score_mode",
+            ["generate-eval", lora, "mode=score", f"eval_output_dir={Path(lora).parent / 'run' / 'score'}"],
+            work,
+            log,
+        )
         checks["score_mode"] = {**step, "ok": step["rc"] == 0}
         if step["rc"] == 0:
             checks["score_mode"]["metrics"] = metrics(Path(lora).parent / "run" / "score" / "metrics.json")
@@ -115,14 +136,30 @@ def main() -> None:
             checks["vllm_cuda_lora"] = {"skipped": reason}
         else:
             out = Path(lora).parent / "run" / "vllm"
-            step = run("vllm", ["generate-eval", lora, "backend=vllm", "vllm_merge_lora=false", "gpu_memory_utilization=0.3",
-                                f"eval_output_dir={out}"], work, log)
+            step = run(
+                "vllm",
+                [
+                    "generate-eval",
+                    lora,
+                    "backend=vllm",
+                    "vllm_merge_lora=false",
+                    "gpu_memory_utilization=0.3",
+                    f"eval_output_dir={out}",
+                ],
+                work,
+                log,
+            )
             checks["vllm_cuda_lora"] = {**step, "ok": step["rc"] == 0}
             if step["rc"] == 0:
                 checks["vllm_cuda_lora"]["metrics"] = metrics(out / "metrics.json")
     nproc = 2 if gpus >= 2 else 1
-    sft_then_eval("deepspeed_zero3", missing("deepspeed"), deepspeed=str(ROOT / "examples/deepspeed/ds_z3.json"),
-                  nproc_per_node=nproc, bf16=bf16)
+    sft_then_eval(
+        "deepspeed_zero3",
+        missing("deepspeed"),
+        deepspeed=str(ROOT / "examples/deepspeed/ds_z3.json"),
+        nproc_per_node=nproc,
+        bf16=bf16,
+    )
     if "deepspeed_zero3" in checks:
         checks["deepspeed_zero3"]["processes"] = nproc
     result["all_run_checks_ok"] = all(c.get("ok") for c in checks.values() if "skipped" not in c)

@@ -40,8 +40,16 @@ def main() -> None:
     for run in filter(None, args.runs.split(",")):
         backend, mode = run.split(":")
         out_dir = f"{args.adapter}/infer-{backend}-{mode}"
-        command = [exe, "generate-eval", CONFIG, f"output_dir={args.adapter}", f"eval_output_dir={out_dir}",
-                   f"backend={backend}", f"mode={mode}", f"per_device_eval_batch_size={args.batch_size}"]
+        command = [
+            exe,
+            "generate-eval",
+            CONFIG,
+            f"output_dir={args.adapter}",
+            f"eval_output_dir={out_dir}",
+            f"backend={backend}",
+            f"mode={mode}",
+            f"per_device_eval_batch_size={args.batch_size}",
+        ]
         print("$", " ".join(command), flush=True)
         started = time.perf_counter()
         subprocess.run(command, cwd=ROOT, check=True)
@@ -53,15 +61,20 @@ def main() -> None:
             "examples_per_second": metrics["examples_per_second"],
             "inference_seconds": metrics["inference_seconds"],
             "command_wall_seconds": round(wall, 1),
-            "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "invalid_rate": m["invalid_rate"],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "invalid_rate": m["invalid_rate"],
             **({"ece": m["ece"]} if "ece" in m else {}),
         }
         write_summary(results)  # after every run, so an interrupted benchmark keeps what it measured
 
 
 def write_summary(results: dict) -> None:
-    summary = {"benchmark": "2000-row dair-ai emotion test split, SmolLM2-135M-Instruct + the foundation LoRA adapter",
-               "machine": {"cpus": os.cpu_count()}, "runs": results}
+    summary = {
+        "benchmark": "2000-row dair-ai emotion test split, SmolLM2-135M-Instruct + the foundation LoRA adapter",
+        "machine": {"cpus": os.cpu_count()},
+        "runs": results,
+    }
     base = results.get("hf:generate")
     if base:
         summary["speedup_vs_hf_generate"] = {

@@ -56,20 +56,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from instructemo.data import load_split  # noqa: E402
-from instructemo.readers import shared_data_dir  # noqa: E402
 from instructemo.metrics import score  # noqa: E402
 from instructemo.models import load_tokenizer, resolve_model_path  # noqa: E402
 from instructemo.parse import parse_labels  # noqa: E402
 from instructemo.prompts import PromptBuilder, load_template  # noqa: E402
+from instructemo.readers import shared_data_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "peer_llamafactory.json"
 CONFIG = "examples/smollm2_emotion.yaml"
 PEER_VERSION = "llamafactory==0.9.5"
 TRAIN_ROWS, CUTOFF = 4000, 256
 SETTINGS = {
-    "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.0, "per_device_train_batch_size": 16,
-    "gradient_accumulation_steps": 1, "learning_rate": 5.0e-4, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
-    "warmup_steps": 10, "cutoff_len": CUTOFF,
+    "lora_rank": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "per_device_train_batch_size": 16,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 5.0e-4,
+    "num_train_epochs": 1,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 10,
+    "cutoff_len": CUTOFF,
 }
 EVAL_BATCH, MAX_NEW_TOKENS = 32, 8
 
@@ -89,8 +96,11 @@ def measured(command: list[str], scratch: Path, name: str, env: dict | None = No
     record = scratch / f"{name}.measure.json"
     subprocess.run([sys.executable, "-c", MEASURE, str(record), *command], cwd=ROOT, env=env, check=True)
     result = json.loads(record.read_text())
-    return {"command": " ".join(command), "wall_seconds": round(result["wall_seconds"], 1),
-            "peak_rss_gib": round(result["peak_rss_gib"], 2)}
+    return {
+        "command": " ".join(command),
+        "wall_seconds": round(result["wall_seconds"], 1),
+        "peak_rss_gib": round(result["peak_rss_gib"], 2),
+    }
 
 
 def install_peer(venv: Path) -> None:
@@ -110,9 +120,16 @@ def peer_env(scratch: Path) -> dict:
     stubs.mkdir(parents=True, exist_ok=True)
     (stubs / "__init__.py").write_text("# text-only runs: LLaMA-Factory imports torchaudio but never calls it here\n")
     caches = scratch / "cache"
-    return {**os.environ, "PYTHONPATH": str(scratch / "stubs"), "HF_HOME": str(caches / "hf"),
-            "HF_HUB_OFFLINE": "1", "MPLCONFIGDIR": str(caches / "mpl"), "DISABLE_VERSION_CHECK": "1",
-            "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(scratch / "stubs"),
+        "HF_HOME": str(caches / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "MPLCONFIGDIR": str(caches / "mpl"),
+        "DISABLE_VERSION_CHECK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_DISABLED": "true",
+    }
 
 
 def write_alpaca(model_path: str, data_dir: Path, train_rows: int, test_rows: int | None) -> tuple[list, object, float]:
@@ -124,19 +141,37 @@ def write_alpaca(model_path: str, data_dir: Path, train_rows: int, test_rows: in
     builder = PromptBuilder(tokenizer, load_template("auto", train.template), train.label_space, CUTOFF)
 
     def rows(split):
-        return [{"instruction": builder.prompt(r.text)[0]["content"], "input": "", "output": train.label_space.answer(r.labels)}
-                for r in split.records]
+        return [
+            {
+                "instruction": builder.prompt(r.text)[0]["content"],
+                "input": "",
+                "output": train.label_space.answer(r.labels),
+            }
+            for r in split.records
+        ]
 
     data_dir.mkdir(parents=True, exist_ok=True)
     train_rows = rows(train)
     for name, items in (("emotion_train", train_rows), ("emotion_test", rows(test))):
         (data_dir / f"{name}.json").write_text(json.dumps(items))
-    info = {name: {"file_name": f"{name}.json", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
-            for name in ("emotion_train", "emotion_test")}
+    info = {
+        name: {
+            "file_name": f"{name}.json",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+        for name in ("emotion_train", "emotion_test")
+    }
     (data_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    tokens = [len(tokenizer.apply_chat_template(
-        [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}], tokenize=True, return_dict=False))
-        for r in train_rows]
+    tokens = [
+        len(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}],
+                tokenize=True,
+                return_dict=False,
+            )
+        )
+        for r in train_rows
+    ]
     return [r.labels for r in test.records], train.label_space, sum(tokens) / len(tokens)
 
 
@@ -165,21 +200,55 @@ def bf16_view(model_path: str, scratch: Path) -> str:
 
 
 def peer_configs(model_path: str, data_dir: Path, folder: Path, seed: int) -> tuple[Path, Path]:
-    common = {"model_name_or_path": model_path, "template": "smollm2", "dataset_dir": str(data_dir),
-              "cutoff_len": CUTOFF, "bf16": True, "use_cpu": True, "report_to": "none", "overwrite_output_dir": True,
-              "preprocessing_num_workers": 1, "dataloader_num_workers": 0, "seed": seed}
+    common = {
+        "model_name_or_path": model_path,
+        "template": "smollm2",
+        "dataset_dir": str(data_dir),
+        "cutoff_len": CUTOFF,
+        "bf16": True,
+        "use_cpu": True,
+        "report_to": "none",
+        "overwrite_output_dir": True,
+        "preprocessing_num_workers": 1,
+        "dataloader_num_workers": 0,
+        "seed": seed,
+    }
     adapter = folder / "llamafactory-adapter"
-    train = {**common, "stage": "sft", "do_train": True, "finetuning_type": "lora", "lora_target": "all",
-             "lora_rank": SETTINGS["lora_rank"], "lora_alpha": SETTINGS["lora_alpha"], "lora_dropout": SETTINGS["lora_dropout"],
-             "dataset": "emotion_train", "per_device_train_batch_size": SETTINGS["per_device_train_batch_size"],
-             "gradient_accumulation_steps": SETTINGS["gradient_accumulation_steps"], "learning_rate": SETTINGS["learning_rate"],
-             "num_train_epochs": SETTINGS["num_train_epochs"], "lr_scheduler_type": SETTINGS["lr_scheduler_type"],
-             "warmup_steps": SETTINGS["warmup_steps"], "disable_gradient_checkpointing": True, "logging_steps": 10,
-             "save_strategy": "no", "output_dir": str(adapter), "plot_loss": False}
-    predict = {**common, "stage": "sft", "do_predict": True, "predict_with_generate": True, "finetuning_type": "lora",
-               "adapter_name_or_path": str(adapter), "eval_dataset": "emotion_test",
-               "per_device_eval_batch_size": EVAL_BATCH, "do_sample": False, "max_new_tokens": MAX_NEW_TOKENS,
-               "output_dir": str(folder / "llamafactory-predict")}
+    train = {
+        **common,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "lora_rank": SETTINGS["lora_rank"],
+        "lora_alpha": SETTINGS["lora_alpha"],
+        "lora_dropout": SETTINGS["lora_dropout"],
+        "dataset": "emotion_train",
+        "per_device_train_batch_size": SETTINGS["per_device_train_batch_size"],
+        "gradient_accumulation_steps": SETTINGS["gradient_accumulation_steps"],
+        "learning_rate": SETTINGS["learning_rate"],
+        "num_train_epochs": SETTINGS["num_train_epochs"],
+        "lr_scheduler_type": SETTINGS["lr_scheduler_type"],
+        "warmup_steps": SETTINGS["warmup_steps"],
+        "disable_gradient_checkpointing": True,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "output_dir": str(adapter),
+        "plot_loss": False,
+    }
+    predict = {
+        **common,
+        "stage": "sft",
+        "do_predict": True,
+        "predict_with_generate": True,
+        "finetuning_type": "lora",
+        "adapter_name_or_path": str(adapter),
+        "eval_dataset": "emotion_test",
+        "per_device_eval_batch_size": EVAL_BATCH,
+        "do_sample": False,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "output_dir": str(folder / "llamafactory-predict"),
+    }
     # YAML: its JSON config reader is broken in 0.9.5 (json.load on a Path).
     paths = folder / "llamafactory-train.yaml", folder / "llamafactory-predict.yaml"
     for path, values in zip(paths, (train, predict)):
@@ -187,7 +256,9 @@ def peer_configs(model_path: str, data_dir: Path, folder: Path, seed: int) -> tu
     return paths
 
 
-def run_peer(venv: Path, scratch: Path, folder: Path, seed: int, model_path: str, gold, space, tokens_per_row: float) -> dict:
+def run_peer(
+    venv: Path, scratch: Path, folder: Path, seed: int, model_path: str, gold, space, tokens_per_row: float
+) -> dict:
     env = peer_env(scratch)
     train_config, predict_config = peer_configs(bf16_view(model_path, scratch), scratch / "data", folder, seed)
     cli = str(venv / "bin" / "llamafactory-cli")
@@ -201,38 +272,85 @@ def run_peer(venv: Path, scratch: Path, folder: Path, seed: int, model_path: str
     examples_per_second = train_metrics["train_samples_per_second"]
     return {
         "version": PEER_VERSION,
-        "train": {**train, "train_seconds": round(train_metrics["train_runtime"], 1), "examples_per_second": examples_per_second,
-                  "tokens_per_second": round(examples_per_second * tokens_per_row, 1), "final_loss": train_metrics.get("train_loss")},
-        "predict": {**predict, "mode": "generate (greedy)", "examples_per_second": predict_metrics["predict_samples_per_second"],
-                    "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "invalid_rate": m["invalid_rate"], "n": m["n"]},
+        "train": {
+            **train,
+            "train_seconds": round(train_metrics["train_runtime"], 1),
+            "examples_per_second": examples_per_second,
+            "tokens_per_second": round(examples_per_second * tokens_per_row, 1),
+            "final_loss": train_metrics.get("train_loss"),
+        },
+        "predict": {
+            **predict,
+            "mode": "generate (greedy)",
+            "examples_per_second": predict_metrics["predict_samples_per_second"],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "invalid_rate": m["invalid_rate"],
+            "n": m["n"],
+        },
     }
 
 
-def run_ours(folder: Path, seed: int, tokens_per_row: float, sample_overrides: list[str], evaluations: list[str],
-             variant: str | None = None, options: list[str] = ()) -> dict:
+def run_ours(
+    folder: Path,
+    seed: int,
+    tokens_per_row: float,
+    sample_overrides: list[str],
+    evaluations: list[str],
+    variant: str | None = None,
+    options: list[str] = (),
+) -> dict:
     exe = str(Path(sys.executable).with_name("instructemo"))
     name = f"instructemo-{variant}" if variant else "instructemo-run"
     out = folder / name
     overrides = [f"output_dir={out}", "overwrite_output_dir=true", f"seed={seed}", *options, *sample_overrides]
     train = measured([exe, "sft", CONFIG, *overrides], folder, f"{name}-train")
     summary = json.loads((out / "train_results.json").read_text())
-    ours = {"train": {**train, "train_seconds": summary["train_seconds"], "examples_per_second": summary["train_examples_per_second"],
-                      "tokens_per_second": round(summary["train_examples_per_second"] * tokens_per_row, 1), "final_loss": summary["mean_loss"]},
-            "predict": {}}
+    ours = {
+        "train": {
+            **train,
+            "train_seconds": summary["train_seconds"],
+            "examples_per_second": summary["train_examples_per_second"],
+            "tokens_per_second": round(summary["train_examples_per_second"] * tokens_per_row, 1),
+            "final_loss": summary["mean_loss"],
+        },
+        "predict": {},
+    }
     for evaluation in evaluations:
         backend, mode = evaluation.split(":")
         eval_dir = out / f"eval-{backend}-{mode}"
-        run = measured([exe, "generate-eval", CONFIG, f"output_dir={out}", f"eval_output_dir={eval_dir}", f"backend={backend}",
-                        f"mode={mode}", f"per_device_eval_batch_size={EVAL_BATCH}", f"max_new_tokens={MAX_NEW_TOKENS}", *sample_overrides],
-                       folder, f"{name}-{backend}-{mode}")
+        run = measured(
+            [
+                exe,
+                "generate-eval",
+                CONFIG,
+                f"output_dir={out}",
+                f"eval_output_dir={eval_dir}",
+                f"backend={backend}",
+                f"mode={mode}",
+                f"per_device_eval_batch_size={EVAL_BATCH}",
+                f"max_new_tokens={MAX_NEW_TOKENS}",
+                *sample_overrides,
+            ],
+            folder,
+            f"{name}-{backend}-{mode}",
+        )
         metrics = json.loads((eval_dir / "metrics.json").read_text())
         m = metrics["metrics"]
-        ours["predict"][f"{backend}:{mode}"] = {**run, "examples_per_second": metrics["examples_per_second"],
-                                                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "invalid_rate": m["invalid_rate"], "n": m["n"]}
+        ours["predict"][f"{backend}:{mode}"] = {
+            **run,
+            "examples_per_second": metrics["examples_per_second"],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "invalid_rate": m["invalid_rate"],
+            "n": m["n"],
+        }
     return ours
 
 
-def peer_seed(args, venv: Path, scratch: Path, folder: Path, seed: int, model_path: str, gold, space, tokens_per_row: float) -> dict:
+def peer_seed(
+    args, venv: Path, scratch: Path, folder: Path, seed: int, model_path: str, gold, space, tokens_per_row: float
+) -> dict:
     """LLaMA-Factory's record for one seed: trained now, or with --reuse-peer-runs the one a finished run left."""
     record = folder / "llamafactory.json"
     if args.reuse_peer_runs and record.is_file():
@@ -244,8 +362,11 @@ def peer_seed(args, venv: Path, scratch: Path, folder: Path, seed: int, model_pa
 
 
 def spread(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4), "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-            "values": values}
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+        "values": values,
+    }
 
 
 def summarise(runs: dict[int, dict]) -> dict:
@@ -255,37 +376,63 @@ def summarise(runs: dict[int, dict]) -> dict:
     modes = [m for m in ours[0]["predict"] if all(m in o["predict"] for o in ours)]
     first = ours[0]["predict"]
     best = max(first, key=lambda k: first[k]["examples_per_second"])
-    accuracy = {"llamafactory": spread([p["predict"]["accuracy"] for p in peer]),
-                **{f"instructemo {m}": spread([o["predict"][m]["accuracy"] for o in ours]) for m in modes}}
-    macro_f1 = {"llamafactory": spread([p["predict"]["macro_f1"] for p in peer]),
-                **{f"instructemo {m}": spread([o["predict"][m]["macro_f1"] for o in ours]) for m in modes}}
-    train_speed = {"llamafactory": spread([p["train"]["examples_per_second"] for p in peer]),
-                   "instructemo": spread([o["train"]["examples_per_second"] for o in ours])}
+    accuracy = {
+        "llamafactory": spread([p["predict"]["accuracy"] for p in peer]),
+        **{f"instructemo {m}": spread([o["predict"][m]["accuracy"] for o in ours]) for m in modes},
+    }
+    macro_f1 = {
+        "llamafactory": spread([p["predict"]["macro_f1"] for p in peer]),
+        **{f"instructemo {m}": spread([o["predict"][m]["macro_f1"] for o in ours]) for m in modes},
+    }
+    train_speed = {
+        "llamafactory": spread([p["train"]["examples_per_second"] for p in peer]),
+        "instructemo": spread([o["train"]["examples_per_second"] for o in ours]),
+    }
     ratios = {
         "train_examples_per_second": round(train_speed["instructemo"]["mean"] / train_speed["llamafactory"]["mean"], 2),
-        "predict_examples_per_second_best_mode": round(first[best]["examples_per_second"] / peer[0]["predict"]["examples_per_second"], 2),
+        "predict_examples_per_second_best_mode": round(
+            first[best]["examples_per_second"] / peer[0]["predict"]["examples_per_second"], 2
+        ),
         "predict_best_mode": best,
         "peak_rss_train": round(ours[0]["train"]["peak_rss_gib"] / peer[0]["train"]["peak_rss_gib"], 2),
-        "mean_accuracy_difference_best_mode": round(accuracy[f"instructemo {best}"]["mean"] - accuracy["llamafactory"]["mean"], 4)
-        if best in modes else None,
+        "mean_accuracy_difference_best_mode": round(
+            accuracy[f"instructemo {best}"]["mean"] - accuracy["llamafactory"]["mean"], 4
+        )
+        if best in modes
+        else None,
     }
     if "hf:generate" in modes:
-        ratios["mean_accuracy_difference_hf_generate"] = round(accuracy["instructemo hf:generate"]["mean"] - accuracy["llamafactory"]["mean"], 4)
-    return {"accuracy_over_seeds": accuracy, "macro_f1_over_seeds": macro_f1, "train_examples_per_second_over_seeds": train_speed,
-            "ratios": ratios}
+        ratios["mean_accuracy_difference_hf_generate"] = round(
+            accuracy["instructemo hf:generate"]["mean"] - accuracy["llamafactory"]["mean"], 4
+        )
+    return {
+        "accuracy_over_seeds": accuracy,
+        "macro_f1_over_seeds": macro_f1,
+        "train_examples_per_second_over_seeds": train_speed,
+        "ratios": ratios,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="42", help="comma-separated training seeds, both frameworks train once per seed")
-    parser.add_argument("--reuse-peer-runs", action="store_true", help="take a seed's finished LLaMA-Factory run instead of training it again")
+    parser.add_argument(
+        "--seeds", default="42", help="comma-separated training seeds, both frameworks train once per seed"
+    )
+    parser.add_argument(
+        "--reuse-peer-runs",
+        action="store_true",
+        help="take a seed's finished LLaMA-Factory run instead of training it again",
+    )
     parser.add_argument("--scratch", default=".scratch/peer", help="scratch folder for the peer's venv, data and runs")
     parser.add_argument("--skip-install", action="store_true", help="use the peer venv as it is")
     parser.add_argument("--smoke", action="store_true", help="64 train and 64 test rows: check the harness runs")
     parser.add_argument("--variant", help="name of an instructemo training option to compare (needs --ours-overrides)")
     parser.add_argument("--ours-overrides", default="", help="comma-separated key=value for instructemo's training")
-    parser.add_argument("--evaluations", help="comma-separated backend:mode runs per seed (default hf:generate,hf:score; "
-                                              "vllm:generate too for the first seed)")
+    parser.add_argument(
+        "--evaluations",
+        help="comma-separated backend:mode runs per seed (default hf:generate,hf:score; "
+        "vllm:generate too for the first seed)",
+    )
     args = parser.parse_args()
     options = [o for o in args.ours_overrides.split(",") if o.strip()]
     if bool(args.variant) != bool(options):
@@ -306,29 +453,38 @@ def main() -> None:
         folder = scratch / (f"smoke-seed-{seed}" if args.smoke else f"seed-{seed}")
         folder.mkdir(parents=True, exist_ok=True)
         peer = peer_seed(args, venv, scratch, folder, seed, model_path, gold, space, tokens_per_row)
-        evaluations = (args.evaluations.split(",") if args.evaluations
-                       else ["hf:generate", "hf:score"] + (["vllm:generate"] if n == 0 else []))
+        evaluations = (
+            args.evaluations.split(",")
+            if args.evaluations
+            else ["hf:generate", "hf:score"] + (["vllm:generate"] if n == 0 else [])
+        )
         ours = run_ours(folder, seed, tokens_per_row, sample_overrides, evaluations, args.variant, options)
         runs[seed] = {"llamafactory": peer, "instructemo": ours}
     summary = summarise(runs)
     ratios = summary["ratios"]
-    command = f"python bench/peer.py --seeds {','.join(map(str, seeds))}" + (" --reuse-peer-runs" if args.reuse_peer_runs else "")
+    command = f"python bench/peer.py --seeds {','.join(map(str, seeds))}" + (
+        " --reuse-peer-runs" if args.reuse_peer_runs else ""
+    )
     if args.variant:
         command += f" --variant {args.variant} --ours-overrides {','.join(options)}"
     if args.evaluations:
         command += f" --evaluations {args.evaluations}"
     result = {
         "benchmark": "instructemo vs LLaMA-Factory: SmolLM2-135M-Instruct LoRA r16/a32 all-linear, first 4000 dair-ai emotion "
-                     "train rows, 1 epoch, batch 16, lr 5e-4 cosine, cutoff 256, bf16; 2000-row test split, greedy",
+        "train rows, 1 epoch, batch 16, lr 5e-4 cosine, cutoff 256, bf16; 2000-row test split, greedy",
         "command": command + (" --smoke" if args.smoke else ""),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": SETTINGS, "instructemo_overrides": options, "seeds": seeds, "tokens_per_training_row": round(tokens_per_row, 1),
+        "settings": SETTINGS,
+        "instructemo_overrides": options,
+        "seeds": seeds,
+        "tokens_per_training_row": round(tokens_per_row, 1),
         **summary,
         "targets": {"train_ratio_at_least": 1.5, "predict_ratio_at_least": 3.0, "mean_accuracy_at_least_peer": True},
         "targets_met": {
             "train": ratios["train_examples_per_second"] >= 1.5,
             "predict": ratios["predict_examples_per_second_best_mode"] >= 3.0,
-            "accuracy": ratios["mean_accuracy_difference_best_mode"] is not None and ratios["mean_accuracy_difference_best_mode"] >= 0,
+            "accuracy": ratios["mean_accuracy_difference_best_mode"] is not None
+            and ratios["mean_accuracy_difference_best_mode"] >= 0,
         },
         "runs": {str(seed): run for seed, run in runs.items()},
     }

@@ -62,18 +62,32 @@ def main() -> None:
     base = [CONFIG, f"output_dir={args.output_dir}"]
     steps = {
         "sft": [exe, "sft", *base],
-        "generate_eval_generate": [exe, "generate-eval", *base, "mode=generate", f"eval_output_dir={args.output_dir}/eval-generate"],
+        "generate_eval_generate": [
+            exe,
+            "generate-eval",
+            *base,
+            "mode=generate",
+            f"eval_output_dir={args.output_dir}/eval-generate",
+        ],
         "calibrate": [exe, "calibrate", *base],
-        "generate_eval_score": [exe, "generate-eval", *base, "mode=score", f"eval_output_dir={args.output_dir}/eval-score"],
+        "generate_eval_score": [
+            exe,
+            "generate-eval",
+            *base,
+            "mode=score",
+            f"eval_output_dir={args.output_dir}/eval-score",
+        ],
     }
     result = json.loads(RESULTS.read_text()) if args.skip_train and RESULTS.is_file() else {}
-    result.update({
-        "benchmark": "SemEval-2018 E-c, SmolLM2-135M-Instruct LoRA r16/a32 all-linear, loss_weight balancing, 1 epoch on "
-                     "the 6838 train tweets, best dev macro-F1 checkpoint; metrics on the 886-tweet dev split",
-        "commands": [" ".join(["instructemo", *c[1:]]) for c in steps.values()],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "targets": TARGETS,
-    })
+    result.update(
+        {
+            "benchmark": "SemEval-2018 E-c, SmolLM2-135M-Instruct LoRA r16/a32 all-linear, loss_weight balancing, 1 epoch on "
+            "the 6838 train tweets, best dev macro-F1 checkpoint; metrics on the 886-tweet dev split",
+            "commands": [" ".join(["instructemo", *c[1:]]) for c in steps.values()],
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "targets": TARGETS,
+        }
+    )
     result.setdefault("wall_seconds", {})
     if args.skip_train:
         steps.pop("sft")

@@ -49,8 +49,14 @@ def shared_data() -> Path:
     return path
 
 
-def tiny_tokenizer(specials=("<unk>", "<|im_start|>", "<|im_end|>", "<pad>"), *, bos="<|im_start|>", eos="<|im_end|>",
-                   pad="<pad>", extra_words=""):
+def tiny_tokenizer(
+    specials=("<unk>", "<|im_start|>", "<|im_end|>", "<pad>"),
+    *,
+    bos="<|im_start|>",
+    eos="<|im_end|>",
+    pad="<pad>",
+    extra_words="",
+):
     """A word-level tokenizer over the test texts, labels and templates: (tokenizer, vocab).
 
     `specials` come first and are special tokens (a model family's turn markers);
@@ -63,7 +69,12 @@ def tiny_tokenizer(specials=("<unk>", "<|im_start|>", "<|im_end|>", "<pad>"), *,
 
     specials = list(dict.fromkeys(["<unk>", *specials]))
     corpus = " ".join([t for t, _ in EMOTION_ROWS] + [l for _, l in EMOTION_ROWS])
-    corpus += " user assistant system none " + extra_words + " " + " ".join(p.read_text() for p in TEMPLATE_DIR.glob("*.jinja"))
+    corpus += (
+        " user assistant system none "
+        + extra_words
+        + " "
+        + " ".join(p.read_text() for p in TEMPLATE_DIR.glob("*.jinja"))
+    )
     words = sorted(set(re.findall(r"\w+|[^\w\s]", corpus.lower())))
     vocab = {token: i for i, token in enumerate(specials + words)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -71,7 +82,11 @@ def tiny_tokenizer(specials=("<unk>", "<|im_start|>", "<|im_end|>", "<pad>"), *,
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     named = {bos, eos, pad, "<unk>"}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", eos_token=eos, pad_token=pad, bos_token=bos,
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        eos_token=eos,
+        pad_token=pad,
+        bos_token=bos,
         additional_special_tokens=[t for t in specials if t not in named],
     )
     return tokenizer, vocab
@@ -84,10 +99,13 @@ def build_tiny_encoder(directory: Path, model_type: str = "bert", hidden_size: i
 
     tokenizer, vocab = tiny_tokenizer()
     sizes = {"distilbert": dict(dim=hidden_size, n_layers=2, n_heads=4, hidden_dim=2 * hidden_size)}.get(
-        model_type, dict(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden_size))
+        model_type,
+        dict(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden_size),
+    )
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=len(vocab), max_position_embeddings=520,
-                                  pad_token_id=vocab["<pad>"], **sizes)
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(vocab), max_position_embeddings=520, pad_token_id=vocab["<pad>"], **sizes
+    )
     AutoModel.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -103,10 +121,19 @@ def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size
     tokenizer.chat_template = CHATML
     torch.manual_seed(0)
     config = AutoConfig.for_model(
-        model_type, vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-        head_dim=hidden_size // heads, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=vocab["<|im_start|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"],
+        model_type,
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=hidden_size // heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=vocab["<|im_start|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<pad>"],
     )
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = vocab["<|im_end|>"]

@@ -12,7 +12,9 @@ def write(tmp_path, text):
 
 
 def test_defaults_and_overrides(tmp_path):
-    cfg = load_config(write(tmp_path, "dataset: emotion\nlora_rank: 4\nwarmup_steps: 5\n"), ["learning_rate=2e-4", "do_eval=true"])
+    cfg = load_config(
+        write(tmp_path, "dataset: emotion\nlora_rank: 4\nwarmup_steps: 5\n"), ["learning_rate=2e-4", "do_eval=true"]
+    )
     assert cfg.lora_rank == 4
     assert cfg.learning_rate == pytest.approx(2e-4)
     assert cfg.do_eval is True

@@ -6,7 +6,7 @@ from conftest import EMOTION_ROWS, write_emotion_txt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from instructemo import data, readers
+from instructemo import readers
 from instructemo.data import default_eval_spec, load_registry, load_split, resolve_label_space
 from instructemo.errors import UserError
 
@@ -62,8 +62,11 @@ def registry(tmp_path, text):
 
 def test_semicolon_without_header(tmp_path):
     write_emotion_txt(tmp_path / "e.txt", header=False)
-    registry(tmp_path, "mine:\n  format: semicolon\n  header: false\n  splits: {train: e.txt}\n"
-             "  labels: {names: [sadness, joy, love, anger, fear, surprise]}\n")
+    registry(
+        tmp_path,
+        "mine:\n  format: semicolon\n  header: false\n  splits: {train: e.txt}\n"
+        "  labels: {names: [sadness, joy, love, anger, fear, surprise]}\n",
+    )
     split = load_split("mine", tmp_path)
     assert len(split.records) == len(EMOTION_ROWS)
     assert split.records[0].text == EMOTION_ROWS[0][0]
@@ -82,14 +85,19 @@ def test_a_txt_file_with_another_header_does_not_train_on_it(tmp_path, caplog):
 
 def test_semicolon_splits_on_the_last_semicolon(tmp_path):
     (tmp_path / "e.txt").write_text("a;b;joy\n")
-    registry(tmp_path, "mine:\n  format: semicolon\n  header: false\n  splits: {train: e.txt}\n  labels: {names: [joy]}\n")
+    registry(
+        tmp_path, "mine:\n  format: semicolon\n  header: false\n  splits: {train: e.txt}\n  labels: {names: [joy]}\n"
+    )
     assert load_split("mine", tmp_path).records[0].text == "a;b"
 
 
 def test_tsv_binary_with_crlf(tmp_path):
     (tmp_path / "s.tsv").write_bytes(b"ID\tTweet\tx\ty\r\n1\thello \xe2\x80\xa8 there\t1\t0\r\n2\tnothing\t0\t0\r\n")
-    registry(tmp_path, "mine:\n  format: tsv_binary\n  text_column: Tweet\n  id_column: ID\n  splits: {train: s.tsv}\n"
-             "  labels: {names: [x, y], multi_label: true}\n")
+    registry(
+        tmp_path,
+        "mine:\n  format: tsv_binary\n  text_column: Tweet\n  id_column: ID\n  splits: {train: s.tsv}\n"
+        "  labels: {names: [x, y], multi_label: true}\n",
+    )
     records = load_split("mine", tmp_path).records
     assert [(r.id, r.labels) for r in records] == [("1", ("x",)), ("2", ())]
     assert records[0].text == "hello \u2028 there"  # U+2028 is not a line end
@@ -98,16 +106,25 @@ def test_tsv_binary_with_crlf(tmp_path):
 def test_tsv_ids_with_names_file_and_quotes(tmp_path):
     (tmp_path / "names.txt").write_text("x\ny\nz")
     (tmp_path / "g.tsv").write_text('plain text\t0,2\tid1\n"she said ""hi"""\t1\tid2\n')
-    registry(tmp_path, "mine:\n  format: tsv_ids\n  names_file: names.txt\n  splits: {train: g.tsv}\n"
-             "  labels: {names: [x, y, z], multi_label: true}\n")
+    registry(
+        tmp_path,
+        "mine:\n  format: tsv_ids\n  names_file: names.txt\n  splits: {train: g.tsv}\n"
+        "  labels: {names: [x, y, z], multi_label: true}\n",
+    )
     records = load_split("mine", tmp_path).records
-    assert [(r.text, r.labels, r.id) for r in records] == [("plain text", ("x", "z"), "id1"), ('she said "hi"', ("y",), "id2")]
+    assert [(r.text, r.labels, r.id) for r in records] == [
+        ("plain text", ("x", "z"), "id1"),
+        ('she said "hi"', ("y",), "id2"),
+    ]
 
 
 def test_csv_with_where_filter_and_multilabel_cells(tmp_path):
     (tmp_path / "d.csv").write_text('text,label,fold\n"hello, world","x,y",a\nbye,y,b\n')
-    registry(tmp_path, "mine:\n  format: csv\n  splits: {train: {file: d.csv, where: {fold: a}}, test: {file: d.csv, where: {fold: b}}}\n"
-             "  labels: {names: [x, y], multi_label: true}\n")
+    registry(
+        tmp_path,
+        "mine:\n  format: csv\n  splits: {train: {file: d.csv, where: {fold: a}}, test: {file: d.csv, where: {fold: b}}}\n"
+        "  labels: {names: [x, y], multi_label: true}\n",
+    )
     assert [r.labels for r in load_split("mine", tmp_path).records] == [("x", "y")]
     assert [r.text for r in load_split("mine:test", tmp_path).records] == ["bye"]
     assert default_eval_spec("mine", tmp_path) == "mine:test"
@@ -150,7 +167,12 @@ def test_dataset_dir_is_searched_before_shared(emotion_dir):
 
 def test_hub_fallback_maps_class_labels(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["sadness", "joy", "love", "anger", "fear", "surprise"])})
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["sadness", "joy", "love", "anger", "fear", "surprise"]),
+        }
+    )
     calls = []
 
     def fake_load_dataset(repo, config, split):
@@ -223,16 +245,26 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path, content, message):
 @pytest.mark.parametrize(
     "files, entry, message",
     [
-        ({"d.csv": "words,label\nhi,x\n"}, "format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}",
-         r"missing column\(s\) \['text'\]"),
-        ({"d.csv": "text,label\nok,x\ntoo,many,fields\n"}, "format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}",
-         r"d.csv:3: expected 2 fields"),
-        ({"s.tsv": "Tweet\tx\nhello\tyes\n"},
-         "format: tsv_binary\n  text_column: Tweet\n  splits: {train: s.tsv}\n  labels: {names: [x], multi_label: true}",
-         r"s.tsv:2: column 'x' must be 0 or 1"),
-        ({"names.txt": "x\ny", "g.tsv": "text\t5\tid\n"},
-         "format: tsv_ids\n  names_file: names.txt\n  splits: {train: g.tsv}\n  labels: {names: [x, y], multi_label: true}",
-         r"g.tsv:1: label id '5' is not an index"),
+        (
+            {"d.csv": "words,label\nhi,x\n"},
+            "format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}",
+            r"missing column\(s\) \['text'\]",
+        ),
+        (
+            {"d.csv": "text,label\nok,x\ntoo,many,fields\n"},
+            "format: csv\n  splits: {train: d.csv}\n  labels: {names: [x]}",
+            r"d.csv:3: expected 2 fields",
+        ),
+        (
+            {"s.tsv": "Tweet\tx\nhello\tyes\n"},
+            "format: tsv_binary\n  text_column: Tweet\n  splits: {train: s.tsv}\n  labels: {names: [x], multi_label: true}",
+            r"s.tsv:2: column 'x' must be 0 or 1",
+        ),
+        (
+            {"names.txt": "x\ny", "g.tsv": "text\t5\tid\n"},
+            "format: tsv_ids\n  names_file: names.txt\n  splits: {train: g.tsv}\n  labels: {names: [x, y], multi_label: true}",
+            r"g.tsv:1: label id '5' is not an index",
+        ),
     ],
 )
 def test_bad_files_of_a_registry_entry(tmp_path, files, entry, message):
@@ -254,10 +286,10 @@ def test_bad_registry_entry(tmp_path):
 BAD_ROWS = (
     b"text;label_name\n"
     b"i am happy;joy\n"
-    b" ;joy\n"                      # 3: empty text
-    b"i am bored;boredom\n"         # 4: label outside the space
-    b"no separator here\n"          # 5: wrong number of fields
-    b"bad \xff byte;joy\n"          # 6: invalid UTF-8
+    b" ;joy\n"  # 3: empty text
+    b"i am bored;boredom\n"  # 4: label outside the space
+    b"no separator here\n"  # 5: wrong number of fields
+    b"bad \xff byte;joy\n"  # 6: invalid UTF-8
     b"i am sad;sadness\n"
 )
 
@@ -272,12 +304,16 @@ def test_every_kind_of_bad_row_is_counted_with_its_line(tmp_path):
     assert [r.text for r in split.records] == ["i am happy", "i am sad"]
     reasons = {row.source.rsplit(":", 1)[1]: row.reason for row in split.skipped}
     assert set(reasons) == {"3", "4", "5", "6"}
-    assert reasons["3"] == "empty text" and "boredom" in reasons["4"] and "';'" in reasons["5"] and "UTF-8" in reasons["6"]
+    assert (
+        reasons["3"] == "empty text" and "boredom" in reasons["4"] and "';'" in reasons["5"] and "UTF-8" in reasons["6"]
+    )
 
 
 def test_repeated_ids_are_bad_rows(tmp_path):
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"id": i, "text": t, "label": "x"}) + "\n" for i, t in [(1, "a"), (2, "b"), (1, "c")]))
+    data.write_text(
+        "".join(json.dumps({"id": i, "text": t, "label": "x"}) + "\n" for i, t in [(1, "a"), (2, "b"), (1, "c")])
+    )
     with pytest.raises(UserError, match=r"d.jsonl:3: id '1' repeats the row at .*d.jsonl:1"):
         load_split(str(data), tmp_path)
     assert [r.text for r in load_split(str(data), tmp_path, on_bad_rows="skip").records] == ["a", "b"]

@@ -27,6 +27,16 @@ def test_balanced_weights_single_label_follow_scikit_learn():
     assert weights[EMOTIONS.index("fear")] > weights[EMOTIONS.index("joy")]
 
 
+def test_balanced_weights_with_an_absent_class_average_one_over_the_rows():
+    space = LabelSpace(EMOTIONS, multi_label=False)
+    rows = [("joy",)] * 6 + [("sadness",)] * 2  # four classes absent
+    weights = class_weights("balanced", space, rows)
+    assert weights[EMOTIONS.index("joy")] == pytest.approx(8 / (2 * 6))
+    assert weights[EMOTIONS.index("sadness")] == pytest.approx(8 / (2 * 2))
+    assert weights[EMOTIONS.index("love")] == 1.0  # absent: its weight never enters the loss
+    assert sum(weights[EMOTIONS.index(r[0])] for r in rows) == pytest.approx(len(rows))
+
+
 def test_balanced_weights_multi_label_are_negative_over_positive():
     space = LabelSpace(("anger", "joy", "trust"), multi_label=True)
     rows = [("anger",), ("anger", "joy"), (), ("joy",)]
@@ -54,7 +64,9 @@ def test_weighted_loss_matches_the_definition():
     logp = logits.log_softmax(-1)
     assert ce.item() == pytest.approx(((-logp[0, 0] * 1 - logp[1, 1] * 4) / 2).item(), rel=1e-6)
     # Half of an accumulated batch of 4 rows: the same sum over 4.
-    assert classification_loss(weights, multi_label=False)(outputs, labels, num_items_in_batch=4).item() == pytest.approx(ce.item() / 2)
+    assert classification_loss(weights, multi_label=False)(
+        outputs, labels, num_items_in_batch=4
+    ).item() == pytest.approx(ce.item() / 2)
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     bce = classification_loss(weights, multi_label=True)(outputs, targets)
     p = logits.sigmoid()
@@ -93,15 +105,35 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
     def one_step(batch_size, accumulation):
         torch.manual_seed(0)  # the same new head for both
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=len(EMOTIONS), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-            problem_type="multi_label_classification" if multi_label else "single_label_classification")
-        args = TrainingArguments(output_dir=str(tmp_path / f"out{batch_size}"), per_device_train_batch_size=batch_size,
-                                 gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=1e-3, logging_steps=1,
-                                 report_to=[], use_cpu=True, save_strategy="no", max_grad_norm=1e9, seed=0)
+            model_dir,
+            num_labels=len(EMOTIONS),
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        )
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"out{batch_size}"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            learning_rate=1e-3,
+            logging_steps=1,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            max_grad_norm=1e9,
+            seed=0,
+        )
         grads = Gradients()
-        trainer = classifier_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                              data_collator=DataCollatorWithPadding(tokenizer), callbacks=[grads],
-                                              compute_loss_func=classification_loss(weights, multi_label))
+        trainer = classifier_trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=[grads],
+            compute_loss_func=classification_loss(weights, multi_label),
+        )
         trainer.train()
         loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
         return loss, grads.grads
@@ -115,7 +147,9 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
 
 
 def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
-    config = tiny_config(tmp_path, model_dir, dataset_dir, **{"stage": "cls", "learning_rate": 3e-2, "num_train_epochs": 10, **extra})
+    config = tiny_config(
+        tmp_path, model_dir, dataset_dir, **{"stage": "cls", "learning_rate": 3e-2, "num_train_epochs": 10, **extra}
+    )
     assert run_cli("sft", config) == 0
     run = tmp_path / "run"
     results = json.loads((run / "train_results.json").read_text())
@@ -124,7 +158,9 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
         assert results["trainable_parameters"] == results["total_parameters"]
     else:
         assert 0 < results["trainable_parameters"] < results["total_parameters"]
-    losses = [json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
     quarter = max(1, len(losses) // 4)
     assert sum(losses[-quarter:]) < sum(losses[:quarter])  # it learns (single small-batch losses are noisy)
     assert run_cli("generate-eval", config) == 0
@@ -132,11 +168,15 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
     rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert metrics["mode"] == "cls" and metrics["metrics"]["invalid"] == 0
     assert all(r["predicted"] is not None and r["generation"] is None for r in rows)
-    if "jaccard" in metrics["metrics"]:  # multi-label: one independent probability per label; predicted: those at or above their threshold
+    if (
+        "jaccard" in metrics["metrics"]
+    ):  # multi-label: one independent probability per label; predicted: those at or above their threshold
         thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
         for r in rows:
             assert all(0 <= p <= 1 for p in r["probabilities"].values())
-            for name, p in r["probabilities"].items():  # written rounded to 6 decimals; a threshold sits on a probability
+            for name, p in r[
+                "probabilities"
+            ].items():  # written rounded to 6 decimals; a threshold sits on a probability
                 assert (p >= thresholds[name] - 1e-6) if name in r["predicted"] else (p < thresholds[name] + 1e-6)
     else:  # a distribution over the labels, and the most probable one predicted
         for r in rows:
@@ -150,7 +190,9 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
 @pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
 def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, model_type):
     model_dir = build_tiny_encoder(tmp_path / model_type, model_type)
-    _, metrics, _ = _learns_and_evaluates(tmp_path, model_dir, emotion_dir, eval_dataset="emotion:train", num_train_epochs=30, learning_rate=1e-2)
+    _, metrics, _ = _learns_and_evaluates(
+        tmp_path, model_dir, emotion_dir, eval_dataset="emotion:train", num_train_epochs=30, learning_rate=1e-2
+    )
     assert metrics["metrics"]["accuracy"] >= 0.5  # the training rows, learned by a tiny model in a few steps
 
 
@@ -162,8 +204,9 @@ def test_decoders_train_a_score_head(tmp_path, emotion_dir, model_type):
 
 def test_full_fine_tuning_then_predict_and_export(tmp_path, emotion_dir):
     model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
-    config, _, rows = _learns_and_evaluates(tmp_path, model_dir, emotion_dir, finetuning_type="full",
-                                            class_weights={"surprise": 2.0})
+    config, _, rows = _learns_and_evaluates(
+        tmp_path, model_dir, emotion_dir, finetuning_type="full", class_weights={"surprise": 2.0}
+    )
     unlabeled = tmp_path / "in.csv"
     unlabeled.write_text("id,text\n7,i am so happy\n8,\n9,i am scared\n")
     assert run_cli("predict", config, "--input", unlabeled, "--output", tmp_path / "out.csv") == 0
@@ -188,7 +231,9 @@ def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):
         "ml:\n  format: jsonl\n  label_column: labels\n  splits: {train: ml/train.jsonl, dev: ml/dev.jsonl}\n"
         "  labels: {names: [anger, fear, joy, sadness], multi_label: true, none_word: none}\n  template: multi_label\n"
     )
-    config, metrics, rows_out = _learns_and_evaluates(tmp_path, model_dir, tmp_path, dataset="ml", eval_dataset="ml:dev")
+    config, metrics, rows_out = _learns_and_evaluates(
+        tmp_path, model_dir, tmp_path, dataset="ml", eval_dataset="ml:dev"
+    )
     thresholds = json.loads((tmp_path / "run" / "thresholds.json").read_text())
     assert set(thresholds["thresholds"]) == {"anger", "fear", "joy", "sadness"}
     assert "jaccard" in metrics["metrics"] and metrics["metrics"]["jaccard"] > 0.5
@@ -212,7 +257,9 @@ def test_cls_refuses_vllm_and_qlora(tmp_path, emotion_dir, capsys):
 def test_compare_puts_a_cls_run_beside_an_sft_run(tmp_path, emotion_dir, tiny_llama, capsys):
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
     cls_config = tiny_config(tmp_path / "a", encoder, emotion_dir, stage="cls", output_dir=str(tmp_path / "cls-run"))
-    sft_config = tiny_config(tmp_path / "b", tiny_llama, emotion_dir, output_dir=str(tmp_path / "sft-run"), num_train_epochs=1)
+    sft_config = tiny_config(
+        tmp_path / "b", tiny_llama, emotion_dir, output_dir=str(tmp_path / "sft-run"), num_train_epochs=1
+    )
     for config in (cls_config, sft_config):
         assert run_cli("sft", config, "do_eval=true") == 0
     capsys.readouterr()
@@ -223,7 +270,9 @@ def test_compare_puts_a_cls_run_beside_an_sft_run(tmp_path, emotion_dir, tiny_ll
     rows = json.loads((out / "compare.json").read_text())
     assert [(r["stage"], r["mode"]) for r in rows] == [("cls", "cls"), ("sft", "generate")]
     for r in rows:
-        metrics = json.loads((Path(r["run"]) / ("metrics.json" if r["stage"] == "sft" else "eval/metrics.json")).read_text())
+        metrics = json.loads(
+            (Path(r["run"]) / ("metrics.json" if r["stage"] == "sft" else "eval/metrics.json")).read_text()
+        )
         assert r["macro_f1"] == metrics["metrics"]["macro_f1"] and r["trainable_parameters"] > 0
         assert set(r["per_class_f1"]) == set(EMOTIONS)
     assert (out / "compare.md").read_text().strip() == printed.strip()
@@ -242,8 +291,16 @@ def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
 
     path = resolve_model_path("all-minilm-l6-v2")
     assert json.loads((Path(path) / "config.json").read_text())["model_type"] == "bert"
-    config = tiny_config(tmp_path, "all-minilm-l6-v2", emotion_dir, stage="cls", finetuning_type="full",
-                         learning_rate=1e-4, max_steps=2, eval_dataset="emotion:test")
+    config = tiny_config(
+        tmp_path,
+        "all-minilm-l6-v2",
+        emotion_dir,
+        stage="cls",
+        finetuning_type="full",
+        learning_rate=1e-4,
+        max_steps=2,
+        eval_dataset="emotion:test",
+    )
     assert run_cli("sft", config, "do_eval=true") == 0
     results = json.loads((tmp_path / "run" / "train_results.json").read_text())
     assert results["trainable_parameters"] == results["total_parameters"] > 20_000_000
@@ -272,7 +329,9 @@ def test_seed_fixes_the_new_head_and_adapter(tmp_path, emotion_dir):
 
     def initial_weights(name: str, seed: int) -> dict:
         # one step at a negligible learning rate: the saved weights are the initial ones
-        config = tiny_config(tmp_path / name, model_dir, emotion_dir, stage="cls", seed=seed, max_steps=1, learning_rate=1e-9)
+        config = tiny_config(
+            tmp_path / name, model_dir, emotion_dir, stage="cls", seed=seed, max_steps=1, learning_rate=1e-9
+        )
         assert run_cli("sft", config) == 0
         return load_file(tmp_path / name / "run" / "adapter_model.safetensors")
 

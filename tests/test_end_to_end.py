@@ -15,10 +15,20 @@ def run_cli(*args) -> int:
 
 def tiny_config(tmp_path, tiny_llama, dataset_dir, **extra) -> str:
     values = {
-        "model_name_or_path": str(tiny_llama), "dataset": "emotion", "dataset_dir": str(dataset_dir),
-        "output_dir": str(tmp_path / "run"), "cutoff_len": 96, "per_device_train_batch_size": 4,
-        "learning_rate": 2e-2, "num_train_epochs": 5, "logging_steps": 1, "lora_rank": 4,
-        "per_device_eval_batch_size": 4, "max_new_tokens": 4, "warmup_steps": 0, **extra,
+        "model_name_or_path": str(tiny_llama),
+        "dataset": "emotion",
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(tmp_path / "run"),
+        "cutoff_len": 96,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 2e-2,
+        "num_train_epochs": 5,
+        "logging_steps": 1,
+        "lora_rank": 4,
+        "per_device_eval_batch_size": 4,
+        "max_new_tokens": 4,
+        "warmup_steps": 0,
+        **extra,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
@@ -30,11 +40,21 @@ def test_sft_then_generate_eval(tmp_path, tiny_llama, emotion_dir):
     config = tiny_config(tmp_path, tiny_llama, emotion_dir)
     assert run_cli("sft", config) == 0
     run = tmp_path / "run"
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer_config.json", "label_space.json",
-                 "instructemo_config.yaml", "trainer_log.jsonl", "loss.png", "train_results.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer_config.json",
+        "label_space.json",
+        "instructemo_config.yaml",
+        "trainer_log.jsonl",
+        "loss.png",
+        "train_results.json",
+    ):
         assert (run / name).is_file(), name
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    losses = [json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
     assert len(losses) == 15
     assert losses[-1] < losses[0]  # it learns
     assert json.loads((run / "label_space.json").read_text())["names"][1] == "joy"
@@ -46,7 +66,9 @@ def test_sft_then_generate_eval(tmp_path, tiny_llama, emotion_dir):
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     m = metrics["metrics"]
     assert metrics["adapter"] == str(run) and metrics["decoding"] == "greedy"
-    assert {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "per_class", "confusion_matrix", "invalid_rate"} <= set(m)
+    assert {"accuracy", "macro_f1", "micro_f1", "weighted_f1", "per_class", "confusion_matrix", "invalid_rate"} <= set(
+        m
+    )
     assert m["n"] == 6 and sum(map(sum, m["confusion_matrix"]["counts"])) == 6
     assert m["invalid"] == sum(r["predicted"] is None for r in rows)
     report = (run / "eval" / "report.md").read_text()
@@ -57,8 +79,16 @@ def test_multi_label_full_finetune_and_eval(tmp_path, tiny_llama):
     data = tmp_path / "ml.jsonl"
     rows = [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("i am here", [])] * 3
     data.write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
-    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(data), eval_dataset=str(data),
-                         finetuning_type="full", max_steps=2, learning_rate=1e-3)
+    config = tiny_config(
+        tmp_path,
+        tiny_llama,
+        tmp_path,
+        dataset=str(data),
+        eval_dataset=str(data),
+        finetuning_type="full",
+        max_steps=2,
+        learning_rate=1e-3,
+    )
     assert run_cli("sft", config) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert run_cli("generate-eval", config) == 0
@@ -67,7 +97,9 @@ def test_multi_label_full_finetune_and_eval(tmp_path, tiny_llama):
 
 
 def test_zero_shot_eval_without_an_adapter(tmp_path, tiny_llama, emotion_dir):
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, eval_output_dir=str(tmp_path / "run" / "zs"), max_eval_samples=3)
+    config = tiny_config(
+        tmp_path, tiny_llama, emotion_dir, eval_output_dir=str(tmp_path / "run" / "zs"), max_eval_samples=3
+    )
     assert run_cli("generate-eval", config) == 0
     metrics = json.loads((tmp_path / "run" / "zs" / "metrics.json").read_text())
     assert metrics["adapter"] is None and metrics["metrics"]["n"] == 3
@@ -92,7 +124,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_llama, emotion_
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "instructemo.cli", "generate-eval", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "instructemo.cli", "generate-eval", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0
     assert "max_new_tokens" in result.stdout and "[default: 16]" in result.stdout
 
@@ -107,7 +141,9 @@ def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path, emotion_dir, monke
 
     monkeypatch.setattr(models, "bf16_supported", lambda: True)  # CPUs without native bf16 emulate it: slow, not wrong
     base = build_tiny_causal_lm(tmp_path / "base")
-    config = tiny_config(tmp_path, base, emotion_dir, finetuning_type="full", bf16=True, learning_rate=1e-5, max_steps=1)
+    config = tiny_config(
+        tmp_path, base, emotion_dir, finetuning_type="full", bf16=True, learning_rate=1e-5, max_steps=1
+    )
     assert run_cli("sft", config) == 0
     before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     moved = [name for name in before if not torch.equal(before[name].float(), after[name].float())]

@@ -43,43 +43,133 @@ class Family:
     extra_words: str = ""
 
     def tokenizer(self):
-        tokenizer, _ = tiny_tokenizer(self.specials, bos=self.bos, eos=self.eos, pad=self.pad,
-                                      extra_words=self.extra_words + " hello")
+        tokenizer, _ = tiny_tokenizer(
+            self.specials, bos=self.bos, eos=self.eos, pad=self.pad, extra_words=self.extra_words + " hello"
+        )
         if self.template:
             tokenizer.chat_template = (TEMPLATES / self.template).read_text().rstrip("\n")
         return tokenizer
 
 
-LLAMA3 = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|reserved_special_token_0|>")
+LLAMA3 = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|reserved_special_token_0|>",
+)
 GEMMA = ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>")
 FAMILIES = [
-    Family("chatml", "llama", ("<|im_start|>", "<|im_end|>", "<pad>"), "<|im_start|>", "<|im_end|>", "<pad>", "<|im_end|>",
-           "smollm2.jinja", f"<|im_start|>system\n{SMOLLM_SYSTEM}<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
-           SMOLLM_SYSTEM),
+    Family(
+        "chatml",
+        "llama",
+        ("<|im_start|>", "<|im_end|>", "<pad>"),
+        "<|im_start|>",
+        "<|im_end|>",
+        "<pad>",
+        "<|im_end|>",
+        "smollm2.jinja",
+        f"<|im_start|>system\n{SMOLLM_SYSTEM}<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+        SMOLLM_SYSTEM,
+    ),
     # A base model without a template whose vocabulary has the ChatML markers gets ChatML.
-    Family("chatml-base", "llama", ("<|im_start|>", "<|im_end|>", "<pad>"), "<|im_start|>", "<|im_end|>", "<pad>", "<|im_end|>",
-           None, "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"),
-    Family("llama3-instruct", "llama", LLAMA3, "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-           "<|eot_id|>", "llama3_instruct.jinja",
-           "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    Family(
+        "chatml-base",
+        "llama",
+        ("<|im_start|>", "<|im_end|>", "<pad>"),
+        "<|im_start|>",
+        "<|im_end|>",
+        "<pad>",
+        "<|im_end|>",
+        None,
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    Family(
+        "llama3-instruct",
+        "llama",
+        LLAMA3,
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|reserved_special_token_0|>",
+        "<|eot_id|>",
+        "llama3_instruct.jinja",
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
     # No template: a base model. Its vocabulary has no ChatML markers, so the answer ends with its eos token.
-    Family("llama3-base", "llama", LLAMA3, "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-           "<|end_of_text|>", None, "<|begin_of_text|><|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"),
-    Family("gemma2", "gemma2", GEMMA, "<bos>", "<eos>", "<pad>", "<end_of_turn>", "gemma2.jinja",
-           "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n", "model"),
-    Family("gemma3", "gemma3_text", GEMMA, "<bos>", "<eos>", "<pad>", "<end_of_turn>", "gemma3.jinja",
-           "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n", "model"),
+    Family(
+        "llama3-base",
+        "llama",
+        LLAMA3,
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|reserved_special_token_0|>",
+        "<|end_of_text|>",
+        None,
+        "<|begin_of_text|><|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    Family(
+        "gemma2",
+        "gemma2",
+        GEMMA,
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        "<end_of_turn>",
+        "gemma2.jinja",
+        "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n",
+        "model",
+    ),
+    Family(
+        "gemma3",
+        "gemma3_text",
+        GEMMA,
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        "<end_of_turn>",
+        "gemma3.jinja",
+        "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n",
+        "model",
+    ),
     # A Gemma base model without a template gets Gemma's own: its vocabulary has the turn markers.
-    Family("gemma3-base", "gemma3_text", GEMMA, "<bos>", "<eos>", "<pad>", "<end_of_turn>", None,
-           "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n", "model"),
-    Family("mistral", "mistral", ("<s>", "</s>", "[INST]", "[/INST]", "<pad>"), "<s>", "</s>", "<pad>", "</s>", "mistral.jinja",
-           "<s> [INST] hello [/INST]"),
+    Family(
+        "gemma3-base",
+        "gemma3_text",
+        GEMMA,
+        "<bos>",
+        "<eos>",
+        "<pad>",
+        "<end_of_turn>",
+        None,
+        "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n",
+        "model",
+    ),
+    Family(
+        "mistral",
+        "mistral",
+        ("<s>", "</s>", "[INST]", "[/INST]", "<pad>"),
+        "<s>",
+        "</s>",
+        "<pad>",
+        "</s>",
+        "mistral.jinja",
+        "<s> [INST] hello [/INST]",
+    ),
     # Architecture llama: AutoTokenizer loads a qwen2 model's tokenizer as Qwen2Tokenizer, which rebuilds it
     # byte-level and would break this word-level vocabulary (Qwen2's own layers run in test_dense.py).
-    Family("qwen2.5", "llama", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "<|im_start|>", "<|im_end|>", "<|endoftext|>",
-           "<|im_end|>", "qwen2_5.jinja",
-           f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
-           QWEN_SYSTEM),
+    Family(
+        "qwen2.5",
+        "llama",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|im_end|>",
+        "qwen2_5.jinja",
+        f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+        QWEN_SYSTEM,
+    ),
 ]
 IDS = [f.name for f in FAMILIES]
 HIDDEN = 64  # Gemma's head_dim of 16 at 4 heads is fine on CPU; the test is about tokens, not size
@@ -89,15 +179,23 @@ def build_model(family: Family, directory: Path, hidden: int = HIDDEN, heads: in
     """A 2-layer random model of the family's architecture, saved with the family's tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-
     tokenizer = family.tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     torch.manual_seed(0)
     config = AutoConfig.for_model(
-        family.model_type, vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=hidden // heads,
-        max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=ids(family.bos), eos_token_id=ids(family.eos), pad_token_id=ids(family.pad),
+        family.model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        head_dim=hidden // heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=ids(family.bos),
+        eos_token_id=ids(family.eos),
+        pad_token_id=ids(family.pad),
     )
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = ids(family.eos)  # the eos alone: the turn end must come from the template
@@ -145,7 +243,9 @@ def test_prompt_rendering(loaded):
     family, _, tokenizer = loaded
     assert prompt_text(tokenizer, conversation()) == family.prompt
     space = LabelSpace(("sadness", "joy"), multi_label=False)
-    messages = PromptBuilder(tokenizer, load_template("single_label", "single_label"), space, 256).prompt("i feel happy")
+    messages = PromptBuilder(tokenizer, load_template("single_label", "single_label"), space, 256).prompt(
+        "i feel happy"
+    )
     assert [m["role"] for m in messages] == ["user"]
     prompt_text(tokenizer, messages)  # renders without the template raising
 
@@ -171,7 +271,9 @@ def test_loss_mask_token_by_token(loaded, tmp_path):
 
     family, directory, tokenizer = loaded
     cfg = load_config(tiny_config(tmp_path, directory, tmp_path, finetuning_type="full", bf16=False), [])
-    examples = [{"prompt": conversation(), "completion": [{"role": "assistant", "content": a}]} for a in ("joy", "anger, fear")]
+    examples = [
+        {"prompt": conversation(), "completion": [{"role": "assistant", "content": a}]} for a in ("joy", "anger, fear")
+    ]
     model = load_causal_lm(str(directory), flash_attn="auto", bf16=False, training=True)
     trainer = build_sft_trainer(cfg, model, tokenizer, examples, bf16=False)
     prompt_ids = tokenizer(family.prompt, add_special_tokens=False)["input_ids"]
@@ -194,8 +296,17 @@ def trained(loaded, tmp_path_factory):
     data = root / "data"
     write_emotion_txt(data / "emotion" / "train.txt", EMOTION_ROWS * 4)
     write_emotion_txt(data / "emotion" / "test.txt")
-    config = tiny_config(root, directory, data, finetuning_type="full", learning_rate=5e-3, num_train_epochs=8,
-                         bf16=False, max_new_tokens=6, cutoff_len=128)
+    config = tiny_config(
+        root,
+        directory,
+        data,
+        finetuning_type="full",
+        learning_rate=5e-3,
+        num_train_epochs=8,
+        bf16=False,
+        max_new_tokens=6,
+        cutoff_len=128,
+    )
     assert run_cli("sft", config) == 0
     return family, root / "run", config
 
@@ -238,7 +349,9 @@ def test_parsing_and_single_label_score_mode(trained):
     names = list(scored[0]["probabilities"])
     for row in scored[:3]:
         conv = prompt_of(config, row["text"], tokenizer)
-        loglik = np.array([brute_force(model, tokenizer, conv, expected_answer_ids(family, tokenizer, n)) for n in names])
+        loglik = np.array(
+            [brute_force(model, tokenizer, conv, expected_answer_ids(family, tokenizer, n)) for n in names]
+        )
         expected = np.exp(loglik - loglik.max())
         expected /= expected.sum()
         assert [row["probabilities"][n] for n in names] == pytest.approx(expected.tolist(), abs=1e-4)
@@ -256,8 +369,9 @@ def prompt_of(config, text, tokenizer):
 
 def brute_force(model, tokenizer, conv, answer_ids) -> float:
     """log P(answer_ids | prompt) from one plain forward pass over prompt + answer."""
-    prompt = tokenizer(tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False),
-                       add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(
+        tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+    )["input_ids"]
     with torch.no_grad():
         logp = model(torch.tensor([prompt + answer_ids])).logits[0].float().log_softmax(-1)
     return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer_ids))
@@ -299,7 +413,9 @@ def test_multi_label_score_mode_scores_the_next_label(loaded):
                 ids = expected_answer_ids(family, tokenizer, space.answer(before + (later,)))
                 assert ids[-1] == turn_end
                 options[later] = brute_force(model, tokenizer, prompts[row], ids[:-1])
-            options["<end>"] = brute_force(model, tokenizer, prompts[row], expected_answer_ids(family, tokenizer, space.answer(before)))
+            options["<end>"] = brute_force(
+                model, tokenizer, prompts[row], expected_answer_ids(family, tokenizer, space.answer(before))
+            )
             expected = np.exp(options[name]) / sum(np.exp(v) for v in options.values()) if name in options else 0.0
             assert probabilities[row, k] == pytest.approx(expected, abs=1e-4), (row, name)
 
@@ -336,9 +452,19 @@ def test_embedded_models_real_tokenizers(alias, turn_end, tmp_path):
     tokenizer = _embedded_tokenizer(alias)
     assert turn_end_id(tokenizer) == tokenizer.convert_tokens_to_ids(turn_end)
     conv = conversation("i feel a little nervous about tomorrow")
-    assert prompt_text(tokenizer, conv).endswith("<|im_start|>assistant\n" if "im_end" in turn_end else "<start_of_turn>model\n")
-    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    assert prompt_text(tokenizer, conv).endswith(
+        "<|im_start|>assistant\n" if "im_end" in turn_end else "<start_of_turn>model\n"
+    )
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+    )
     cfg = load_config(tiny_config(tmp_path, tmp_path, tmp_path, finetuning_type="full", bf16=False), [])
     answers = ("fear", "anger, fear, sadness", "none")
     examples = [{"prompt": conv, "completion": [{"role": "assistant", "content": a}]} for a in answers]

@@ -35,13 +35,17 @@ def setup(tmp_path_factory):
     assert run_cli("sft", reference) == 0
     run = root / "reference" / "run"
     seconds = json.loads((run / "train_results.json").read_text())["train_seconds"]
-    sizes = {"adapter": (run / "adapter_model.safetensors").stat().st_size,
-             "optimizer": max(p.stat().st_size for p in run.glob("checkpoint-*/optimizer.pt"))}
+    sizes = {
+        "adapter": (run / "adapter_model.safetensors").stat().st_size,
+        "optimizer": max(p.stat().st_size for p in run.glob("checkpoint-*/optimizer.pt")),
+    }
     return {"root": root, "model": model, "data": data, "train_seconds": max(seconds, 1.0), "sizes": sizes}
 
 
 def config_for(setup, name: str, **extra) -> tuple[str, Path]:
-    return tiny_config(setup["root"] / name, setup["model"], setup["data"], **{**SETTINGS, **extra}), setup["root"] / name / "run"
+    return tiny_config(setup["root"] / name, setup["model"], setup["data"], **{**SETTINGS, **extra}), setup[
+        "root"
+    ] / name / "run"
 
 
 def start(config: str, fault: str | None = None) -> subprocess.Popen:

@@ -14,14 +14,18 @@ from instructemo.cli import main
 from instructemo.infer.hf import score_answers
 from instructemo.metrics import expected_calibration_error
 
-CONVERSATIONS = [[{"role": "user", "content": f"classify this : {t}"}] for t in
-                 ["i feel happy", "so sad and lonely tonight i cried", "wow", "i adore my sweet partner"]]
+CONVERSATIONS = [
+    [{"role": "user", "content": f"classify this : {t}"}]
+    for t in ["i feel happy", "so sad and lonely tonight i cried", "wow", "i adore my sweet partner"]
+]
 
 
 def brute_force_token_loglik(model, tokenizer, conversation, answer_ids):
     """log P(answer_ids | prompt) from one plain forward pass over prompt + answer."""
-    prompt = tokenizer(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
-                       add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(
+        tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    )["input_ids"]
     with torch.no_grad():
         logp = model(torch.tensor([prompt + answer_ids])).logits[0].float().log_softmax(-1)
     return sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(answer_ids))
@@ -66,10 +70,15 @@ def test_score_mode_gives_a_valid_label_and_probabilities(tmp_path, tiny_llama, 
 
 def test_multi_label_score_mode_uses_the_threshold(tmp_path, tiny_llama):
     data = tmp_path / "ml.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in
-                            [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("here", [])]))
-    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(data), eval_dataset=str(data), mode="score",
-                         score_threshold=0.01)
+    data.write_text(
+        "".join(
+            json.dumps({"text": t, "labels": l}) + "\n"
+            for t, l in [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("here", [])]
+        )
+    )
+    config = tiny_config(
+        tmp_path, tiny_llama, tmp_path, dataset=str(data), eval_dataset=str(data), mode="score", score_threshold=0.01
+    )
     assert main(["generate-eval", config]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()]
     for row in rows:  # a tiny threshold keeps every label above it
@@ -108,8 +117,12 @@ def test_predict_each_format_keeps_ids_and_reports_empty_text(tmp_path, tiny_lla
 
 def test_predict_multi_label_writes_the_submission_layout(tmp_path, tiny_llama):
     data = tmp_path / "ml.jsonl"
-    data.write_text('{"text": "happy and scared", "labels": ["joy", "fear"]}\n{"text": "so sad", "labels": ["sadness"]}\n')
-    source = write_input(tmp_path / "test.tsv", [{"ID": "2018-En-1", "Tweet": "so sad"}, {"ID": "2018-En-2", "Tweet": "yay"}])
+    data.write_text(
+        '{"text": "happy and scared", "labels": ["joy", "fear"]}\n{"text": "so sad", "labels": ["sadness"]}\n'
+    )
+    source = write_input(
+        tmp_path / "test.tsv", [{"ID": "2018-En-1", "Tweet": "so sad"}, {"ID": "2018-En-2", "Tweet": "yay"}]
+    )
     out = tmp_path / "submission.csv"
     config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(data), mode="score")
     assert main(["predict", config, "--input", str(source), "--output", str(out), "--text-column", "Tweet"]) == 0
@@ -118,11 +131,14 @@ def test_predict_multi_label_writes_the_submission_layout(tmp_path, tiny_llama):
     assert lines[1].startswith("2018-En-1,") and set(lines[1].split(",")[1:]) <= {"0", "1"}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("words,id\nhello,1\n", "cannot tell which column holds the text"),
-    ("", "has no rows"),
-    ("text,id\n", "has no rows"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("words,id\nhello,1\n", "cannot tell which column holds the text"),
+        ("", "has no rows"),
+        ("text,id\n", "has no rows"),
+    ],
+)
 def test_predict_bad_input(tmp_path, tiny_llama, emotion_dir, capsys, content, message):
     source = tmp_path / "in.csv"
     source.write_text(content)

@@ -72,3 +72,56 @@ def test_multi_label_invalid_scores_zero_even_for_empty_gold():
 def test_length_mismatch_is_a_bug():
     with pytest.raises(ValueError):
         score([("a",)], [], SINGLE)
+
+
+# --- scikit-learn replacements: the same figures as the hand-written code they replaced --------------------------
+
+
+def _hand_written_thresholds(probabilities, gold):
+    """best_thresholds as written before precision_recall_curve served it."""
+    thresholds, f1s = np.ones(probabilities.shape[1]), np.zeros(probabilities.shape[1])
+    for k in range(probabilities.shape[1]):
+        p, y = probabilities[:, k], gold[:, k].astype(bool)
+        if not y.any():
+            continue
+        order = np.argsort(-p, kind="stable")
+        f1 = 2 * np.cumsum(y[order]) / (np.arange(1, len(p) + 1) + y.sum())
+        f1 = np.where(np.r_[p[order][1:] < p[order][:-1], True], f1, -1.0)
+        best = int(np.argmax(f1))
+        thresholds[k], f1s[k] = p[order][best], f1[best]
+    return thresholds, f1s
+
+
+def _hand_written_jaccard_and_exact(y_true, y_pred, valid):
+    union, overlap = (y_true | y_pred).sum(axis=1), (y_true & y_pred).sum(axis=1)
+    jaccard = np.where(union == 0, 1.0, overlap / np.maximum(union, 1)) * valid
+    return jaccard.mean(), ((y_true == y_pred).all(axis=1) & valid).mean()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_thresholds_from_precision_recall_curve_match_the_hand_written_search(seed):
+    from instructemo.metrics import best_thresholds
+
+    rng = np.random.default_rng(seed)
+    rows = int(rng.integers(1, 80))
+    gold = rng.random((rows, 4)) < [0.5, 0.1, 0.9, 0.0]
+    probabilities = np.clip(gold * 0.3 + rng.random((rows, 4)) * 0.7, 0, 1).round(int(rng.integers(1, 4)))  # ties
+    new, old = best_thresholds(probabilities, gold), _hand_written_thresholds(probabilities, gold)
+    np.testing.assert_array_equal(new[0], old[0])
+    np.testing.assert_allclose(new[1], old[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_jaccard_and_exact_match_from_scikit_learn_match_the_hand_written_ones(seed):
+    rng = np.random.default_rng(seed)
+    space = LabelSpace(("a", "b", "c"), multi_label=True)
+    rows = int(rng.integers(1, 40))
+    gold = [tuple(n for n in space.names if rng.random() < 0.3) for _ in range(rows)]
+    predicted = [
+        None if rng.random() < 0.2 else tuple(n for n in space.names if rng.random() < 0.3) for _ in range(rows)
+    ]
+    m = score(gold, predicted, space)
+    valid = np.array([p is not None for p in predicted])
+    jaccard, exact = _hand_written_jaccard_and_exact(binarize(gold, space), binarize(predicted, space), valid)
+    assert m["jaccard"] == pytest.approx(jaccard, abs=1e-12)
+    assert m["exact_match"] == pytest.approx(exact, abs=1e-12)

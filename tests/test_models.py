@@ -12,10 +12,13 @@ def test_local_directory_and_hub_id_pass_through(tiny_llama):
     assert models.resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("./missing-dir", "not found: no such directory"),
-    ("/tmp/definitely/not/here.gguf", "model file /tmp/definitely/not/here.gguf not found"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("./missing-dir", "not found: no such directory"),
+        ("/tmp/definitely/not/here.gguf", "model file /tmp/definitely/not/here.gguf not found"),
+    ],
+)
 def test_missing_models(name, message):
     with pytest.raises(UserError, match=message):
         models.resolve_model_path(name)

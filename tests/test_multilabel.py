@@ -33,8 +33,9 @@ def test_balanced_policies():
 
 
 def test_collator_passes_loss_weights():
-    batch = LeftPadCollator(0)([{"input_ids": [5, 6], "labels": [-100, 6], "weight": 2.0},
-                                {"input_ids": [7], "labels": [7], "weight": 0.5}])
+    batch = LeftPadCollator(0)(
+        [{"input_ids": [5, 6], "labels": [-100, 6], "weight": 2.0}, {"input_ids": [7], "labels": [7], "weight": 0.5}]
+    )
     assert batch["weights"].tolist() == [2.0, 0.5]
 
 
@@ -46,11 +47,22 @@ def test_sft_with_label_balancing(tmp_path, tiny_llama):
     write_emotion_txt(tmp_path / "data" / "emotion" / "train.txt", rows)
     first_loss, trained_rows = {}, {}
     for policy in ("none", "oversample", "loss_weight"):
-        config = tiny_config(tmp_path / policy, tiny_llama, tmp_path / "data", label_balancing=policy, max_steps=1,
-                             per_device_train_batch_size=32, shared_prefix=False)
+        config = tiny_config(
+            tmp_path / policy,
+            tiny_llama,
+            tmp_path / "data",
+            label_balancing=policy,
+            max_steps=1,
+            per_device_train_batch_size=32,
+            shared_prefix=False,
+        )
         assert run_cli("sft", config) == 0
         run = tmp_path / policy / "run"
-        first_loss[policy] = next(json.loads(line)["loss"] for line in (run / "trainer_log.jsonl").read_text().splitlines() if '"loss"' in line)
+        first_loss[policy] = next(
+            json.loads(line)["loss"]
+            for line in (run / "trainer_log.jsonl").read_text().splitlines()
+            if '"loss"' in line
+        )
         trained_rows[policy] = json.loads((run / "train_results.json").read_text())["train_rows"]
     assert trained_rows["none"] == trained_rows["loss_weight"] == 10
     assert trained_rows["oversample"] == 9 + round(rarest_label_weights([("joy",)] * 9 + [("fear",)])[-1])
@@ -59,8 +71,16 @@ def test_sft_with_label_balancing(tmp_path, tiny_llama):
     assert first_loss["oversample"] != pytest.approx(first_loss["none"], rel=1e-3)
 
 
-SELECT = dict(select_best=True, select_steps=2, max_steps=6, save_steps=2, save_total_limit=3,
-              per_device_train_batch_size=6, learning_rate=5e-2, logging_steps=1)
+SELECT = dict(
+    select_best=True,
+    select_steps=2,
+    max_steps=6,
+    save_steps=2,
+    save_total_limit=3,
+    per_device_train_batch_size=6,
+    learning_rate=5e-2,
+    logging_steps=1,
+)
 
 
 def dev_score(base, adapter_dir, config) -> float:
@@ -76,9 +96,17 @@ def dev_score(base, adapter_dir, config) -> float:
     model, tokenizer = load_for_inference(str(base), adapter_dir, flash_attn="auto", bf16=False)
     dev = load_split("emotion:validation", cfg.dataset_dir)
     builder = PromptBuilder(tokenizer, load_template("auto", dev.template), dev.label_space, cfg.cutoff_len)
-    answers = generate(model, tokenizer, [builder.prompt(r.text) for r in dev.records], batch_size=4,
-                       max_new_tokens=cfg.max_new_tokens, progress=False)
-    return score([r.labels for r in dev.records], [parse_labels(a, dev.label_space) for a in answers], dev.label_space)["macro_f1"]
+    answers = generate(
+        model,
+        tokenizer,
+        [builder.prompt(r.text) for r in dev.records],
+        batch_size=4,
+        max_new_tokens=cfg.max_new_tokens,
+        progress=False,
+    )
+    return score([r.labels for r in dev.records], [parse_labels(a, dev.label_space) for a in answers], dev.label_space)[
+        "macro_f1"
+    ]
 
 
 def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
@@ -115,8 +143,11 @@ def test_select_best_after_a_resume_chooses_among_the_whole_run(tmp_path, tiny_l
     assert run_cli("sft", whole) == 0
     config = tiny_config(tmp_path / "killed", tiny_llama, emotion_dir, **SELECT)
     harness = Path(__file__).parent / "fault_harness.py"
-    killed = subprocess.run([sys.executable, str(harness), "sft", config], capture_output=True,
-                            env={**os.environ, "INSTRUCTEMO_FAULT": "kill:checkpoint-4"})
+    killed = subprocess.run(
+        [sys.executable, str(harness), "sft", config],
+        capture_output=True,
+        env={**os.environ, "INSTRUCTEMO_FAULT": "kill:checkpoint-4"},
+    )
     assert killed.returncode == -9
     assert run_cli("sft", config, "resume=auto") == 0
     resumed = json.loads((tmp_path / "killed" / "run" / "selection.json").read_text())
@@ -139,9 +170,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from instructemo.chat import answer_tokens  # noqa: E402
 from instructemo.infer.hf import score_continuations  # noqa: E402
-from instructemo.infer.multilabel import best_thresholds, label_probabilities  # noqa: E402
+from instructemo.infer.multilabel import label_probabilities  # noqa: E402
 from instructemo.labels import LabelSpace  # noqa: E402
-from instructemo.metrics import binarize  # noqa: E402
+from instructemo.metrics import best_thresholds, binarize  # noqa: E402
 
 SPACE = LabelSpace(("joy", "fear", "sadness", "anger"), multi_label=True)
 PROMPTS = [[{"role": "user", "content": f"labels for : {t}"}] for t in ["i feel happy and scared", "so sad", "wow"]]
@@ -157,7 +188,9 @@ class FixedAnswers:
         return self.answers
 
     def score_tokens(self, contexts, continuations):
-        return score_continuations(self.model, contexts, continuations, batch_size=2, pad_id=self.tokenizer.pad_token_id)
+        return score_continuations(
+            self.model, contexts, continuations, batch_size=2, pad_id=self.tokenizer.pad_token_id
+        )
 
 
 def test_label_probabilities_follow_the_greedy_answer(tiny_llama):
@@ -174,9 +207,12 @@ def test_label_probabilities_follow_the_greedy_answer(tiny_llama):
             options = {}
             for later in SPACE.names[last + 1 :]:
                 ids = answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before + (later,)))
-                options[later] = brute_force_token_loglik(model, tokenizer, PROMPTS[row], ids[:-1] if ids[-1] == eot else ids)
-            options["<end>"] = brute_force_token_loglik(model, tokenizer, PROMPTS[row],
-                                                   answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before)))
+                options[later] = brute_force_token_loglik(
+                    model, tokenizer, PROMPTS[row], ids[:-1] if ids[-1] == eot else ids
+                )
+            options["<end>"] = brute_force_token_loglik(
+                model, tokenizer, PROMPTS[row], answer_tokens(tokenizer, PROMPTS[row], SPACE.answer(before))
+            )
             expected = np.exp(options[name]) / sum(np.exp(v) for v in options.values()) if name in options else 0.0
             assert probabilities[row, k] == pytest.approx(expected, abs=1e-4), (row, name)
 
@@ -196,8 +232,14 @@ def test_best_thresholds_maximise_each_labels_f1():
 
 
 def multi_label_files(tmp_path):
-    rows = [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("here", []),
-            ("happy happy", ["joy"]), ("scared and sad", ["fear", "sadness"]), ("ok", [])]
+    rows = [
+        ("i feel happy and scared", ["joy", "fear"]),
+        ("so sad", ["sadness"]),
+        ("here", []),
+        ("happy happy", ["joy"]),
+        ("scared and sad", ["fear", "sadness"]),
+        ("ok", []),
+    ]
     for name in ("train", "dev"):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
     return tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
@@ -205,8 +247,17 @@ def multi_label_files(tmp_path):
 
 def test_calibrate_then_score_mode_uses_the_thresholds(tmp_path, tiny_llama):
     train, dev = multi_label_files(tmp_path)
-    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(train), eval_dataset=str(dev),
-                         select_dataset=str(dev), mode="score", max_steps=3, max_new_tokens=8)
+    config = tiny_config(
+        tmp_path,
+        tiny_llama,
+        tmp_path,
+        dataset=str(train),
+        eval_dataset=str(dev),
+        select_dataset=str(dev),
+        mode="score",
+        max_steps=3,
+        max_new_tokens=8,
+    )
     assert run_cli("sft", config) == 0
     assert run_cli("calibrate", config) == 0
     stored = json.loads((tmp_path / "run" / "thresholds.json").read_text())
@@ -223,8 +274,17 @@ def test_calibrate_then_score_mode_uses_the_thresholds(tmp_path, tiny_llama):
 def test_calibrated_thresholds_take_precedence_over_score_threshold(tmp_path, tiny_llama, caplog):
     """One rule: thresholds.json when the run has it, else score_threshold, else 0.5; metrics.json says which."""
     train, dev = multi_label_files(tmp_path)
-    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(train), eval_dataset=str(dev),
-                         select_dataset=str(dev), mode="score", max_steps=3, max_new_tokens=8)
+    config = tiny_config(
+        tmp_path,
+        tiny_llama,
+        tmp_path,
+        dataset=str(train),
+        eval_dataset=str(dev),
+        select_dataset=str(dev),
+        mode="score",
+        max_steps=3,
+        max_new_tokens=8,
+    )
     assert run_cli("sft", config) == 0
     run = tmp_path / "run"
 
@@ -253,8 +313,18 @@ def test_an_evaluation_on_the_rows_that_tuned_the_run_is_marked_not_held_out(tmp
     """Selection and calibration on dev, then evaluated on dev: said loudly, and recorded in metrics.json."""
     train, dev = multi_label_files(tmp_path)
     (tmp_path / "test.jsonl").write_text(dev.read_text())  # the same texts, another split: not the tuning split
-    config = tiny_config(tmp_path, tiny_llama, tmp_path, dataset=str(train), eval_dataset=str(dev),
-                         select_dataset=str(dev), select_best=True, mode="score", max_steps=3, max_new_tokens=8)
+    config = tiny_config(
+        tmp_path,
+        tiny_llama,
+        tmp_path,
+        dataset=str(train),
+        eval_dataset=str(dev),
+        select_dataset=str(dev),
+        select_best=True,
+        mode="score",
+        max_steps=3,
+        max_new_tokens=8,
+    )
     assert run_cli("sft", config) == 0
     assert run_cli("calibrate", config) == 0
     caplog.clear()
@@ -334,14 +404,26 @@ def test_cv_runs_every_fold_and_summarises(tmp_path, tiny_llama, emotion_dir, ca
 
 @pytest.mark.parametrize("dataset, eval_split, labels", [("semeval2018_ec", "dev", 11), ("goemotions", "dev", 28)])
 def test_real_multi_label_datasets_end_to_end(tmp_path, tiny_llama, shared_data, dataset, eval_split, labels):
-    config = tiny_config(tmp_path, tiny_llama, tmp_path / "nothing-here", dataset=dataset,
-                         eval_dataset=f"{dataset}:{eval_split}", max_samples=48, max_eval_samples=16, max_steps=2,
-                         cutoff_len=256, max_new_tokens=8, label_balancing="loss_weight")
+    config = tiny_config(
+        tmp_path,
+        tiny_llama,
+        tmp_path / "nothing-here",
+        dataset=dataset,
+        eval_dataset=f"{dataset}:{eval_split}",
+        max_samples=48,
+        max_eval_samples=16,
+        max_steps=2,
+        cutoff_len=256,
+        max_new_tokens=8,
+        label_balancing="loss_weight",
+    )
     assert run_cli("sft", config) == 0
     space = json.loads((tmp_path / "run" / "label_space.json").read_text())
     assert space["multi_label"] and len(space["names"]) == labels and space["none_word"]
     for mode in ("generate", "score"):
         assert run_cli("generate-eval", config, f"mode={mode}", f"eval_output_dir={tmp_path / 'run' / mode}") == 0
         metrics = json.loads((tmp_path / "run" / mode / "metrics.json").read_text())["metrics"]
-        assert metrics["n"] == 16 and {"jaccard", "exact_match", "micro_f1", "macro_f1", "label_confusion"} <= set(metrics)
+        assert metrics["n"] == 16 and {"jaccard", "exact_match", "micro_f1", "macro_f1", "label_confusion"} <= set(
+            metrics
+        )
         assert len(metrics["per_class"]) == labels

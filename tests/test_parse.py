@@ -8,7 +8,19 @@ EMOTION = LabelSpace(
     synonyms={"joy": ("happy", "happiness"), "anger": ("angry",), "sadness": ("sad",), "surprise": ("surprised",)},
 )
 SEMEVAL = LabelSpace(
-    ("anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"),
+    (
+        "anger",
+        "anticipation",
+        "disgust",
+        "fear",
+        "joy",
+        "love",
+        "optimism",
+        "pessimism",
+        "sadness",
+        "surprise",
+        "trust",
+    ),
     multi_label=True,
     synonyms={"optimism": ("hopeful", "hope"), "pessimism": ("hopeless",), "anger": ("angry",)},
 )
@@ -78,7 +90,7 @@ def test_multiword_and_underscored_labels():
 
 
 from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st
+from hypothesis import strategies as st  # noqa: E402
 
 from instructemo.parse import words  # noqa: E402
 

@@ -1,10 +1,10 @@
 import pytest
 from transformers import AutoTokenizer
 
-from instructemo.records import Record
 from instructemo.errors import UserError
 from instructemo.labels import LabelSpace
 from instructemo.prompts import PromptBuilder, builtin_templates, load_template, render_user_turn
+from instructemo.records import Record
 
 EMOTION = LabelSpace(("sadness", "joy", "love", "anger", "fear", "surprise"))
 SEMEVAL = LabelSpace(("anger", "disgust", "trust"), multi_label=True, none_word="none")
@@ -39,7 +39,10 @@ def test_answers_are_canonical():
 def test_user_template_file(tmp_path):
     path = tmp_path / "mine.jinja"
     path.write_text("Labels: {{ labels | join('/') }} -- {{ text }}")
-    assert render_user_turn(load_template(str(path), "x"), "hi", EMOTION) == "Labels: sadness/joy/love/anger/fear/surprise -- hi"
+    assert (
+        render_user_turn(load_template(str(path), "x"), "hi", EMOTION)
+        == "Labels: sadness/joy/love/anger/fear/surprise -- hi"
+    )
 
 
 def test_template_errors(tmp_path):

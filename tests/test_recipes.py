@@ -54,8 +54,10 @@ def test_every_example_config_is_valid():
     assert load_config(str(ROOT / "examples/mistral_qlora.yaml"), []).finetuning_type == "qlora"
 
 
-@pytest.mark.parametrize("name, stage, offload", [("ds_z2", 2, False), ("ds_z3", 3, False),
-                                                  ("ds_z2_offload", 2, True), ("ds_z3_offload", 3, True)])
+@pytest.mark.parametrize(
+    "name, stage, offload",
+    [("ds_z2", 2, False), ("ds_z3", 3, False), ("ds_z2_offload", 2, True), ("ds_z3_offload", 3, True)],
+)
 def test_deepspeed_configs(name, stage, offload):
     ds = json.loads((ROOT / "examples" / "deepspeed" / f"{name}.json").read_text())
     zero = ds["zero_optimization"]
@@ -83,7 +85,13 @@ def test_torchrun_command_reads_the_standard_variables(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29600")
     command = torchrun_command(4, "c.yaml", ["lora_rank=8"])
     assert command[1:3] == ["-m", "torch.distributed.run"]
-    assert {"--nproc_per_node=4", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.5", "--master_port=29600"} <= set(command)
+    assert {
+        "--nproc_per_node=4",
+        "--nnodes=2",
+        "--node_rank=1",
+        "--master_addr=10.0.0.5",
+        "--master_port=29600",
+    } <= set(command)
     assert command[-6:] == ["instructemo.cli", "sft", "c.yaml", "lora_rank=8", "nproc_per_node=4", "do_eval=false"]
 
 
@@ -103,8 +111,14 @@ def test_two_process_training_on_cpu(tmp_path, tiny_llama, emotion_dir):
 def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir, processes):
     """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2; the adapter evaluates. One process runs under torchrun
     too: DeepSpeed alone would look for MPI (mpi4py) to set up its process group."""
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=2, do_eval=True,
-                         deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json"))
+    config = tiny_config(
+        tmp_path,
+        tiny_llama,
+        emotion_dir,
+        max_steps=2,
+        do_eval=True,
+        deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json"),
+    )
     assert run_cli("sft", config, *(["--nproc", processes] if processes > 1 else [])) == 0
     run = tmp_path / "run"
     assert json.loads((run / "train_results.json").read_text())["processes"] == processes

@@ -17,7 +17,11 @@ from instructemo.prompts import load_template
 
 
 def losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r}
+    return {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (run / "trainer_log.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,9 @@ def killed_and_resumed(tmp_path_factory, slow_tiny):
     write_emotion_txt(data / "emotion" / "test.txt", EMOTION_ROWS[::2])
     settings = dict(max_steps=24, save_steps=4, learning_rate=1e-3, logging_steps=1)
     config = tiny_config(root / "killed", slow_tiny, data, **settings)
-    worker = subprocess.Popen([sys.executable, "-m", "instructemo.cli", "sft", config],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "instructemo.cli", "sft", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     run = root / "killed" / "run"
     deadline = time.time() + 300
     while not (run / "checkpoint-8" / "instructemo_progress.json").is_file():  # written last: the checkpoint is whole
@@ -51,8 +56,14 @@ def killed_and_resumed(tmp_path_factory, slow_tiny):
     resumed = run_cli("sft", config, "resume=auto")
     whole = tiny_config(root / "whole", slow_tiny, data, **settings)
     assert run_cli("sft", whole) == 0
-    return {"refused": refused, "resumed": resumed, "config": config, "run": run, "whole": root / "whole" / "run",
-            "progress_at_kill": progress}
+    return {
+        "refused": refused,
+        "resumed": resumed,
+        "config": config,
+        "run": run,
+        "whole": root / "whole" / "run",
+        "progress_at_kill": progress,
+    }
 
 
 def test_resume_after_sigkill_finishes_the_run(killed_and_resumed):
@@ -131,8 +142,10 @@ def test_code_shipped_with_a_model_needs_trust_remote_code(tmp_path, tiny_llama,
     for name in os.listdir(tiny_llama):
         (custom / name).write_bytes((tiny_llama / name).read_bytes())
     config_json = json.loads((custom / "config.json").read_text())
-    config_json.update(model_type="my_custom_llm", auto_map={"AutoConfig": "modeling_custom.CustomConfig",
-                                                                   "AutoModelForCausalLM": "modeling_custom.CustomLM"})
+    config_json.update(
+        model_type="my_custom_llm",
+        auto_map={"AutoConfig": "modeling_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomLM"},
+    )
     (custom / "config.json").write_text(json.dumps(config_json))
     (custom / "modeling_custom.py").write_text("raise SystemExit('remote code ran')\n")
     config = tiny_config(tmp_path, custom, emotion_dir, max_steps=1)
@@ -153,7 +166,9 @@ def test_config_paths_cannot_write_outside_output_dir(tmp_path, tiny_llama, emot
     assert run_cli("generate-eval", config, f"eval_output_dir={tmp_path / 'run' / '..' / 'elsewhere'}") == 2
     assert "is outside output_dir" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
-    assert run_cli("generate-eval", config, f"eval_output_dir={tmp_path / 'run'}") == 2  # its files would mix with the run's
+    assert (
+        run_cli("generate-eval", config, f"eval_output_dir={tmp_path / 'run'}") == 2
+    )  # its files would mix with the run's
     assert "is output_dir itself" in capsys.readouterr().err
 
 

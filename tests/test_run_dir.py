@@ -26,8 +26,11 @@ def strict_json(path: Path):
     def refuse(name):
         raise ValueError(f"{name} in {path}")
 
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()] if path.suffix == ".jsonl" \
+    return (
+        [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+        if path.suffix == ".jsonl"
         else json.loads(path.read_text(), parse_constant=refuse)
+    )
 
 
 # --- files a run did not write ---------------------------------------------------------------
@@ -36,15 +39,21 @@ def strict_json(path: Path):
 def test_sft_never_writes_into_a_directory_it_did_not_make(tmp_path, tiny_llama, emotion_dir, capsys):
     mine = tmp_path / "run"
     mine.mkdir()
-    files = {"README.md": "# my notes\n", "tokenizer_config.json": "{}", "loss.png": "not a png",
-             "instructemo_config.yaml": "left by an old crashed run\n"}
+    files = {
+        "README.md": "# my notes\n",
+        "tokenizer_config.json": "{}",
+        "loss.png": "not a png",
+        "instructemo_config.yaml": "left by an old crashed run\n",
+    }
     for name, text in files.items():
         (mine / name).write_text(text)
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)
     for extra in ([], ["overwrite_output_dir=true"], ["resume=auto"]):
         assert run_cli("sft", config, *extra) == 2
         err = capsys.readouterr().err.strip()
-        assert "holds files that instructemo did not write (README.md, instructemo_config.yaml" in err and "\n" not in err
+        assert (
+            "holds files that instructemo did not write (README.md, instructemo_config.yaml" in err and "\n" not in err
+        )
     assert {p.name: p.read_text() for p in mine.iterdir()} == files
 
 
@@ -86,7 +95,12 @@ def test_export_to_a_file_is_one_line(trained, tmp_path, capsys):
 def test_every_json_file_a_run_writes_is_strict(trained):
     config, run = trained
     assert run_cli("generate-eval", config, "mode=score") == 0
-    written = [*run.glob("*.json"), *run.glob("*.jsonl"), *(run / "eval").glob("*.json*"), *run.glob("checkpoint-*/*.json")]
+    written = [
+        *run.glob("*.json"),
+        *run.glob("*.jsonl"),
+        *(run / "eval").glob("*.json*"),
+        *run.glob("checkpoint-*/*.json"),
+    ]
     assert len(written) >= 8
     for path in written:
         strict_json(path)
@@ -107,9 +121,14 @@ def test_every_reading_verb_refuses_an_incomplete_run(trained, tmp_path, capsys)
     mark_incomplete(run)
     table = tmp_path / "texts.csv"
     table.write_text("text\ni am happy\n")
-    verbs = [("generate-eval", config), ("classify", config, "--", "i am happy"), ("calibrate", config),
-             ("predict", config, "--input", table, "--output", tmp_path / "out.csv"),
-             ("export", config, "--output", tmp_path / "exported"), ("compare", run, "--output", tmp_path / "cmp")]
+    verbs = [
+        ("generate-eval", config),
+        ("classify", config, "--", "i am happy"),
+        ("calibrate", config),
+        ("predict", config, "--input", table, "--output", tmp_path / "out.csv"),
+        ("export", config, "--output", tmp_path / "exported"),
+        ("compare", run, "--output", tmp_path / "cmp"),
+    ]
     for verb in verbs:
         capsys.readouterr()
         assert run_cli(*verb) == 2, verb[0]
@@ -145,17 +164,22 @@ def corrupt_weights_at(monkeypatch, step: int, where: str = "weights") -> None:
     monkeypatch.setattr(train, "build_sft_trainer", build_with_fault)
 
 
-@pytest.mark.parametrize("where, step, what", [("weights", 5, "the loss is nan"), ("gradient", 6, "a gradient is not finite")])
-def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tiny_llama, emotion_dir, capsys,
-                                                                      monkeypatch, where, step, what):
+@pytest.mark.parametrize(
+    "where, step, what", [("weights", 5, "the loss is nan"), ("gradient", 6, "a gradient is not finite")]
+)
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_llama, emotion_dir, capsys, monkeypatch, where, step, what
+):
     corrupt_weights_at(monkeypatch, step, where)
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=10, save_steps=4, do_eval=True)
     assert run_cli("sft", config) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     shown = step + 1 if where == "weights" else step
-    assert err == (f"instructemo: error: training diverged at step {shown} of 10: {what}; learning_rate 0.02 is likely "
-                   "too high (LoRA usually takes 1e-4 to 5e-4); the last good checkpoint, checkpoint-4, is kept, and "
-                   "nothing was saved as final")
+    assert err == (
+        f"instructemo: error: training diverged at step {shown} of 10: {what}; learning_rate 0.02 is likely "
+        "too high (LoRA usually takes 1e-4 to 5e-4); the last good checkpoint, checkpoint-4, is kept, and "
+        "nothing was saved as final"
+    )
     run = tmp_path / "run"
     assert not (run / "adapter_model.safetensors").exists() and not (run / "eval").exists()
     assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-4"]
@@ -179,8 +203,12 @@ def test_nan_weights_are_refused_by_every_inference_path(trained, tmp_path, caps
     save_file({n: torch.full_like(t, float("nan")) for n, t in weights.items()}, run / "adapter_model.safetensors")
     table = tmp_path / "texts.csv"
     table.write_text("text\ni am happy\n")
-    for verb in [("generate-eval", config), ("generate-eval", config, "mode=score"), ("classify", config, "--", "hi"),
-                 ("predict", config, "--input", table, "--output", tmp_path / "out.csv")]:
+    for verb in [
+        ("generate-eval", config),
+        ("generate-eval", config, "mode=score"),
+        ("classify", config, "--", "hi"),
+        ("predict", config, "--input", table, "--output", tmp_path / "out.csv"),
+    ]:
         capsys.readouterr()
         assert run_cli(*verb) == 2
         assert "holds weights that are not numbers" in capsys.readouterr().err
@@ -261,7 +289,9 @@ def read_only_dir(tmp_path):
     subprocess.run(["umount", str(target)], check=False)
 
 
-def test_a_read_only_output_dir_is_one_line_before_anything_loads(tmp_path, tiny_llama, emotion_dir, read_only_dir, capsys):
+def test_a_read_only_output_dir_is_one_line_before_anything_loads(
+    tmp_path, tiny_llama, emotion_dir, read_only_dir, capsys
+):
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1, output_dir=str(read_only_dir / "run"))
     assert run_cli("sft", config) == 2
     err = capsys.readouterr().err.strip()

@@ -27,14 +27,16 @@ def test_classify_arguments_and_stdin(tmp_path, tiny_llama, emotion_dir, capsys,
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3)
     assert run_cli("sft", config) == 0
     capsys.readouterr()
-    assert run_cli("classify", config, "--text", "i feel so happy", "max_new_tokens=4", "--", "seed=7", "i am scared") == 0
+    assert (
+        run_cli("classify", config, "--text", "i feel so happy", "max_new_tokens=4", "--", "seed=7", "i am scared") == 0
+    )
     lines = capsys.readouterr().out.strip().split("\n")
     assert len(lines) == 3 and lines[0].endswith("i feel so happy") and "[top: " in lines[0]
     assert lines[1].endswith("\tseed=7")  # a text shaped like an override is still a text after --
     label = lines[0].split(" ")[0]
     assert label in {"sadness", "joy", "love", "anger", "fear", "surprise"}
     assert run_cli("classify", config, "i feel so happy") == 2  # a bare word: a text or a typo? it must say
-    assert 'texts to classify go after --' in capsys.readouterr().err
+    assert "texts to classify go after --" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.StringIO("wow\n\n  \ni adore you\n"))
     assert run_cli("classify", config) == 0
     lines = capsys.readouterr().out.rstrip("\n").split("\n")
@@ -53,9 +55,23 @@ def test_export_writes_a_standalone_model(tmp_path, tiny_llama, emotion_dir, cap
     AutoModelForCausalLM.from_pretrained(out)  # plain transformers loads it
     # The exported model evaluates like the adapter it came from.
     assert run_cli("generate-eval", config, "eval_output_dir=" + str(tmp_path / "run" / "adapter-eval")) == 0
-    assert run_cli("generate-eval", config, f"adapter_name_or_path={out}", "eval_output_dir=" + str(tmp_path / "run" / "export-eval")) == 0
-    a = [json.loads(l)["predicted"] for l in (tmp_path / "run" / "adapter-eval" / "predictions.jsonl").read_text().splitlines()]
-    b = [json.loads(l)["predicted"] for l in (tmp_path / "run" / "export-eval" / "predictions.jsonl").read_text().splitlines()]
+    assert (
+        run_cli(
+            "generate-eval",
+            config,
+            f"adapter_name_or_path={out}",
+            "eval_output_dir=" + str(tmp_path / "run" / "export-eval"),
+        )
+        == 0
+    )
+    a = [
+        json.loads(l)["predicted"]
+        for l in (tmp_path / "run" / "adapter-eval" / "predictions.jsonl").read_text().splitlines()
+    ]
+    b = [
+        json.loads(l)["predicted"]
+        for l in (tmp_path / "run" / "export-eval" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert a == b
     assert run_cli("export", config, "--output", out) == 2  # never into a non-empty directory
     assert run_cli("export", config, "--output", tmp_path / "g", "--gguf") == 2
@@ -83,9 +99,20 @@ def test_html_report_opens_in_a_headless_browser(tmp_path, tiny_llama, emotion_d
     page = report.read_text()
     assert "http://" not in page and "https://" not in page  # self-contained: readable offline
     browser = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert browser.returncode == 0
     dom = browser.stdout

@@ -14,8 +14,10 @@ from instructemo.trainer import build_sft_trainer
 
 
 def test_shared_prompt_length_keeps_the_answer_predicting_position():
-    rows = [{"input_ids": [1, 2, 3, 4, 9], "labels": [-100, -100, -100, -100, 9]},
-            {"input_ids": [1, 2, 3, 5, 9], "labels": [-100, -100, -100, -100, 9]}]
+    rows = [
+        {"input_ids": [1, 2, 3, 4, 9], "labels": [-100, -100, -100, -100, 9]},
+        {"input_ids": [1, 2, 3, 5, 9], "labels": [-100, -100, -100, -100, 9]},
+    ]
     assert shared_prompt_length(rows) == 3
     same = [rows[0], dict(rows[0])]  # identical rows: stop before the position that predicts the answer
     assert shared_prompt_length(same) == 3
@@ -26,13 +28,18 @@ def test_shared_prompt_length_keeps_the_answer_predicting_position():
 
 
 def test_packing_puts_short_rows_beside_each_other():
-    rows = [{"input_ids": [1, 2, 3, *rest, 9], "labels": [-100, -100, -100, *[-100] * len(rest), 9]}
-            for rest in ([4, 5, 6, 7], [4], [5], [6, 6])]
+    rows = [
+        {"input_ids": [1, 2, 3, *rest, 9], "labels": [-100, -100, -100, *[-100] * len(rest), 9]}
+        for rest in ([4, 5, 6, 7], [4], [5], [6, 6])
+    ]
     batch = LeftPadCollator(0, share_prefix=True, pack=True)(rows)
     assert batch["prefix_ids"].tolist() == [[1, 2, 3]]
     # rests of 5, 2, 2 and 3 tokens, packed into rows as wide as the longest: [5], [3, 2], [2]
-    kept = sorted(tuple(t for t, s in zip(ids, seg) if s == n)
-                  for ids, seg in zip(batch["input_ids"].tolist(), batch["segments"].tolist()) for n in set(seg) - {0})
+    kept = sorted(
+        tuple(t for t, s in zip(ids, seg) if s == n)
+        for ids, seg in zip(batch["input_ids"].tolist(), batch["segments"].tolist())
+        for n in set(seg) - {0}
+    )
     assert kept == sorted([(4, 5, 6, 7, 9), (4, 9), (5, 9), (6, 6, 9)])  # every row once, whole
     assert batch["input_ids"].shape == (3, 5)
     for positions, seg in zip(batch["position_ids"].tolist(), batch["segments"].tolist()):

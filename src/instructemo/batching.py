@@ -55,7 +55,9 @@ def positions_after(real: torch.Tensor, offset: int) -> torch.Tensor:
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A (rows, queries, keys) bool mask as the additive 4D mask models take: 0 where allowed, the dtype's min elsewhere."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]
 
 
 def encode_prefix(model, prefix_ids: torch.Tensor, rows: int = 1):
@@ -102,8 +104,12 @@ class LeftPadCollator:
             return self._pack(examples, rows, prefix_len)
         input_ids, real = left_padded([ids for ids, _ in rows], self.pad_token_id)
         labels, _ = left_padded([targets for _, targets in rows], -100)
-        batch = {"input_ids": input_ids, "attention_mask": real.long(), "position_ids": positions_after(real, prefix_len),
-                 "labels": labels}
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": real.long(),
+            "position_ids": positions_after(real, prefix_len),
+            "labels": labels,
+        }
         if prefix_len:
             batch["prefix_ids"] = torch.as_tensor(examples[0]["input_ids"][:prefix_len])[None]
         if "weight" in examples[0]:
@@ -194,9 +200,12 @@ def packed_forward(model, inputs: dict, labels: torch.Tensor):
     cache = encode_prefix(model, prefix_ids, segments.shape[0]) if prefix_ids is not None else None
     prefix_len = prefix_ids.shape[1] if prefix_ids is not None else 0
     outputs = model(
-        input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+        input_ids=inputs["input_ids"],
+        position_ids=inputs["position_ids"],
         attention_mask=packed_attention_mask(segments, prefix_len, model.dtype),
-        past_key_values=cache, use_cache=cache is not None, logits_to_keep=columns,
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=columns,
     )
     return outputs, columns + 1
 
@@ -205,11 +214,16 @@ def forward_after_shared_prefix(model, prefix_ids: torch.Tensor, inputs: dict, l
     """The batch's forward pass with its shared prefix encoded once: the same logits, with gradients, as the whole rows."""
     batch = inputs["input_ids"].shape[0]
     cache = encode_prefix(model, prefix_ids, batch)
-    prefix_mask = torch.ones((batch, prefix_ids.shape[1]), dtype=inputs["attention_mask"].dtype, device=prefix_ids.device)
+    prefix_mask = torch.ones(
+        (batch, prefix_ids.shape[1]), dtype=inputs["attention_mask"].dtype, device=prefix_ids.device
+    )
     return model(
-        input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+        input_ids=inputs["input_ids"],
+        position_ids=inputs["position_ids"],
         attention_mask=torch.cat([prefix_mask, inputs["attention_mask"]], dim=1),
-        past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
     )
 
 

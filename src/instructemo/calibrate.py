@@ -16,8 +16,7 @@ from .config import Config
 from .data import load_run_split, run_spec, split_source
 from .errors import UserError
 from .infer.classifier import Classifier
-from .infer.multilabel import best_thresholds
-from .metrics import binarize
+from .metrics import best_thresholds, binarize
 from .rundir import THRESHOLDS_FILE, write_into
 
 log = logging.getLogger(__name__)
@@ -28,9 +27,13 @@ def run_calibrate(cfg: Config) -> dict:
     classifier = Classifier(cfg)
     space = classifier.space
     if not space.multi_label:
-        raise UserError("calibrate picks per-label thresholds for multi-label models; single-label score mode takes the most probable label")
+        raise UserError(
+            "calibrate picks per-label thresholds for multi-label models; single-label score mode takes the most probable label"
+        )
     if classifier.adapter is None:
-        raise UserError(f"no trained model in {cfg.output_dir}; run instructemo sft first (or set adapter_name_or_path)")
+        raise UserError(
+            f"no trained model in {cfg.output_dir}; run instructemo sft first (or set adapter_name_or_path)"
+        )
     spec = run_spec(cfg, "dev")
     split = load_run_split(cfg, "dev", label_space=space)
     classifier.thresholds = None  # probabilities only; old thresholds play no part
@@ -44,8 +47,13 @@ def run_calibrate(cfg: Config) -> dict:
         "rows": len(split.records),
     }
     write_into(classifier.adapter, THRESHOLDS_FILE, json_text(record))
-    log.info("thresholds on %d rows of %s, mean dev F1 %.4f; wrote %s", len(split.records), spec, f1.mean(),
-             classifier.adapter / THRESHOLDS_FILE)
+    log.info(
+        "thresholds on %d rows of %s, mean dev F1 %.4f; wrote %s",
+        len(split.records),
+        spec,
+        f1.mean(),
+        classifier.adapter / THRESHOLDS_FILE,
+    )
     for name in space.names:
         log.info("  %-14s threshold %.3f  F1 %.3f", name, record["thresholds"][name], record["dev_f1"][name])
     return record

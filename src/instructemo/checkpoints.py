@@ -27,9 +27,17 @@ from .rundir import BEST_WEIGHTS_FILE, SELECTION_STATE_FILE
 
 log = logging.getLogger(__name__)
 
+
 class BestCheckpoint(TrainerCallback):
-    def __init__(self, cfg: Config, tokenizer, conversations: list[list[dict]], gold: list[tuple[str, ...]],
-                 space: LabelSpace, source: dict | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        tokenizer,
+        conversations: list[list[dict]],
+        gold: list[tuple[str, ...]],
+        space: LabelSpace,
+        source: dict | None = None,
+    ):
         # Greedy answers parsed into labels, exactly as generate-eval gets them (infer.classify).
         self.cfg = dataclasses.replace(cfg, mode="generate", do_sample=False)
         self.tokenizer, self.conversations, self.gold, self.space = tokenizer, conversations, gold, space
@@ -52,8 +60,11 @@ class BestCheckpoint(TrainerCallback):
     def resume_from(self, checkpoint: Path) -> None:
         """The selection as it stood when `checkpoint` was written."""
         if not (checkpoint / SELECTION_STATE_FILE).is_file():
-            log.warning("%s holds no checkpoint selection (written before select_best kept one): the best "
-                        "checkpoint is chosen among the steps from here on", checkpoint)
+            log.warning(
+                "%s holds no checkpoint selection (written before select_best kept one): the best "
+                "checkpoint is chosen among the steps from here on",
+                checkpoint,
+            )
             return
         from safetensors.torch import load_file
 
@@ -77,13 +88,19 @@ class BestCheckpoint(TrainerCallback):
         predicted = classify(self.cfg, engine, self.conversations, self.space).labels
         model.train(was_training)
         metrics = score(self.gold, predicted, self.space)
-        point = {"step": step, "epoch": round(epoch or 0.0, 3), self.metric: metrics[self.metric],
-                 "invalid_rate": metrics["invalid_rate"]}
+        point = {
+            "step": step,
+            "epoch": round(epoch or 0.0, 3),
+            self.metric: metrics[self.metric],
+            "invalid_rate": metrics["invalid_rate"],
+        }
         self.history.append(point)
         improved = self.best is None or point[self.metric] > self.best[self.metric]
         if improved:
             self.best = point
-            self._best_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            self._best_weights = {
+                n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+            }
         log.info("step %d: dev %s %.4f%s", step, self.metric, point[self.metric], " (best so far)" if improved else "")
 
     def restore_best(self, model, final_step: int) -> dict:
@@ -95,5 +112,10 @@ class BestCheckpoint(TrainerCallback):
                 for name, saved in self._best_weights.items():
                     parameters[name].copy_(saved)
             log.info("kept the step-%d weights: dev %s %.4f", self.best["step"], self.metric, self.best[self.metric])
-        return {"metric": self.metric, "best": self.best, "history": self.history, "dev_rows": len(self.gold),
-                "data": self.source}
+        return {
+            "metric": self.metric,
+            "best": self.best,
+            "history": self.history,
+            "dev_rows": len(self.gold),
+            "data": self.source,
+        }

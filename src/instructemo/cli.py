@@ -104,36 +104,61 @@ VERBS = {
     "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
     "calibrate": (_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
     "cv": (_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
-    "classify": (_classify, "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities."),
+    "classify": (
+        _classify,
+        "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities.",
+    ),
     "export": (_export, "Merge the trained adapter into its base model and save a standalone model directory."),
     "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instructemo", description="Instruction-tune language models to classify emotion and sentiment.")
+    parser = argparse.ArgumentParser(
+        prog="instructemo", description="Instruction-tune language models to classify emotion and sentiment."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    listing = verbs.add_parser("datasets", help="List the dataset registry: splits, sizes, labels, where each loads from.")
+    listing = verbs.add_parser(
+        "datasets", help="List the dataset registry: splits, sizes, labels, where each loads from."
+    )
     listing.add_argument("--dataset-dir", default="data", help="Folder with an extra datasets.yaml (default: data).")
     listing.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
-    compare = verbs.add_parser("compare", help="Runs side by side: a table of metrics, cost and per-class F1, and a bar chart.")
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="A training output_dir (with eval/ in it) or an evaluation directory.")
-    compare.add_argument("--output", default="compare", help="Folder for compare.md, compare.json, per_class_f1.png (default: compare).")
+    compare = verbs.add_parser(
+        "compare", help="Runs side by side: a table of metrics, cost and per-class F1, and a bar chart."
+    )
+    compare.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="A training output_dir (with eval/ in it) or an evaluation directory.",
+    )
+    compare.add_argument(
+        "--output", default="compare", help="Folder for compare.md, compare.json, per_class_f1.png (default: compare)."
+    )
     compare.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     for name, (_, summary) in VERBS.items():
         sub = verbs.add_parser(
-            name, help=summary, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="config keys (in CONFIG.yaml or as key=value):\n" + describe_keys(),
         )
         sub.add_argument("config", metavar="CONFIG.yaml", help="YAML config file.")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="Override config keys.")
         sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
         if name == "sft":
-            sub.add_argument("--nproc", type=int, help="Training processes on this machine (torchrun); overrides nproc_per_node.")
+            sub.add_argument(
+                "--nproc", type=int, help="Training processes on this machine (torchrun); overrides nproc_per_node."
+            )
         if name == "classify":
-            sub.add_argument("--text", dest="texts", action="append",
-                             help="A text to classify (repeatable); texts may also follow `--`; default: one per stdin line.")
+            sub.add_argument(
+                "--text",
+                dest="texts",
+                action="append",
+                help="A text to classify (repeatable); texts may also follow `--`; default: one per stdin line.",
+            )
         if name == "export":
             sub.add_argument("--output", required=True, help="New directory for the merged model.")
             sub.add_argument("--gguf", action="store_true", help="Also write GGUF (needs llama.cpp's converter).")
@@ -142,14 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             sub.add_argument("--input", required=True, help="Unlabelled .csv, .tsv or .jsonl file.")
             sub.add_argument("--output", required=True, help="Where to write predictions (.csv, .tsv or .jsonl).")
-            sub.add_argument("--text-column", help="Column holding the text; default: inferred (text, sentence, tweet, ...).")
+            sub.add_argument(
+                "--text-column", help="Column holding the text; default: inferred (text, sentence, tweet, ...)."
+            )
             sub.add_argument("--id-column", help="Column to copy as the row id; default: id/ID when present.")
     return parser
 
 
 def _quiet_libraries(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s" if verbose else "%(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s" if verbose else "%(message)s", datefmt="%H:%M:%S"
+    )
     logging.getLogger("instructemo").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:
@@ -211,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # the machine refused a read or write: permissions, a full disk, a vanished path
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"instructemo: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
-              file=sys.stderr)
+        print(
+            f"instructemo: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("instructemo: interrupted", file=sys.stderr)

@@ -25,7 +25,9 @@ def load_run(path: Path) -> dict:
     eval_dir = path if is_evaluation else path / EVAL_DIR
     RunDir(eval_dir).require_complete()
     if not (eval_dir / METRICS_FILE).is_file():
-        raise UserError(f"{path}: no metrics.json in it or in {path / EVAL_DIR}; run instructemo generate-eval on it first")
+        raise UserError(
+            f"{path}: no metrics.json in it or in {path / EVAL_DIR}; run instructemo generate-eval on it first"
+        )
     evaluation = read_json(eval_dir / METRICS_FILE)
     run_dir = Path(evaluation["adapter"]) if evaluation.get("adapter") else (path if eval_dir != path else path.parent)
     RunDir(run_dir).require_complete()
@@ -65,10 +67,14 @@ def compare_runs(paths: list[Path], output: Path) -> list[dict]:
     labels = list(runs[0]["per_class_f1"])
     for r in runs[1:]:
         if list(r["per_class_f1"]) != labels:
-            raise UserError(f"compare: {r['run']} has other labels than {runs[0]['run']}; compare runs on the same label space")
+            raise UserError(
+                f"compare: {r['run']} has other labels than {runs[0]['run']}; compare runs on the same label space"
+            )
     if len({r["n"] for r in runs}) > 1:
-        log.warning("the runs were evaluated on different numbers of rows (%s); their figures are not strictly comparable",
-                    ", ".join(str(r["n"]) for r in runs))
+        log.warning(
+            "the runs were evaluated on different numbers of rows (%s); their figures are not strictly comparable",
+            ", ".join(str(r["n"]) for r in runs),
+        )
     table = render_table(runs, labels)
     print(table)
     destination = RunDir(output, "--output")
@@ -87,20 +93,48 @@ def compare_runs(paths: list[Path], output: Path) -> list[dict]:
 def _cell(value, spec: str = ".4f") -> str:
     if value is None:
         return "–"
-    return format(value, spec) if isinstance(value, float) else format(value, ",") if isinstance(value, int) else str(value)
+    return (
+        format(value, spec)
+        if isinstance(value, float)
+        else format(value, ",")
+        if isinstance(value, int)
+        else str(value)
+    )
 
 
 def render_table(runs: list[dict], labels: list[str]) -> str:
     """A markdown table: one row per run, overall metrics, cost, then each class's F1."""
     headline = "jaccard" if runs[0]["multi_label"] else "accuracy"
-    header = ["run", "stage", "mode", headline, "macro F1", "micro F1", "invalid", "train s", "train ex/s",
-              "eval ex/s", "trainable params", *(f"F1 {n}" for n in labels)]
+    header = [
+        "run",
+        "stage",
+        "mode",
+        headline,
+        "macro F1",
+        "micro F1",
+        "invalid",
+        "train s",
+        "train ex/s",
+        "eval ex/s",
+        "trainable params",
+        *(f"F1 {n}" for n in labels),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in runs:
-        cells = [r["name"], r["stage"], r["mode"], _cell(r[headline]), _cell(r["macro_f1"]), _cell(r["micro_f1"]),
-                 f"{100 * r['invalid_rate']:.1f}%", _cell(r["train_seconds"], ".0f"), _cell(r["train_examples_per_second"], ".2f"),
-                 _cell(r["eval_examples_per_second"], ".2f"), _cell(r["trainable_parameters"]),
-                 *(_cell(r["per_class_f1"][n], ".3f") for n in labels)]
+        cells = [
+            r["name"],
+            r["stage"],
+            r["mode"],
+            _cell(r[headline]),
+            _cell(r["macro_f1"]),
+            _cell(r["micro_f1"]),
+            f"{100 * r['invalid_rate']:.1f}%",
+            _cell(r["train_seconds"], ".0f"),
+            _cell(r["train_examples_per_second"], ".2f"),
+            _cell(r["eval_examples_per_second"], ".2f"),
+            _cell(r["trainable_parameters"]),
+            *(_cell(r["per_class_f1"][n], ".3f") for n in labels),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -114,7 +148,9 @@ def plot_per_class_f1(runs: list[dict], labels: list[str], path: Path) -> None:
     x = np.arange(len(labels))
     width = 0.8 / len(runs)
     rows_of_legend = -(-len(runs) // 3)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(runs) / 2)), 4 + 0.25 * rows_of_legend), dpi=110)
+    fig, ax = plt.subplots(
+        figsize=(max(6, 0.9 * len(labels) * max(1, len(runs) / 2)), 4 + 0.25 * rows_of_legend), dpi=110
+    )
     for k, r in enumerate(runs):
         name = f"{r['name']} ({r['stage']})" if r["mode"] == r["stage"] else f"{r['name']} ({r['stage']}, {r['mode']})"
         ax.bar(x + (k - (len(runs) - 1) / 2) * width, [r["per_class_f1"][n] for n in labels], width, label=name)
@@ -123,6 +159,11 @@ def plot_per_class_f1(runs: list[dict], labels: list[str], path: Path) -> None:
     ax.set_ylabel("F1")
     ax.set_title("Per-class F1")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1 if len(labels) <= 8 else -0.25), ncol=min(3, len(runs)))
+    ax.legend(
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1 if len(labels) <= 8 else -0.25),
+        ncol=min(3, len(runs)),
+    )
     fig.tight_layout()
     save_figure(fig, path)

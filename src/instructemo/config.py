@@ -24,8 +24,9 @@ from .errors import UserError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _key(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
-         maximum: float | None = None):
+def _key(
+    default: Any, help: str, choices: tuple | None = None, minimum: float | None = None, maximum: float | None = None
+):
     return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "maximum": maximum})
 
 
@@ -40,11 +41,13 @@ class Config:
         None, "Adapter or fine-tuned model to evaluate; default: output_dir if it holds one."
     )
     flash_attn: str = _key(
-        "auto", "Attention: auto (fa2 on CUDA when installed, else sdpa), fa2, sdpa or eager.",
+        "auto",
+        "Attention: auto (fa2 on CUDA when installed, else sdpa), fa2, sdpa or eager.",
         choices=("auto", "fa2", "sdpa", "eager"),
     )
     bf16: bool | str = _key(
-        "auto", "bfloat16 weights and autocast: auto (when the hardware has it), true or false.",
+        "auto",
+        "bfloat16 weights and autocast: auto (when the hardware has it), true or false.",
         choices=("auto",),
     )
     # --- data ---
@@ -54,13 +57,12 @@ class Config:
     eval_dataset: str | None = _key(
         None, "Evaluation data, same forms as dataset; default: the test (else dev) split of dataset."
     )
-    dataset_dir: str = _key(
-        "data", "Folder searched first for dataset files and an extra datasets.yaml registry."
-    )
+    dataset_dir: str = _key("data", "Folder searched first for dataset files and an extra datasets.yaml registry.")
     text_column: str | None = _key(None, "Text column of a CSV/TSV/JSONL path dataset; inferred when unset.")
     label_column: str | None = _key(None, "Label column of a CSV/TSV/JSONL path dataset; inferred when unset.")
     labels: list | None = _key(
-        None, "The label names of a dataset given by path, in their canonical order: rows with other labels are bad "
+        None,
+        "The label names of a dataset given by path, in their canonical order: rows with other labels are bad "
         "rows, and integer labels 0, 1, ... index this list. Unset: the labels found in the file (sorted), which "
         "stops on labels that differ only in case or are too rare to be real.",
     )
@@ -68,25 +70,31 @@ class Config:
         "auto", "Prompt template: auto (the dataset's), single_label, multi_label, sentiment, or a .jinja path."
     )
     on_bad_rows: str = _key(
-        "error", "Rows with empty text, unknown labels, wrong columns, invalid UTF-8 or a repeated id: "
-        "error (stop, with their lines) or skip (leave them out and report them).", choices=("error", "skip"),
+        "error",
+        "Rows with empty text, unknown labels, wrong columns, invalid UTF-8 or a repeated id: "
+        "error (stop, with their lines) or skip (leave them out and report them).",
+        choices=("error", "skip"),
     )
     max_samples: int | None = _key(None, "Use at most this many training rows (in file order).", minimum=1)
     max_eval_samples: int | None = _key(None, "Use at most this many evaluation rows (in file order).", minimum=1)
     cutoff_len: int = _key(512, "Maximum tokens of prompt plus answer; longer training rows are truncated.", minimum=16)
     # --- fine-tuning ---
     stage: str = _key(
-        "sft", "What `instructemo sft` trains: sft (generative instruction tuning: the model writes the label) or "
+        "sft",
+        "What `instructemo sft` trains: sft (generative instruction tuning: the model writes the label) or "
         "cls (a classification head on AutoModelForSequenceClassification, for encoders such as BERT or MiniLM "
-        "and decoders with a score head).", choices=("sft", "cls"),
+        "and decoders with a score head).",
+        choices=("sft", "cls"),
     )
     class_weights: str | dict = _key(
-        "none", "stage cls: weigh the loss per class: none, balanced (inverse class frequency; for multi-label "
+        "none",
+        "stage cls: weigh the loss per class: none, balanced (inverse class frequency; for multi-label "
         "the negative/positive ratio per label) or a mapping {label: weight} (unnamed labels weigh 1).",
         choices=("none", "balanced"),
     )
     finetuning_type: str = _key(
-        "lora", "lora, qlora (LoRA on a 4-bit NF4 base; needs a CUDA GPU and bitsandbytes), ia3, or full.",
+        "lora",
+        "lora, qlora (LoRA on a 4-bit NF4 base; needs a CUDA GPU and bitsandbytes), ia3, or full.",
         choices=("lora", "qlora", "ia3", "full"),
     )
     lora_rank: int = _key(8, "LoRA rank r.", minimum=1)
@@ -101,83 +109,108 @@ class Config:
     num_train_epochs: float = _key(1.0, "Training epochs.", minimum=0, maximum=10000)
     max_steps: int = _key(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
     lr_scheduler_type: str = _key(
-        "cosine", "Learning-rate schedule.",
+        "cosine",
+        "Learning-rate schedule.",
         choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"),
     )
     warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
     weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0, maximum=1)
     gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
     group_by_length: bool | str = _key(
-        "auto", "Batch rows of similar length together (less padding), in shuffled batch order: true; false: plain "
+        "auto",
+        "Batch rows of similar length together (less padding), in shuffled batch order: true; false: plain "
         "random batches; auto: random when sft packs its rows (see packing), length-grouped otherwise.",
         choices=("auto",),
     )
     packing: bool = _key(
-        True, "Pack each batch's rows, after the shared prefix, side by side into as few rows as its longest row "
+        True,
+        "Pack each batch's rows, after the shared prefix, side by side into as few rows as its longest row "
         "needs, each attending to itself only: the same loss and gradients without computing padding, so random "
         "batches train nearly as fast as length-grouped ones. Used where shared_prefix is; false pads instead.",
     )
     shared_prefix: bool = _key(
-        True, "Encode the prompt tokens every row of a batch shares (system prompt, instruction) once per batch "
+        True,
+        "Encode the prompt tokens every row of a batch shares (system prompt, instruction) once per batch "
         "instead of once per row: the same loss and gradients for less compute. Used with one process and "
         "without FlashAttention-2 or gradient checkpointing; false turns it off.",
     )
     logging_steps: int = _key(10, "Log loss every this many optimizer steps.", minimum=1)
     label_balancing: str = _key(
-        "none", "Imbalance: none, oversample (repeat rows carrying rare labels) or loss_weight "
+        "none",
+        "Imbalance: none, oversample (repeat rows carrying rare labels) or loss_weight "
         "(weight each row's loss by the inverse frequency of its rarest label).",
         choices=("none", "oversample", "loss_weight"),
     )
     select_best: bool = _key(
-        False, "Score the dev split greedily at each epoch's end (and every select_steps) and keep the "
+        False,
+        "Score the dev split greedily at each epoch's end (and every select_steps) and keep the "
         "weights with the best select_metric instead of the last ones.",
     )
     select_steps: int | None = _key(None, "With select_best: also score every this many optimizer steps.", minimum=1)
-    select_dataset: str | None = _key(None, "Split for checkpoint selection and threshold calibration; default: the dataset's dev split.")
+    select_dataset: str | None = _key(
+        None, "Split for checkpoint selection and threshold calibration; default: the dataset's dev split."
+    )
     select_metric: str = _key(
-        "macro_f1", "Metric that picks the checkpoint (higher is better).",
+        "macro_f1",
+        "Metric that picks the checkpoint (higher is better).",
         choices=("macro_f1", "micro_f1", "accuracy", "jaccard", "exact_match"),
     )
     max_select_samples: int | None = _key(300, "Dev rows scored at each selection point (the first ones).", minimum=1)
     deepspeed: str | None = _key(
-        None, "DeepSpeed JSON config (examples/deepspeed/ds_z2.json, ds_z3.json, *_offload.json); needs the deepspeed package.",
+        None,
+        "DeepSpeed JSON config (examples/deepspeed/ds_z2.json, ds_z3.json, *_offload.json); needs the deepspeed package.",
     )
     nproc_per_node: int = _key(
-        1, "Training processes on this machine; above 1, sft re-launches itself under torchrun "
-        "(multi-node through NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).", minimum=1,
+        1,
+        "Training processes on this machine; above 1, sft re-launches itself under torchrun "
+        "(multi-node through NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).",
+        minimum=1,
     )
     save_steps: int | None = _key(
-        500, "Save a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every this many "
-        "optimizer steps into output_dir/checkpoint-N; unset: none.", minimum=1,
+        500,
+        "Save a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every this many "
+        "optimizer steps into output_dir/checkpoint-N; unset: none.",
+        minimum=1,
     )
     save_total_limit: int = _key(2, "Checkpoints kept; older ones are deleted.", minimum=1)
     resume: str = _key(
-        "none", "none, auto (continue from the last complete checkpoint in output_dir), or a checkpoint directory.",
+        "none",
+        "none, auto (continue from the last complete checkpoint in output_dir), or a checkpoint directory.",
     )
     overwrite_output_dir: bool = _key(False, "Replace a previous run in output_dir instead of refusing to mix runs.")
     trust_remote_code: bool = _key(False, "Run Python code shipped with a model (only for sources you trust).")
     allow_pickle_weights: bool = _key(
-        False, "Load pickled .bin weights, which can run code when unpickled; default: safetensors only.",
+        False,
+        "Load pickled .bin weights, which can run code when unpickled; default: safetensors only.",
     )
     output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.")
     seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
-    report_to: str = _key("none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb"))
+    report_to: str = _key(
+        "none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb")
+    )
     do_eval: bool = _key(False, "After sft, run generate-eval on eval_dataset.")
     # --- inference: generate-eval and predict ---
-    backend: str = _key("hf", "Inference engine: hf (transformers) or vllm (offline LLM engine).", choices=("hf", "vllm"))
+    backend: str = _key(
+        "hf", "Inference engine: hf (transformers) or vllm (offline LLM engine).", choices=("hf", "vllm")
+    )
     mode: str = _key(
-        "generate", "generate (decode an answer, parse it) or score (likelihood of every label: always valid, with probabilities).",
+        "generate",
+        "generate (decode an answer, parse it) or score (likelihood of every label: always valid, with probabilities).",
         choices=("generate", "score"),
     )
     score_threshold: float | None = _key(
-        None, "Multi-label score mode: predict labels whose probability reaches this, for a run without calibrated "
-        "thresholds (thresholds.json, from instructemo calibrate, takes precedence); default 0.5.", minimum=0
+        None,
+        "Multi-label score mode: predict labels whose probability reaches this, for a run without calibrated "
+        "thresholds (thresholds.json, from instructemo calibrate, takes precedence); default 0.5.",
+        minimum=0,
     )
     tensor_parallel_size: int = _key(1, "vLLM: GPUs to split the model across.", minimum=1)
     gpu_memory_utilization: float = _key(0.9, "vLLM: share of GPU memory the engine may take.", minimum=0)
     vllm_merge_lora: bool | str = _key(
-        "auto", "vLLM: serve a LoRA adapter merged into the base (auto: on CPU, where vLLM's LoRA kernels are slow) "
-        "or through a LoRARequest (false).", choices=("auto",),
+        "auto",
+        "vLLM: serve a LoRA adapter merged into the base (auto: on CPU, where vLLM's LoRA kernels are slow) "
+        "or through a LoRARequest (false).",
+        choices=("auto",),
     )
     per_device_eval_batch_size: int = _key(16, "Prompts generated per batch.", minimum=1)
     max_new_tokens: int = _key(16, "Tokens generated per answer at most.", minimum=1)
@@ -251,7 +284,8 @@ def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, de
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (first at line {seen[key]})", key_node.start_mark)
+                None, None, f"key {key!r} appears twice (first at line {seen[key]})", key_node.start_mark
+            )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
@@ -275,7 +309,9 @@ def read_yaml_file(path: Path, what: str) -> Any:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"config file {path} not found; pass the path of a YAML file such as examples/smollm2_emotion.yaml")
+        raise UserError(
+            f"config file {path} not found; pass the path of a YAML file such as examples/smollm2_emotion.yaml"
+        )
     data = read_yaml_file(path, "config file")
     if data is None:
         return {}
@@ -310,7 +346,9 @@ def _check_value(key: str, value: Any) -> Any:
         value = int(value)
     if list in allowed and isinstance(value, str):
         value = [part.strip() for part in value.split(",")]  # labels=joy,sadness on the command line
-    if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)):
+    if not any(
+        isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)
+    ):
         names = " or ".join(t.__name__ for t in allowed if t is not type(None))
         raise UserError(f"config key {key!r} must be {names}, got {value!r}")
     if isinstance(value, list):
@@ -354,7 +392,9 @@ def _check_consistency(config: Config) -> None:
     if config.learning_rate <= 0 and config.num_train_epochs > 0:
         raise UserError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
     if config.num_train_epochs <= 0 and config.max_steps == -1:
-        raise UserError(f"config key 'num_train_epochs' must be positive (or set max_steps), got {config.num_train_epochs}")
+        raise UserError(
+            f"config key 'num_train_epochs' must be positive (or set max_steps), got {config.num_train_epochs}"
+        )
     if config.lora_dropout >= 1:
         raise UserError(f"config key 'lora_dropout' must be below 1, got {config.lora_dropout}")
     if not 0 < config.top_p <= 1:
@@ -368,8 +408,11 @@ def _check_consistency(config: Config) -> None:
     if config.score_threshold is not None and not 0 < config.score_threshold < 1:
         raise UserError(f"config key 'score_threshold' must be in (0, 1), got {config.score_threshold}")
     if isinstance(config.class_weights, dict):
-        bad = {k: v for k, v in config.class_weights.items()
-               if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
+        bad = {
+            k: v
+            for k, v in config.class_weights.items()
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+        }
         if bad:
             raise UserError(f"config key 'class_weights' needs non-negative numbers per label, got {bad}")
     if not config.output_dir.strip():
@@ -378,8 +421,12 @@ def _check_consistency(config: Config) -> None:
         # Everything a config makes instructemo write stays inside output_dir.
         inside = Path(config.eval_output_dir).resolve()
         if inside == Path(config.output_dir).resolve():
-            raise UserError(f"eval_output_dir {config.eval_output_dir} is output_dir itself; name a folder inside it, "
-                            "such as its default, output_dir/eval")
+            raise UserError(
+                f"eval_output_dir {config.eval_output_dir} is output_dir itself; name a folder inside it, "
+                "such as its default, output_dir/eval"
+            )
         if not inside.is_relative_to(Path(config.output_dir).resolve()):
-            raise UserError(f"eval_output_dir {config.eval_output_dir} is outside output_dir {config.output_dir}; "
-                            "put it inside output_dir (or change output_dir)")
+            raise UserError(
+                f"eval_output_dir {config.eval_output_dir} is outside output_dir {config.output_dir}; "
+                "put it inside output_dir (or change output_dir)"
+            )

@@ -50,8 +50,10 @@ def fold_indices(split: Split, folds: int, seed: int) -> list[np.ndarray]:
         target = np.array([r.labels[0] for r in split.records])
         names, counts = np.unique(target, return_counts=True)
         if counts.min() < folds:
-            raise UserError(f"label {str(names[counts.argmin()])!r} has {counts.min()} row(s), fewer than --folds {folds}; "
-                            "use fewer folds or more data")
+            raise UserError(
+                f"label {str(names[counts.argmin()])!r} has {counts.min()} row(s), fewer than --folds {folds}; "
+                "use fewer folds or more data"
+            )
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [held_out for _, held_out in splitter.split(rows, target)]
 
@@ -64,31 +66,61 @@ def run_cv(cfg: Config, folds: int) -> dict:
     results = []
     for k, test_rows in enumerate(held_out, start=1):
         chosen = set(test_rows.tolist())
-        train = dataclasses.replace(data, records=[r for i, r in enumerate(data.records) if i not in chosen],
-                                    origin=f"{data.origin}, folds other than {k}")
-        test = dataclasses.replace(data, name=f"{cfg.dataset} fold {k} of {folds}",
-                                   records=[data.records[i] for i in test_rows], origin=f"{data.origin}, fold {k}")
+        train = dataclasses.replace(
+            data,
+            records=[r for i, r in enumerate(data.records) if i not in chosen],
+            origin=f"{data.origin}, folds other than {k}",
+        )
+        test = dataclasses.replace(
+            data,
+            name=f"{cfg.dataset} fold {k} of {folds}",
+            records=[data.records[i] for i in test_rows],
+            origin=f"{data.origin}, fold {k}",
+        )
         root.record(dirs=[f"fold-{k}"])
-        fold_cfg = dataclasses.replace(cfg, output_dir=str(root.path / f"fold-{k}"), eval_output_dir=None,
-                                       adapter_name_or_path=None, resume="none", overwrite_output_dir=False)
-        log.info("fold %d of %d: training on %d rows, evaluating on %d", k, folds, len(train.records), len(test.records))
+        fold_cfg = dataclasses.replace(
+            cfg,
+            output_dir=str(root.path / f"fold-{k}"),
+            eval_output_dir=None,
+            adapter_name_or_path=None,
+            resume="none",
+            overwrite_output_dir=False,
+        )
+        log.info(
+            "fold %d of %d: training on %d rows, evaluating on %d", k, folds, len(train.records), len(test.records)
+        )
         run_sft(fold_cfg, train)
         metrics = run_generate_eval(fold_cfg, test)
         results.append(metrics)
     summary = summarise(results, data.label_space.names)
-    summary.update({"folds": folds, "rows": len(data.records), "dataset": cfg.dataset, "seed": cfg.seed,
-                    "stratification": "iterative (multi-label)" if data.label_space.multi_label else "stratified"})
-    root.publish(lambda staging: (write_atomic(staging / CV_SUMMARY_FILE, json_text(summary)),
-                                  write_atomic(staging / CV_SUMMARY_MD_FILE, summary_markdown(summary))))
+    summary.update(
+        {
+            "folds": folds,
+            "rows": len(data.records),
+            "dataset": cfg.dataset,
+            "seed": cfg.seed,
+            "stratification": "iterative (multi-label)" if data.label_space.multi_label else "stratified",
+        }
+    )
+    root.publish(
+        lambda staging: (
+            write_atomic(staging / CV_SUMMARY_FILE, json_text(summary)),
+            write_atomic(staging / CV_SUMMARY_MD_FILE, summary_markdown(summary)),
+        )
+    )
     print(summary_markdown(summary))
     return summary
 
 
 def summarise(results: list[dict], names) -> dict:
     """Mean and standard deviation over folds of each metric and of each label's F1."""
+
     def stats(values):
-        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "folds": [float(v) for v in values]}
+        return {
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "folds": [float(v) for v in values],
+        }
 
     metrics = {m: stats([r[m] for r in results]) for m in SUMMARY_METRICS if all(m in r for r in results)}
     per_label = {n: stats([r["per_class"][n]["f1"] for r in results]) for n in names}
@@ -96,8 +128,12 @@ def summarise(results: list[dict], names) -> dict:
 
 
 def summary_markdown(summary: dict) -> str:
-    lines = [f"# {summary['folds']}-fold cross-validation of {summary['dataset']} ({summary['rows']} rows, {summary['stratification']})",
-             "", "| metric | mean | std |", "|---|---|---|"]
+    lines = [
+        f"# {summary['folds']}-fold cross-validation of {summary['dataset']} ({summary['rows']} rows, {summary['stratification']})",
+        "",
+        "| metric | mean | std |",
+        "|---|---|---|",
+    ]
     lines += [f"| {m} | {v['mean']:.4f} | {v['std']:.4f} |" for m, v in summary["metrics"].items()]
     lines += ["", "| label | F1 mean | F1 std |", "|---|---|---|"]
     lines += [f"| {n} | {v['mean']:.4f} | {v['std']:.4f} |" for n, v in summary["per_label_f1"].items()]

@@ -67,8 +67,14 @@ def run_spec(cfg, role: str) -> str:
 def load_run_split(cfg, role: str, *, label_space: LabelSpace | None = None, max_samples: int | None = None) -> Split:
     """The rows of a run's split for `role` (see run_spec), read with the run's columns, labels and on_bad_rows."""
     default_split = {"train": "train", "eval": "test", "dev": "dev"}[role]
-    return load_split(run_spec(cfg, role), cfg.dataset_dir, default_split=default_split, label_space=label_space,
-                      max_samples=max_samples, **reader_options(cfg))
+    return load_split(
+        run_spec(cfg, role),
+        cfg.dataset_dir,
+        default_split=default_split,
+        label_space=label_space,
+        max_samples=max_samples,
+        **reader_options(cfg),
+    )
 
 
 def load_registry(dataset_dir: str | Path) -> dict[str, DatasetEntry]:
@@ -107,8 +113,9 @@ def split_source(split: Split) -> dict[str, str]:
     return {"origin": split.origin, "split": split.name}
 
 
-def resolve_label_space(spec: str, dataset_dir: str | Path, text_column=None, label_column=None,
-                        labels=None) -> tuple[LabelSpace, str]:
+def resolve_label_space(
+    spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None
+) -> tuple[LabelSpace, str]:
     """The label space and default template of a dataset spec, without reading a registry dataset's rows."""
     entry, _ = _entry_for(spec, dataset_dir, text_column, label_column, labels, default_split="train")
     return entry.label_space, entry.template
@@ -169,12 +176,19 @@ def load_split(
     conflicts = _conflicting_duplicates(records)
     if conflicts:
         first, later = conflicts[0]
-        log.warning("%s: %d text(s) appear again with other labels (first: %s and %s); check which label is right",
-                    what, len(conflicts), first, later)
+        log.warning(
+            "%s: %d text(s) appear again with other labels (first: %s and %s); check which label is right",
+            what,
+            len(conflicts),
+            first,
+            later,
+        )
     return Split(split, records, space, entry.template, origin, bad, conflicts)
 
 
-def default_eval_spec(train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None) -> str:
+def default_eval_spec(
+    train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None
+) -> str:
     """The evaluation split paired with a training spec: its test split, else dev/validation."""
     if _is_path_spec(train_spec):
         raise UserError("set eval_dataset: a file dataset has no test split to evaluate on by default")
@@ -193,7 +207,9 @@ def default_dev_spec(train_spec: str, dataset_dir: str | Path, text_column=None,
     for split in DEV_SPLIT_PREFERENCE:
         if split in entry.splits:
             return f"{entry.name}:{split}"
-    raise UserError(f"dataset {entry.name!r} has no dev or validation split; set select_dataset to a name:split or file")
+    raise UserError(
+        f"dataset {entry.name!r} has no dev or validation split; set select_dataset to a name:split or file"
+    )
 
 
 # --- resolving a spec ----------------------------------------------------------
@@ -203,8 +219,9 @@ def _is_path_spec(spec: str) -> bool:
     return Path(spec).suffix.lower() in (*PATH_FORMATS, ".txt")
 
 
-def _entry_for(spec: str, dataset_dir, text_column, label_column, labels, default_split: str,
-               space: LabelSpace | None = None) -> tuple[DatasetEntry, str]:
+def _entry_for(
+    spec: str, dataset_dir, text_column, label_column, labels, default_split: str, space: LabelSpace | None = None
+) -> tuple[DatasetEntry, str]:
     """The dataset entry and split a spec names; `space`, the label space a path file is read with (a trained model's)."""
     if _is_path_spec(spec):
         return _path_entry(locate_path(spec, dataset_dir), text_column, label_column, labels, space), "data"
@@ -215,8 +232,10 @@ def _entry_for(spec: str, dataset_dir, text_column, label_column, labels, defaul
         fix = f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(sorted(registry))}"
         raise UserError(f"unknown dataset {name!r}: not in the registry and not a .csv/.tsv/.jsonl/.txt path; {fix}")
     if labels is not None:
-        raise UserError(f"labels: declares the label space of a dataset given by path; registry dataset {name!r} "
-                        "declares its own in datasets.yaml, so remove labels from the config")
+        raise UserError(
+            f"labels: declares the label space of a dataset given by path; registry dataset {name!r} "
+            "declares its own in datasets.yaml, so remove labels from the config"
+        )
     entry = registry[name]
     split = split or default_split
     if split not in entry.splits:
@@ -235,8 +254,13 @@ def locate_path(spec: str, dataset_dir: str | Path) -> Path:
     raise UserError(f"dataset file {spec} not found (looked for {places}); check the path")
 
 
-def _path_entry(path: Path, text_column: str | None, label_column: str | None, labels: list[str] | None,
-                space: LabelSpace | None = None) -> DatasetEntry:
+def _path_entry(
+    path: Path,
+    text_column: str | None,
+    label_column: str | None,
+    labels: list[str] | None,
+    space: LabelSpace | None = None,
+) -> DatasetEntry:
     """A one-split entry for a user's file: columns inferred; the label space given (`space`), declared
     (`labels`) or read off the file.
 
@@ -245,8 +269,12 @@ def _path_entry(path: Path, text_column: str | None, label_column: str | None, l
     """
     fmt = PATH_FORMATS.get(path.suffix.lower(), "semicolon")
     entry = DatasetEntry(
-        name=f"path:{path}", format=fmt, splits={"data": {"file": str(path)}},
-        label_space=LabelSpace(("?",)), header=has_header_line(path) if fmt == "semicolon" else True, from_path=True,
+        name=f"path:{path}",
+        format=fmt,
+        splits={"data": {"file": str(path)}},
+        label_space=LabelSpace(("?",)),
+        header=has_header_line(path) if fmt == "semicolon" else True,
+        from_path=True,
     )
     if fmt != "semicolon":
         columns = columns_of(entry, path)
@@ -256,11 +284,14 @@ def _path_entry(path: Path, text_column: str | None, label_column: str | None, l
     raw = [row for row in READERS[fmt](entry, entry.splits["data"], path, path.parent) if isinstance(row, RawRow)]
     if labels is not None:
         entry.index_labels = not any(map(is_integer, labels)) and any(
-            is_integer(str(v).strip()) for r in raw for v in (r.label if isinstance(r.label, list) else [r.label]))
+            is_integer(str(v).strip()) for r in raw for v in (r.label if isinstance(r.label, list) else [r.label])
+        )
     if space is not None:
         entry.label_space, entry.template = space, "multi_label" if space.multi_label else "single_label"
         return entry
-    multi = any(isinstance(r.label, list) or (isinstance(r.label, str) and len(cell_parts(r.label, entry)) > 1) for r in raw)
+    multi = any(
+        isinstance(r.label, list) or (isinstance(r.label, str) and len(cell_parts(r.label, entry)) > 1) for r in raw
+    )
     if labels is not None:
         entry.label_space = LabelSpace(tuple(labels), multi_label=multi)
     else:
@@ -277,8 +308,12 @@ def _path_entry(path: Path, text_column: str | None, label_column: str | None, l
         if not found:
             raise UserError(f"dataset file {path} has no labelled rows; check label_column")
         entry.label_space = LabelSpace(_inferred_names(path, found, first), multi_label=multi)
-        log.info("labels read off %s (%s): %s", path.name, "multi-label" if multi else "single-label",
-                 ", ".join(f"{n} {found[n]}" for n in sorted(found, key=lambda n: -found[n])))
+        log.info(
+            "labels read off %s (%s): %s",
+            path.name,
+            "multi-label" if multi else "single-label",
+            ", ".join(f"{n} {found[n]}" for n in sorted(found, key=lambda n: -found[n])),
+        )
     entry.template = "multi_label" if multi else "single_label"
     return entry
 
@@ -288,11 +323,17 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
     integers = sorted((n for n in found if is_integer(n)), key=int)
     names = sorted(n for n in found if not is_integer(n))
     if integers and names:
-        raise UserError(f"{path}: the labels mix integers ({', '.join(integers[:6])}) and names ({', '.join(names[:6])}); "
-                        f"use one kind, or declare the names in index order, e.g. labels: [{', '.join(names)}]")
+        raise UserError(
+            f"{path}: the labels mix integers ({', '.join(integers[:6])}) and names ({', '.join(names[:6])}); "
+            f"use one kind, or declare the names in index order, e.g. labels: [{', '.join(names)}]"
+        )
     if integers:
-        log.warning("%s: the labels are the integers %s, so the model learns to answer with numbers; to train on "
-                    "names, declare them in index order: labels: [name of 0, name of 1, ...]", path.name, ", ".join(integers))
+        log.warning(
+            "%s: the labels are the integers %s, so the model learns to answer with numbers; to train on "
+            "names, declare them in index order: labels: [name of 0, name of 1, ...]",
+            path.name,
+            ", ".join(integers),
+        )
         return tuple(integers)
     variants: dict[str, list[str]] = {}
     for name in names:
@@ -301,22 +342,29 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
     clashes = [group for group in groups if len(group) > 1]
     keep = sorted(group[0] for group in groups)  # the most frequent spelling of each
     if clashes:
-        shown = "; ".join(" vs ".join(f"{n!r} ({found[n]} row(s), first {first[n]})" for n in group) for group in clashes[:3])
-        raise UserError(f"{path}: labels differ only in case or spaces: {shown}; make them one in the file, or declare "
-                        f"the label space (other spellings become bad rows): labels: [{', '.join(keep)}]")
+        shown = "; ".join(
+            " vs ".join(f"{n!r} ({found[n]} row(s), first {first[n]})" for n in group) for group in clashes[:3]
+        )
+        raise UserError(
+            f"{path}: labels differ only in case or spaces: {shown}; make them one in the file, or declare "
+            f"the label space (other spellings become bad rows): labels: [{', '.join(keep)}]"
+        )
     most = max(found.values())
     rare = [n for n in names if found[n] <= RARE_LABEL_ROWS and most >= RARE_LABEL_RATIO * found[n]]
     if rare:
         common = [n for n in names if n not in rare]
         shown = "; ".join(f"{n!r} has {found[n]} row(s), first {first[n]}{_did_you_mean(n, common)}" for n in rare[:3])
-        raise UserError(f"{path}: labels too rare to be real classes beside {most} rows of the most common: {shown}; fix "
-                        f"those rows, or declare the label space (other labels become bad rows): labels: [{', '.join(common)}]")
+        raise UserError(
+            f"{path}: labels too rare to be real classes beside {most} rows of the most common: {shown}; fix "
+            f"those rows, or declare the label space (other labels become bad rows): labels: [{', '.join(common)}]"
+        )
     return tuple(names)
 
 
 def _did_you_mean(name: str, names) -> str:
     close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6) or [
-        n for n in names if n.casefold() == name.casefold()]
+        n for n in names if n.casefold() == name.casefold()
+    ]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -354,4 +402,6 @@ def _report_bad_rows(bad: list[BadRow], what: str, policy: str) -> None:
     if policy == "skip":
         log.warning("%s: skipped %d bad row(s), first: %s", what, len(bad), first)
         return
-    raise UserError(f"{what}: {len(bad)} bad row(s), first: {first}; fix them, or set on_bad_rows: skip to leave them out")
+    raise UserError(
+        f"{what}: {len(bad)} bad row(s), first: {first}; fix them, or set on_bad_rows: skip to leave them out"
+    )

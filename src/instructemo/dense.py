@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 
 from .calibrate import run_calibrate
 from .config import Config
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def class_weights(setting: str | dict, space: LabelSpace, label_sets: list[tuple[str, ...]]) -> torch.Tensor | None:
     """Per-class loss weights: cross-entropy class weights (single-label) or BCE positive weights (multi-label).
 
-    balanced, single-label: n / (classes * count), scikit-learn's rule.
+    balanced, single-label: scikit-learn's compute_class_weight, n / (classes present * count).
     balanced, multi-label: negatives / positives for each label.
     A class absent from the training rows weighs 1.
     """
@@ -42,13 +43,18 @@ def class_weights(setting: str | dict, space: LabelSpace, label_sets: list[tuple
     if isinstance(setting, dict):
         unknown = sorted(set(setting) - set(names))
         if unknown:
-            raise UserError(f"class_weights names labels outside the label space: {unknown}; the labels are {list(names)}")
+            raise UserError(
+                f"class_weights names labels outside the label space: {unknown}; the labels are {list(names)}"
+            )
         return torch.tensor([float(setting.get(n, 1.0)) for n in names])
     counts = np.array([sum(n in labels for labels in label_sets) for n in names], dtype=np.float64)
-    rows = len(label_sets)
-    with np.errstate(divide="ignore"):
-        weights = (rows - counts) / counts if space.multi_label else rows / (len(names) * counts)
-    weights[counts == 0] = 1.0
+    present = counts > 0
+    weights = np.ones(len(names))
+    if space.multi_label:
+        weights[present] = (len(label_sets) - counts[present]) / counts[present]
+    elif present.any():
+        classes = np.array(names)[present]
+        weights[present] = compute_class_weight("balanced", classes=classes, y=np.array([s[0] for s in label_sets]))
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -76,7 +82,9 @@ def classification_loss(weights: torch.Tensor | None, multi_label: bool):
         logits = outputs.logits.float()
         w = weights.to(logits.device) if weights is not None else None
         if multi_label:
-            total = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w, reduction="sum")
+            total = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, labels.float(), pos_weight=w, reduction="sum"
+            )
         else:
             total = torch.nn.functional.cross_entropy(logits, labels, weight=w, reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else labels.numel()
@@ -100,20 +108,36 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     bf16 = use_bf16(cfg.bf16)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code, chat=False)
-    log.info("training a %s head on %d rows of %s (%s)", "multi-label" if space.multi_label else "single-label",
-             len(train.records), cfg.dataset, train.origin)
+    log.info(
+        "training a %s head on %d rows of %s (%s)",
+        "multi-label" if space.multi_label else "single-label",
+        len(train.records),
+        cfg.dataset,
+        train.origin,
+    )
 
     label_sets = [r.labels for r in train.records]
     encoded = tokenizer([r.text for r in train.records], truncation=True, max_length=cfg.cutoff_len)
-    dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                                 "labels": targets(space, label_sets)})
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "labels": targets(space, label_sets),
+        }
+    )
     weights = class_weights(cfg.class_weights, space, label_sets)
     if weights is not None:
         log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(space.names, weights.tolist())))
 
     set_seed(cfg.seed)  # before the new head and the adapter are initialised: the Trainer seeds only once it is built
-    model = load_sequence_classifier(model_path, list(space.names), multi_label=space.multi_label, flash_attn=cfg.flash_attn,
-                                     trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
+    model = load_sequence_classifier(
+        model_path,
+        list(space.names),
+        multi_label=space.multi_label,
+        flash_attn=cfg.flash_attn,
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle_weights,
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoders find each row's last real token by it
     peft_config = adapter_config(cfg, "SEQ_CLS")
@@ -122,16 +146,34 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
 
         model = get_peft_model(model, peft_config)  # SEQ_CLS also trains (and saves) the new head in full
     args = TrainingArguments(**trainer_arguments(cfg, bf16))
-    trainer = classifier_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 data_collator=DataCollatorWithPadding(tokenizer),
-                                 compute_loss_func=classification_loss(weights, space.multi_label))
-    run, checkpoint, progress = start_run(cfg, plan.fingerprint)  # only now: a failure to load leaves output_dir as it was
+    trainer = classifier_trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_loss_func=classification_loss(weights, space.multi_label),
+    )
+    run, checkpoint, progress = start_run(
+        cfg, plan.fingerprint
+    )  # only now: a failure to load leaves output_dir as it was
     monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
     trainer.add_callback(monitor)
     result = train_until_done(trainer, checkpoint, monitor)
     finish = (lambda staging: _calibrate_if_dev(cfg, staging)) if space.multi_label else None
-    save_run(cfg, run, trainer, tokenizer, plan, model_path, rows=len(train.records), monitor=monitor, result=result,
-             resumed_from=progress.get("global_step"), finish=finish)
+    save_run(
+        cfg,
+        run,
+        trainer,
+        tokenizer,
+        plan,
+        model_path,
+        rows=len(train.records),
+        monitor=monitor,
+        result=result,
+        resumed_from=progress.get("global_step"),
+        finish=finish,
+    )
     return run.path
 
 
@@ -142,7 +184,9 @@ def _calibrate_if_dev(cfg: Config, staged_run: Path) -> None:
         try:
             run_spec(cfg, "dev")
         except UserError:
-            log.warning("no dev split to choose per-label thresholds on: every label uses 0.5 "
-                        "(set select_dataset and run instructemo calibrate to choose them)")
+            log.warning(
+                "no dev split to choose per-label thresholds on: every label uses 0.5 "
+                "(set select_dataset and run instructemo calibrate to choose them)"
+            )
             return
     run_calibrate(dataclasses.replace(cfg, adapter_name_or_path=str(staged_run)))

@@ -47,20 +47,33 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     metrics = score([r.labels for r in split.records], result.labels, space, result.probabilities)
     rows = []
     for i, (record, labels) in enumerate(zip(split.records, result.labels)):
-        row = {"id": record.id, "source": record.source, "text": record.text, "gold": list(record.labels),
-               "generation": result.answers[i] if result.answers is not None else None,
-               "predicted": list(labels) if labels is not None else None}
+        row = {
+            "id": record.id,
+            "source": record.source,
+            "text": record.text,
+            "gold": list(record.labels),
+            "generation": result.answers[i] if result.answers is not None else None,
+            "predicted": list(labels) if labels is not None else None,
+        }
         if result.probabilities is not None:
             row["probabilities"] = {n: round(float(p), 6) for n, p in zip(space.names, result.probabilities[i])}
         rows.append(row)
     if result.unfinished:
-        log.warning("%d of %d answers reached max_new_tokens=%d before the model ended its turn: they may be cut "
-                    "short; raise max_new_tokens", result.unfinished, len(rows), cfg.max_new_tokens)
+        log.warning(
+            "%d of %d answers reached max_new_tokens=%d before the model ended its turn: they may be cut "
+            "short; raise max_new_tokens",
+            result.unfinished,
+            len(rows),
+            cfg.max_new_tokens,
+        )
     reused = tuning_uses(classifier, split)
     if reused:
-        log.warning("NOT HELD OUT: the evaluated rows (%s) also served for %s, so these figures are optimistic; "
-                    "evaluate on a split that played no part in training (eval_dataset: name:test)",
-                    eval_spec, " and ".join(reused))
+        log.warning(
+            "NOT HELD OUT: the evaluated rows (%s) also served for %s, so these figures are optimistic; "
+            "evaluate on a split that played no part in training (eval_dataset: name:test)",
+            eval_spec,
+            " and ".join(reused),
+        )
     context = {
         "model": cfg.model_name_or_path,
         "adapter": str(classifier.adapter) if classifier.adapter else None,
@@ -86,6 +99,11 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     headline = "jaccard" if space.multi_label else "accuracy"
     log.info(
         "%s %.4f, macro-F1 %.4f, invalid %.2f%% on %d rows; wrote %s",
-        headline, metrics[headline], metrics["macro_f1"], 100 * metrics["invalid_rate"], metrics["n"], out_dir,
+        headline,
+        metrics[headline],
+        metrics["macro_f1"],
+        100 * metrics["invalid_rate"],
+        metrics["n"],
+        out_dir,
     )
     return metrics

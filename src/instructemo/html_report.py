@@ -8,12 +8,26 @@ at hand, and the most confident mistakes with their texts.
 
 from __future__ import annotations
 
-import html
+import functools
 from collections import Counter
+from pathlib import Path
+
+import jinja2
 
 from .plots import loss_figure, loss_points, png_data_uri, pyplot
 
-SUMMARY_KEYS = ("n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate", "ece")
+SUMMARY_KEYS = (
+    "n",
+    "accuracy",
+    "exact_match",
+    "jaccard",
+    "macro_f1",
+    "micro_f1",
+    "weighted_f1",
+    "invalid",
+    "invalid_rate",
+    "ece",
+)
 WORST_MISTAKES = 25
 
 
@@ -55,7 +69,11 @@ def loss_image(history: list[dict]) -> str | None:
 
 def worst_mistakes(rows: list[dict]) -> list[dict]:
     """Wrong rows, the most confident first (invalid answers, with no confidence, after them)."""
-    wrong = [r for r in rows if r.get("gold") is not None and (r["predicted"] is None or sorted(r["predicted"]) != sorted(r["gold"]))]
+    wrong = [
+        r
+        for r in rows
+        if r.get("gold") is not None and (r["predicted"] is None or sorted(r["predicted"]) != sorted(r["gold"]))
+    ]
 
     def confidence(row):
         probs = row.get("probabilities") or {}
@@ -72,87 +90,98 @@ def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] |
         figures.append(("Confusion matrix", confusion_figure(metrics["confusion_matrix"])))
     elif "label_confusion" in metrics:
         lc = metrics["label_confusion"]
-        figures.append(("Per-label errors", grouped_bars("Per-label counts", names, {
-            "true positives": [lc[n]["tp"] for n in names], "false positives": [lc[n]["fp"] for n in names],
-            "false negatives": [lc[n]["fn"] for n in names]}, "rows")))
+        figures.append(
+            (
+                "Per-label errors",
+                grouped_bars(
+                    "Per-label counts",
+                    names,
+                    {
+                        "true positives": [lc[n]["tp"] for n in names],
+                        "false positives": [lc[n]["fp"] for n in names],
+                        "false negatives": [lc[n]["fn"] for n in names],
+                    },
+                    "rows",
+                ),
+            )
+        )
     per_class = metrics["per_class"]
-    figures.append(("Per-class scores", grouped_bars("Precision, recall and F1 per class", names, {
-        "precision": [per_class[n]["precision"] for n in names], "recall": [per_class[n]["recall"] for n in names],
-        "F1": [per_class[n]["f1"] for n in names]}, "score")))
+    figures.append(
+        (
+            "Per-class scores",
+            grouped_bars(
+                "Precision, recall and F1 per class",
+                names,
+                {
+                    "precision": [per_class[n]["precision"] for n in names],
+                    "recall": [per_class[n]["recall"] for n in names],
+                    "F1": [per_class[n]["f1"] for n in names],
+                },
+                "score",
+            ),
+        )
+    )
     gold = Counter(label for r in rows for label in r.get("gold") or [])
     predicted = Counter(label for r in rows for label in r.get("predicted") or [])
-    figures.append(("Label distribution", grouped_bars("Gold versus predicted label counts", names, {
-        "gold": [gold[n] for n in names], "predicted": [predicted[n] for n in names]}, "rows")))
+    figures.append(
+        (
+            "Label distribution",
+            grouped_bars(
+                "Gold versus predicted label counts",
+                names,
+                {"gold": [gold[n] for n in names], "predicted": [predicted[n] for n in names]},
+                "rows",
+            ),
+        )
+    )
     loss = loss_image(history or [])
     if loss:
         figures.append(("Training loss", loss))
 
-    e = html.escape
-    summary = "".join(f"<tr><th>{e(k)}</th><td>{metrics[k]:.4f}</td></tr>" if isinstance(metrics[k], float)
-                      else f"<tr><th>{e(k)}</th><td>{e(str(metrics[k]))}</td></tr>" for k in SUMMARY_KEYS if k in metrics)
-    about = _key_value_rows(context)
-    images = "".join(f'<figure><img alt="{e(title)}" src="{uri}"><figcaption>{e(title)}</figcaption></figure>' for title, uri in figures)
-    mistakes = "".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            e(", ".join(r["gold"]) or "(none)"),
-            e(", ".join(r["predicted"]) if r["predicted"] is not None else "invalid: " + str(r.get("generation", ""))),
-            f"{max((r.get('probabilities') or {}).get(l, 0.0) for l in r['predicted']):.3f}" if r.get("probabilities") and r["predicted"] else "–",
-            e(r["text"]))
-        for r in worst_mistakes(rows))
-    body = f"""<h1>Evaluation report</h1>
-<h2>Summary</h2><table>{summary}</table>
-<h2>Run</h2><table>{about}</table>
-<h2>Figures</h2>{images}
-<h2>Most confident mistakes</h2>
-<table><tr><th>gold</th><th>predicted</th><th>probability</th><th>text</th></tr>{mistakes}</table>"""
-    return page(f"instructemo report: {context.get('model', '')}", body)
+    mistakes = [
+        {
+            "gold": ", ".join(r["gold"]) or "(none)",
+            "predicted": ", ".join(r["predicted"])
+            if r["predicted"] is not None
+            else "invalid: " + str(r.get("generation", "")),
+            "probability": max((r.get("probabilities") or {}).get(label, 0.0) for label in r["predicted"])
+            if r.get("probabilities") and r["predicted"]
+            else None,
+            "text": r["text"],
+        }
+        for r in worst_mistakes(rows)
+    ]
+    return _template("report.html.j2").render(
+        title=f"instructemo report: {context.get('model', '')}",
+        summary={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
+        context=context,
+        figures=figures,
+        mistakes=mistakes,
+    )
 
 
 def render_predictions(rows: list[dict], names: list[str], context: dict) -> str:
     """predict's report: what was predicted how often, and the least sure answers (no gold to compare with)."""
-    e = html.escape
     counts = Counter(label for r in rows for label in r["predicted"] or [])
-    figure = grouped_bars("Predicted label counts", names, {"predicted": [counts[n] for n in names]}, "rows")
-    about = _key_value_rows(context)
     scored = [r for r in rows if r.get("confidence") is not None]
-    unsure = sorted(scored, key=lambda r: r["confidence"])[:WORST_MISTAKES]
-    blank = [r for r in rows if r["predicted"] is None][:WORST_MISTAKES]
-    table = "".join(f"<tr><td>{e(str(r['id']))}</td><td>{e(', '.join(r['predicted'] or []) or '(none)')}</td>"
-                    f"<td>{r['confidence']:.3f}</td><td>{e(r['text'])}</td></tr>" for r in unsure)
-    blanks = "".join(f"<tr><td>{e(str(r['id']))}</td><td>{e(r['text'].strip() or '(empty text)')}</td></tr>" for r in blank)
-    body = f"""<h1>Prediction report</h1>
-<h2>Run</h2><table>{about}</table>
-<h2>Figures</h2><figure><img alt="Predicted label counts" src="{figure}"><figcaption>Predicted label counts</figcaption></figure>
-<h2>Least confident answers</h2>
-<table><tr><th>id</th><th>predicted</th><th>probability</th><th>text</th></tr>{table}</table>
-<h2>Rows left without a label</h2>
-<table><tr><th>id</th><th>text</th></tr>{blanks}</table>"""
-    return page("instructemo predictions", body)
+    return _template("predictions.html.j2").render(
+        title="instructemo predictions",
+        context=context,
+        counts_figure=grouped_bars("Predicted label counts", names, {"predicted": [counts[n] for n in names]}, "rows"),
+        unsure=sorted(scored, key=lambda r: r["confidence"])[:WORST_MISTAKES],
+        blank=[r for r in rows if r["predicted"] is None][:WORST_MISTAKES],
+    )
 
 
-def _key_value_rows(items: dict) -> str:
-    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # autoescape: every text, label and setting shown is escaped, so a tweet holding markup stays text.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "report_templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
 
 
-def page(title: str, body: str) -> str:
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 80rem; }}
-table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }}
-th {{ background: #f3f3f3; }}
-figure {{ display: inline-block; margin: 0 1rem 1rem 0; }}
-img {{ max-width: 100%; }}
-</style></head><body>
-{body}
-<script>
-// A self-check a headless browser can read: how many figures decoded.
-window.addEventListener("load", () => {{
-  const images = [...document.images];
-  document.body.dataset.figures = images.length;
-  document.body.dataset.figuresShown = images.filter(i => i.complete && i.naturalWidth > 0).length;
-}});
-</script>
-</body></html>
-"""
+def _template(name: str) -> jinja2.Template:
+    return _environment().get_template(name)

@@ -28,9 +28,11 @@ def torchrun_command(nproc: int, config: str, overrides: list[str]) -> list[str]
     nnodes = os.environ.get("NNODES", "1")
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
     if nnodes != "1":
-        command += [f"--node_rank={os.environ.get('NODE_RANK', '0')}",
-                    f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-                    f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+        command += [
+            f"--node_rank={os.environ.get('NODE_RANK', '0')}",
+            f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+            f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+        ]
     else:
         command += ["--master_addr=127.0.0.1", f"--master_port={os.environ.get('MASTER_PORT') or _free_port()}"]
     # The parent evaluates after training, once; the workers only train.
@@ -43,7 +45,9 @@ def relaunch(nproc: int, config: str, overrides: list[str]) -> None:
     # The workers find output_dir prepared by this process (see preflight.starts_the_run).
     completed = subprocess.run(command, env={**os.environ, "INSTRUCTEMO_RUN_STARTED": "1"})
     if completed.returncode != 0:
-        raise UserError(f"distributed training failed (torchrun exit status {completed.returncode}); the workers' messages are above")
+        raise UserError(
+            f"distributed training failed (torchrun exit status {completed.returncode}); the workers' messages are above"
+        )
 
 
 def _free_port() -> str:

@@ -11,9 +11,12 @@ from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import (
+    accuracy_score,
     confusion_matrix,
     f1_score,
+    jaccard_score,
     multilabel_confusion_matrix,
+    precision_recall_curve,
     precision_recall_fscore_support,
 )
 
@@ -23,7 +26,9 @@ INVALID = "<invalid>"
 
 
 def score(
-    gold: Sequence[tuple[str, ...]], predicted: Sequence[tuple[str, ...] | None], space: LabelSpace,
+    gold: Sequence[tuple[str, ...]],
+    predicted: Sequence[tuple[str, ...] | None],
+    space: LabelSpace,
     probabilities: np.ndarray | None = None,
 ) -> dict:
     """All metrics for one evaluation, as plain JSON-ready values.
@@ -107,18 +112,20 @@ def binarize(rows: Sequence[tuple[str, ...] | None], space: LabelSpace) -> np.nd
 def _multi_label(gold, predicted, space: LabelSpace) -> dict:
     names = list(space.names)
     y_true, y_pred = binarize(gold, space), binarize(predicted, space)
-    valid = np.array([p is not None for p in predicted])
-    union = (y_true | y_pred).sum(axis=1)
-    overlap = (y_true & y_pred).sum(axis=1)
-    # SemEval-2018 E-c scores an empty gold set matched by an empty answer as 1.
-    jaccard = np.where(union == 0, 1.0, overlap / np.maximum(union, 1)) * valid
-    exact = (y_true == y_pred).all(axis=1) & valid
+    # An invalid answer scores 0 on both, even against an empty gold set: score the valid rows, count the rest as 0.
+    valid = np.array([p is not None for p in predicted], dtype=bool)
+    share = valid.mean() if len(valid) else 0.0
+    exact = accuracy_score(y_true[valid], y_pred[valid]) * share if valid.any() else 0.0
+    # SemEval-2018 E-c scores an empty gold set matched by an empty answer as 1 (zero_division=1).
+    jaccard = (
+        jaccard_score(y_true[valid], y_pred[valid], average="samples", zero_division=1) * share if valid.any() else 0.0
+    )
     columns = list(range(len(names)))
     per_label_confusion = multilabel_confusion_matrix(y_true, y_pred)
     return {
-        "accuracy": float(exact.mean()),
-        "exact_match": float(exact.mean()),
-        "jaccard": float(jaccard.mean()),
+        "accuracy": float(exact),
+        "exact_match": float(exact),
+        "jaccard": float(jaccard),
         **_averages(y_true, y_pred, columns),
         "per_class": _per_class(y_true, y_pred, names, columns),
         "label_confusion": {
@@ -126,3 +133,25 @@ def _multi_label(gold, predicted, space: LabelSpace) -> dict:
             for name, m in zip(names, per_label_confusion)
         },
     }
+
+
+def best_thresholds(probabilities: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, the threshold (predict when p >= t) that maximises F1 on these rows, and that F1.
+
+    The candidates are precision_recall_curve's: every distinct probability,
+    so equal probabilities are predicted together; of equal F1s the highest
+    threshold wins. A label never present in `gold` keeps threshold 1.0 (F1 0
+    either way).
+    """
+    thresholds, f1s = np.ones(probabilities.shape[1]), np.zeros(probabilities.shape[1])
+    for k in range(probabilities.shape[1]):
+        y = np.asarray(gold[:, k]).astype(bool)
+        if not y.any():
+            continue
+        precision, recall, cuts = precision_recall_curve(y, probabilities[:, k])
+        precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+        best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the highest threshold among equal F1s
+        thresholds[k], f1s[k] = cuts[best], f1[best]
+    return thresholds, f1s

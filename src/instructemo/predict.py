@@ -32,7 +32,9 @@ def run_predict(
     report_path = output_path.with_name(output_path.stem + ".report.html")
     for written in (output_path, report_path):
         if written.resolve() == input_path.resolve():
-            raise UserError(f"--output would overwrite the input file {input_path}; write the predictions to another file")
+            raise UserError(
+                f"--output would overwrite the input file {input_path}; write the predictions to another file"
+            )
     if output_path.is_dir():
         raise UserError(f"--output {output_path} is a directory; name a file such as predictions.csv")
     columns, rows = read_table(input_path)
@@ -70,19 +72,34 @@ def run_predict(
                 record["probability"] = round(float(probs.max()), 6) if probs is not None else ""
         records.append(record)
     _write_records(output_path, records)
-    report_rows = [{"id": record[key], "text": text, "predicted": list(predicted) if predicted is not None else None,
-                    "confidence": float(probs.max()) if probs is not None else None}
-                   for record, text, predicted, probs in zip(records, texts, labels, probabilities)]
-    context = {"model": cfg.model_name_or_path, "adapter": str(classifier.adapter), "input": str(input_path),
-               "output": str(output_path), "backend": cfg.backend, "mode": classifier.mode}
+    report_rows = [
+        {
+            "id": record[key],
+            "text": text,
+            "predicted": list(predicted) if predicted is not None else None,
+            "confidence": float(probs.max()) if probs is not None else None,
+        }
+        for record, text, predicted, probs in zip(records, texts, labels, probabilities)
+    ]
+    context = {
+        "model": cfg.model_name_or_path,
+        "adapter": str(classifier.adapter),
+        "input": str(input_path),
+        "output": str(output_path),
+        "backend": cfg.backend,
+        "mode": classifier.mode,
+    }
     write_atomic(report_path, render_predictions(report_rows, list(space.names), context))
 
     invalid_lines = [rows[i][0] for i in todo if labels[i] is None]
     if empty_lines:
         log.warning("%d row(s) have empty text and got no label (lines %s)", len(empty_lines), _first(empty_lines))
     if invalid_lines:
-        log.warning("%d answer(s) named no label and were left blank (lines %s); mode: score always gives one",
-                    len(invalid_lines), _first(invalid_lines))
+        log.warning(
+            "%d answer(s) named no label and were left blank (lines %s); mode: score always gives one",
+            len(invalid_lines),
+            _first(invalid_lines),
+        )
     log.info("wrote %d rows to %s", len(records), output_path)
     return {"rows": len(records), "empty_text": len(empty_lines), "invalid": len(invalid_lines)}
 
@@ -97,7 +114,12 @@ def _write_records(path: Path, records: list[dict]) -> None:
         write_atomic(path, "".join(json_text(r, indent=None) + "\n" for r in records))
         return
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), delimiter="," if path.suffix.lower() == ".csv" else "\t", lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer,
+        fieldnames=list(records[0]),
+        delimiter="," if path.suffix.lower() == ".csv" else "\t",
+        lineterminator="\n",
+    )
     writer.writeheader()
     writer.writerows(records)
     write_atomic(path, buffer.getvalue())

@@ -30,12 +30,35 @@ from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, last
 log = logging.getLogger(__name__)
 
 # Keys that do not change what training computes: a resumed run may differ in these.
-RESUME_NEUTRAL_KEYS = frozenset({
-    "output_dir", "overwrite_output_dir", "resume", "do_eval", "eval_dataset", "max_eval_samples", "eval_output_dir",
-    "logging_steps", "save_steps", "save_total_limit", "report_to", "adapter_name_or_path", "trust_remote_code",
-    "allow_pickle_weights", "backend", "mode", "score_threshold", "tensor_parallel_size", "gpu_memory_utilization",
-    "vllm_merge_lora", "per_device_eval_batch_size", "max_new_tokens", "do_sample", "temperature", "top_p",
-})
+RESUME_NEUTRAL_KEYS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "resume",
+        "do_eval",
+        "eval_dataset",
+        "max_eval_samples",
+        "eval_output_dir",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "report_to",
+        "adapter_name_or_path",
+        "trust_remote_code",
+        "allow_pickle_weights",
+        "backend",
+        "mode",
+        "score_threshold",
+        "tensor_parallel_size",
+        "gpu_memory_utilization",
+        "vllm_merge_lora",
+        "per_device_eval_batch_size",
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_p",
+    }
+)
 
 
 @dataclass
@@ -73,8 +96,11 @@ def fingerprint(cfg: Config, train: Split) -> dict:
     for record in train.records:
         digest.update(json.dumps([record.text, list(record.labels)]).encode("utf-8"))
     settings = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_NEUTRAL_KEYS}
-    value = {"settings": settings, "data": {"rows": len(train.records), "sha256": digest.hexdigest()[:16]},
-             "label_space": train.label_space.to_dict()}
+    value = {
+        "settings": settings,
+        "data": {"rows": len(train.records), "sha256": digest.hexdigest()[:16]},
+        "label_space": train.label_space.to_dict(),
+    }
     return json.loads(json_text(value))  # as it reads back from a file, so comparisons are like for like
 
 
@@ -97,23 +123,29 @@ def resume_point(cfg: Config, fingerprint: dict, check_only: bool = False) -> tu
     checkpoint = None
     if cfg.resume == "auto":
         if manifest is not None and manifest["state"] == COMPLETE:
-            raise UserError(f"resume: auto, but the run in {run.path} finished; nothing to resume (set "
-                            "overwrite_output_dir: true to train again, or choose another output_dir)")
+            raise UserError(
+                f"resume: auto, but the run in {run.path} finished; nothing to resume (set "
+                "overwrite_output_dir: true to train again, or choose another output_dir)"
+            )
         checkpoint = last_complete_checkpoint(run.path) if manifest is not None else None
         if manifest is not None and checkpoint is None:
             log.warning("resume: auto found no whole checkpoint in %s; starting the run over", run.path)
     elif cfg.resume != "none":
         checkpoint = Path(cfg.resume)
         if checkpoint_progress(checkpoint) is None:
-            raise UserError(f"resume: {checkpoint} is not a whole instructemo checkpoint (no trainer_state.json or "
-                            "progress file); use resume: auto or a checkpoint-N directory of a run")
+            raise UserError(
+                f"resume: {checkpoint} is not a whole instructemo checkpoint (no trainer_state.json or "
+                "progress file); use resume: auto or a checkpoint-N directory of a run"
+            )
     progress = checkpoint_progress(checkpoint) if checkpoint is not None else {}
     if checkpoint is not None:
         changes = differences(progress["fingerprint"], fingerprint)
         if changes:
             shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
-            raise UserError(f"cannot resume from {checkpoint}: its run differs ({shown}); resume with the same "
-                            "settings and data, or set overwrite_output_dir: true to start over")
+            raise UserError(
+                f"cannot resume from {checkpoint}: its run differs ({shown}); resume with the same "
+                "settings and data, or set overwrite_output_dir: true to start over"
+            )
     continues_here = checkpoint is not None and checkpoint.parent.resolve() == run.path.resolve()
     restart = cfg.overwrite_output_dir or (cfg.resume == "auto" and manifest is not None and checkpoint is None)
     if check_only:
@@ -132,8 +164,11 @@ def start_run(cfg: Config, fingerprint: dict) -> tuple[RunDir, Path | None, dict
     if starts_the_run():
         checkpoint, progress = resume_point(cfg, fingerprint)
     else:  # a worker under our torchrun: the parent prepared output_dir
-        checkpoint = last_complete_checkpoint(Path(cfg.output_dir)) if cfg.resume == "auto" else (
-            Path(cfg.resume) if cfg.resume != "none" else None)
+        checkpoint = (
+            last_complete_checkpoint(Path(cfg.output_dir))
+            if cfg.resume == "auto"
+            else (Path(cfg.resume) if cfg.resume != "none" else None)
+        )
         progress = checkpoint_progress(checkpoint) if checkpoint is not None else {}
     return RunDir(cfg.output_dir), checkpoint, progress or {}
 
@@ -142,7 +177,9 @@ def check_engines(cfg: Config) -> None:
     """QLoRA and DeepSpeed need hardware or packages this machine may lack: say so before loading anything."""
     if cfg.finetuning_type == "qlora":
         if not torch.cuda.is_available():
-            raise UserError("finetuning_type: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; use finetuning_type: lora")
+            raise UserError(
+                "finetuning_type: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; use finetuning_type: lora"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise UserError("finetuning_type: qlora needs bitsandbytes: pip install bitsandbytes")
     if cfg.deepspeed:
@@ -160,7 +197,9 @@ def check_engines(cfg: Config) -> None:
 def _selection_split(cfg: Config, train: Split) -> Split:
     """The dev rows that pick the checkpoint, checked before any model loads."""
     if cfg.select_metric in ("jaccard", "exact_match") and not train.label_space.multi_label:
-        raise UserError(f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy")
+        raise UserError(
+            f"select_metric {cfg.select_metric} is for multi-label data; use macro_f1, micro_f1 or accuracy"
+        )
     return load_run_split(cfg, "dev", label_space=train.label_space, max_samples=cfg.max_select_samples)
 
 

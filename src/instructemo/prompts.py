@@ -26,7 +26,9 @@ def load_template(name_or_path: str, dataset_default: str) -> jinja2.Template:
     name = dataset_default if name_or_path == "auto" else name_or_path
     path = Path(name) if name.endswith(".jinja") else TEMPLATE_DIR / f"{name}.jinja"
     if not path.is_file():
-        raise UserError(f"template {name!r} not found; use one of {', '.join(builtin_templates())} or a .jinja file path")
+        raise UserError(
+            f"template {name!r} not found; use one of {', '.join(builtin_templates())} or a .jinja file path"
+        )
     try:
         return _ENV.from_string(path.read_text(encoding="utf-8").strip())
     except jinja2.TemplateSyntaxError as exc:
@@ -36,13 +38,19 @@ def load_template(name_or_path: str, dataset_default: str) -> jinja2.Template:
 def render_user_turn(template: jinja2.Template, text: str, label_space: LabelSpace) -> str:
     try:
         return template.render(
-            text=text.strip(), labels=list(label_space.names),
-            multi_label=label_space.multi_label, none_word=label_space.none_word,
+            text=text.strip(),
+            labels=list(label_space.names),
+            multi_label=label_space.multi_label,
+            none_word=label_space.none_word,
         )
     except jinja2.UndefinedError as exc:
-        raise UserError(f"template uses an unknown variable ({exc.message}); it can use text, labels, multi_label, none_word") from None
+        raise UserError(
+            f"template uses an unknown variable ({exc.message}); it can use text, labels, multi_label, none_word"
+        ) from None
     except jinja2.exceptions.SecurityError as exc:
-        raise UserError(f"template refused by the sandbox ({exc}); templates may only use text, labels, multi_label, none_word") from None
+        raise UserError(
+            f"template refused by the sandbox ({exc}); templates may only use text, labels, multi_label, none_word"
+        ) from None
 
 
 class PromptBuilder:
@@ -58,12 +66,18 @@ class PromptBuilder:
         self.label_space = label_space
         longest_answer = label_space.answer(label_space.names if label_space.multi_label else label_space.names[:1])
         longest_answer = max([longest_answer, *label_space.names], key=len)
-        overhead = len(tokenizer.apply_chat_template(
-            self.messages("") + [{"role": "assistant", "content": longest_answer}], tokenize=True, return_dict=False,
-        ))
+        overhead = len(
+            tokenizer.apply_chat_template(
+                self.messages("") + [{"role": "assistant", "content": longest_answer}],
+                tokenize=True,
+                return_dict=False,
+            )
+        )
         self.text_budget = cutoff_len - overhead - 4
         if self.text_budget < 8:
-            raise UserError(f"cutoff_len={cutoff_len} leaves no room for the text (the prompt alone takes {overhead} tokens); raise cutoff_len")
+            raise UserError(
+                f"cutoff_len={cutoff_len} leaves no room for the text (the prompt alone takes {overhead} tokens); raise cutoff_len"
+            )
         self.truncated = 0
 
     def fit(self, text: str) -> str:

@@ -65,7 +65,9 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]
         rows = []
         for row in reader:
             if None in row or any(v is None for v in row.values()):
-                raise UserError(f"{path}:{reader.line_num}: expected {len(columns)} fields; check the quoting and delimiters")
+                raise UserError(
+                    f"{path}:{reader.line_num}: expected {len(columns)} fields; check the quoting and delimiters"
+                )
             rows.append((reader.line_num, row))
     if not rows:
         raise UserError(f"input file {path} has no rows")
@@ -100,8 +102,13 @@ def has_header_line(path: Path) -> bool:
         return True
     others = {line.rpartition(";")[2].strip().casefold() for _, line in numbered[1:]}
     if sep and len(numbered) > 1 and label.strip() not in others:
-        log.warning("%s: line 1 %r read as the header (its label %r is on no other line); name the columns "
-                    "text;label to say so", path, first.strip()[:80], label.strip())
+        log.warning(
+            "%s: line 1 %r read as the header (its label %r is on no other line); name the columns "
+            "text;label to say so",
+            path,
+            first.strip()[:80],
+            label.strip(),
+        )
         return True
     return False
 
@@ -182,7 +189,9 @@ def read_rows(entry: DatasetEntry, split_spec: dict, path: Path, dataset_dir) ->
     for row in READERS[entry.format](entry, split_spec, path, dataset_dir):
         if isinstance(row, RawRow):
             labels = labels_of(row.label, entry)
-            row = BadRow(row.source, labels) if isinstance(labels, str) else Record(row.text, labels, row.id, row.source)
+            row = (
+                BadRow(row.source, labels) if isinstance(labels, str) else Record(row.text, labels, row.id, row.source)
+            )
         if isinstance(row, Record) and not row.text.strip():
             row = BadRow(row.source, "empty text")
         yield row
@@ -208,7 +217,9 @@ def _read_delimited(entry: DatasetEntry, split_spec, path: Path, dataset_dir) ->
     yield from _invalid_utf8(path, bad_lines)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     columns = reader.fieldnames or []
-    needed = [entry.text_column] + (list(entry.label_space.names) if entry.format == "tsv_binary" else [entry.label_column])
+    needed = [entry.text_column] + (
+        list(entry.label_space.names) if entry.format == "tsv_binary" else [entry.label_column]
+    )
     needed += [entry.id_column] if entry.id_column else []
     needed += list(split_spec.get("where", {}))
     missing = [c for c in needed if c not in columns]
@@ -240,7 +251,9 @@ def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> I
         raise UserError(f"dataset {entry.name!r}: names_file {entry.names_file!r} not found beside {path}")
     names = [line.strip() for line in _decode(names_path).split("\n") if line.strip()]
     if tuple(names) != entry.label_space.names:
-        raise UserError(f"{names_path}: its label names differ from dataset {entry.name!r}'s labels.names in the registry")
+        raise UserError(
+            f"{names_path}: its label names differ from dataset {entry.name!r}'s labels.names in the registry"
+        )
     text, bad_lines = _decode_lines(path)
     yield from _invalid_utf8(path, bad_lines)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
@@ -280,8 +293,12 @@ def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Ite
 
 
 READERS = {
-    "semicolon": _read_semicolon, "csv": _read_delimited, "tsv": _read_delimited,
-    "tsv_binary": _read_delimited, "tsv_ids": _read_tsv_ids, "jsonl": _read_jsonl,
+    "semicolon": _read_semicolon,
+    "csv": _read_delimited,
+    "tsv": _read_delimited,
+    "tsv_binary": _read_delimited,
+    "tsv_ids": _read_tsv_ids,
+    "jsonl": _read_jsonl,
 }
 
 

@@ -84,7 +84,14 @@ class DatasetEntry:
         if not splits:
             raise UserError(f"{where}: dataset {name!r} needs a 'splits' mapping such as {{train: train.csv}}")
         label_space = LabelSpace.from_dict(data.pop("labels", None) or {}, f"{where}: dataset {name!r}")
-        known = {f for f in cls.__dataclass_fields__} - {"name", "format", "splits", "label_space", "from_path", "index_labels"}
+        known = {f for f in cls.__dataclass_fields__} - {
+            "name",
+            "format",
+            "splits",
+            "label_space",
+            "from_path",
+            "index_labels",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"{where}: dataset {name!r} has unknown keys {unknown}; known: {sorted(known)}")
@@ -148,8 +155,9 @@ def _label_name(value: Any, entry: DatasetEntry) -> str:
             raise _NoLabel(f"label index {name} is outside labels (0..{len(names) - 1})")
         return names[int(name)]
     if name.casefold() in MISSING_LABELS and name not in names:
-        raise _NoLabel(f"the label {name!r} looks like a missing value; fill it in (or, if it is a class, "
-                       "declare it in labels:)")
+        raise _NoLabel(
+            f"the label {name!r} looks like a missing value; fill it in (or, if it is a class, declare it in labels:)"
+        )
     return name
 
 

@@ -28,8 +28,9 @@ def check_eval_dir(out_dir: Path) -> None:
     RunDir(out_dir, "eval_output_dir").check_can_begin("eval", replace=True)
 
 
-def write_eval_outputs(out_dir: Path, rows: Iterable[dict], metrics: dict, context: dict,
-                       history: list[dict] | None = None, skipped=()) -> None:
+def write_eval_outputs(
+    out_dir: Path, rows: Iterable[dict], metrics: dict, context: dict, history: list[dict] | None = None, skipped=()
+) -> None:
     """predictions.jsonl, metrics.json, report.md, report.html (and skipped_rows.jsonl) for one evaluation.
 
     They replace the previous evaluation in out_dir all together: staged, then
@@ -56,11 +57,25 @@ def _fmt(value) -> str:
 def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
     lines = [f"# Evaluation of {context.get('model', '?')}", ""]
     if context.get("also_used_for"):
-        lines += [f"**Not held out: these rows also served for {' and '.join(context['also_used_for'])}; "
-                  "the figures are optimistic.**", ""]
+        lines += [
+            f"**Not held out: these rows also served for {' and '.join(context['also_used_for'])}; "
+            "the figures are optimistic.**",
+            "",
+        ]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
-    summary_keys = ["n", "accuracy", "exact_match", "jaccard", "macro_f1", "micro_f1", "weighted_f1", "invalid", "invalid_rate", "ece"]
+    summary_keys = [
+        "n",
+        "accuracy",
+        "exact_match",
+        "jaccard",
+        "macro_f1",
+        "micro_f1",
+        "weighted_f1",
+        "invalid",
+        "invalid_rate",
+        "ece",
+    ]
     lines += [f"| {k} | {_fmt(metrics[k])} |" for k in summary_keys if k in metrics]
     lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, m in metrics["per_class"].items():

@@ -92,7 +92,9 @@ class RunDir:
             return None
         data = read_json(self.manifest_path)
         if not isinstance(data, dict) or data.get("state") not in (COMPLETE, INCOMPLETE):
-            raise UserError(f"{self.manifest_path} is not an instructemo manifest; move it away or choose another directory")
+            raise UserError(
+                f"{self.manifest_path} is not an instructemo manifest; move it away or choose another directory"
+            )
         return data
 
     def is_complete(self) -> bool:
@@ -109,8 +111,10 @@ class RunDir:
             fix = "continue it with resume: auto, or train again with overwrite_output_dir: true"
         else:
             fix = "run it again"
-        raise UserError(f"{self.path} holds an incomplete {KINDS.get(kind, kind)} (it was interrupted or could not "
-                        f"finish writing); {fix}")
+        raise UserError(
+            f"{self.path} holds an incomplete {KINDS.get(kind, kind)} (it was interrupted or could not "
+            f"finish writing); {fix}"
+        )
 
     def check_can_begin(self, kind: str, *, replace: bool = False, keep: bool = False) -> None:
         """Raise if a new `kind` run may not start here; changes nothing.
@@ -127,23 +131,31 @@ class RunDir:
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             beside = "beside its run " if manifest is not None else ""
-            raise UserError(f"{self.what} {path} holds files {beside}that instructemo did not write ({shown}); move them "
-                            "away, or choose a new or empty directory")
+            raise UserError(
+                f"{self.what} {path} holds files {beside}that instructemo did not write ({shown}); move them "
+                "away, or choose a new or empty directory"
+            )
         if evaluations and not replace:
-            raise UserError(f"{self.what} {path} holds an earlier evaluation ({', '.join(p.name for p in evaluations)}) "
-                            "that would be mistaken for this run's; set overwrite_output_dir: true to replace it, or "
-                            "choose another directory")
+            raise UserError(
+                f"{self.what} {path} holds an earlier evaluation ({', '.join(p.name for p in evaluations)}) "
+                "that would be mistaken for this run's; set overwrite_output_dir: true to replace it, or "
+                "choose another directory"
+            )
         if manifest is None:
             return
         previous = manifest.get("kind", "train")
         if previous != kind:
-            raise UserError(f"{self.what} {path} holds an instructemo {KINDS.get(previous, previous)}, not a "
-                            f"{KINDS[kind]}; choose another directory")
+            raise UserError(
+                f"{self.what} {path} holds an instructemo {KINDS.get(previous, previous)}, not a "
+                f"{KINDS[kind]}; choose another directory"
+            )
         if not (replace or keep):
             state = "a finished" if manifest["state"] == COMPLETE else "an unfinished"
             resume = ", resume: auto to continue it," if kind == "train" else ""
-            raise UserError(f"{self.what} {path} already holds {state} {KINDS[kind]}; set overwrite_output_dir: true "
-                            f"to replace it{resume} or choose another {self.what}")
+            raise UserError(
+                f"{self.what} {path} already holds {state} {KINDS[kind]}; set overwrite_output_dir: true "
+                f"to replace it{resume} or choose another {self.what}"
+            )
 
     def begin(self, kind: str, *, replace: bool = False, keep: bool = False) -> None:
         """Make this directory the new run's, before anything else is written into it.
@@ -168,7 +180,9 @@ class RunDir:
             shutil.rmtree(self.path / STAGING_DIR, ignore_errors=True)
             self._write(manifest)
         except OSError as exc:
-            raise UserError(f"cannot write to {self.what} {self.path} ({exc.strerror}); choose a directory you can write to") from None
+            raise UserError(
+                f"cannot write to {self.what} {self.path} ({exc.strerror}); choose a directory you can write to"
+            ) from None
 
     def record(self, files: Iterable[str] = (), dirs: Iterable[str] = ()) -> None:
         """Add paths (relative to the directory) to what the run wrote, before or as it writes them."""
@@ -333,7 +347,6 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
         if suffix.isdigit() and checkpoint_progress(path) is not None:
             steps.append((int(suffix), path))
     return max(steps)[1] if steps else None
-
 
 
 # --- the saved model -------------------------------------------------------------------

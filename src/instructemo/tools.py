@@ -41,8 +41,16 @@ def list_datasets(dataset_dir: str) -> list[dict]:
             else:
                 splits[split] = {"rows": None, "from": f"hub:{entry.hub['id']}" if entry.hub else "missing"}
         space = entry.label_space
-        listing.append({"name": name, "description": getattr(entry, "description", ""), "format": entry.format,
-                        "multi_label": space.multi_label, "labels": list(space.names), "splits": splits})
+        listing.append(
+            {
+                "name": name,
+                "description": getattr(entry, "description", ""),
+                "format": entry.format,
+                "multi_label": space.multi_label,
+                "labels": list(space.names),
+                "splits": splits,
+            }
+        )
     return listing
 
 
@@ -67,8 +75,10 @@ def classify_texts(cfg: Config, texts: Iterable[str]) -> list[dict]:
     texts = list(texts)
     todo = [i for i, t in enumerate(texts) if t.strip()]
     if not todo:
-        raise UserError('nothing to classify: pass texts after -- (instructemo classify CONFIG.yaml -- "some text"), '
-                        "with --text, or one per line on stdin")
+        raise UserError(
+            'nothing to classify: pass texts after -- (instructemo classify CONFIG.yaml -- "some text"), '
+            "with --text, or one per line on stdin"
+        )
     classifier = Classifier(dataclasses.replace(cfg, mode="score")).load()
     result = classifier.classify([texts[i].strip() for i in todo])
     names = classifier.space.names
@@ -97,22 +107,34 @@ def print_classified(results: list[dict], out=None) -> None:
 def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
     """The base with the trained adapter merged in, saved as a standalone HF directory (safetensors)."""
     if gguf:
-        raise UserError("--gguf: no well-kept GGUF converter ships with instructemo; export without --gguf, then run "
-                        "llama.cpp's convert_hf_to_gguf.py on the exported directory")
+        raise UserError(
+            "--gguf: no well-kept GGUF converter ships with instructemo; export without --gguf, then run "
+            "llama.cpp's convert_hf_to_gguf.py on the exported directory"
+        )
     adapter = find_adapter(cfg)
     if adapter is None:
-        raise UserError(f"nothing to export: no trained adapter or model in {cfg.output_dir}; run instructemo sft first")
+        raise UserError(
+            f"nothing to export: no trained adapter or model in {cfg.output_dir}; run instructemo sft first"
+        )
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; name a new directory for the exported model")
     if output.exists() and any(output.iterdir()):
         raise UserError(f"--output {output} is not empty; choose a new directory")
     base = resolve_model_path(cfg.model_name_or_path)
     if saved_stage(adapter, cfg.stage) == "cls":
-        engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, trained_label_space(cfg, adapter)[0], bf16=False)
+        engine = DenseEngine(
+            dataclasses.replace(cfg, backend="hf"), base, adapter, trained_label_space(cfg, adapter)[0], bf16=False
+        )
         model, tokenizer = engine.model, engine.tokenizer
     else:
-        model, tokenizer = load_for_inference(base, adapter, flash_attn="eager", bf16=False,
-                                              trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights)
+        model, tokenizer = load_for_inference(
+            base,
+            adapter,
+            flash_attn="eager",
+            bf16=False,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle_weights,
+        )
 
     def write(staging: Path) -> None:
         model.save_pretrained(staging)  # safetensors

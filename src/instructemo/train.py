@@ -50,8 +50,15 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     # Full fine-tuning updates every weight, and a bf16 weight loses any update below 1/256 of itself: the weights
     # stay fp32 (the master copy) while bf16 autocast does the compute. DeepSpeed keeps its own fp32 copy.
     master_fp32 = cfg.finetuning_type == "full" and not cfg.deepspeed
-    model = load_causal_lm(model_path, flash_attn=cfg.flash_attn, bf16=bf16 and not master_fp32, four_bit=cfg.finetuning_type == "qlora",
-                           trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights, training=True)
+    model = load_causal_lm(
+        model_path,
+        flash_attn=cfg.flash_attn,
+        bf16=bf16 and not master_fp32,
+        four_bit=cfg.finetuning_type == "qlora",
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle_weights,
+        training=True,
+    )
     if cfg.finetuning_type == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -59,15 +66,24 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     trainer = build_sft_trainer(cfg, model, tokenizer, examples, bf16)
     longest = max(len(row) for row in trainer.train_dataset["input_ids"])
     if longest > cfg.cutoff_len:
-        log.info("the longest row is %d tokens, %d over cutoff_len: kept whole, answer included", longest,
-                 longest - cfg.cutoff_len)
-    run, checkpoint, progress = start_run(cfg, plan.fingerprint)  # only now: a failure to load leaves output_dir as it was
+        log.info(
+            "the longest row is %d tokens, %d over cutoff_len: kept whole, answer included",
+            longest,
+            longest - cfg.cutoff_len,
+        )
+    run, checkpoint, progress = start_run(
+        cfg, plan.fingerprint
+    )  # only now: a failure to load leaves output_dir as it was
     selector = None
     if plan.select is not None:
         select = plan.select
         selector = BestCheckpoint(
-            cfg, tokenizer, [builder.prompt(r.text) for r in select.records], [r.labels for r in select.records],
-            train.label_space, source=split_source(select),
+            cfg,
+            tokenizer,
+            [builder.prompt(r.text) for r in select.records],
+            [r.labels for r in select.records],
+            train.label_space,
+            source=split_source(select),
         )
         if checkpoint is not None:
             selector.resume_from(checkpoint)
@@ -77,7 +93,17 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
     result = train_until_done(trainer, checkpoint, monitor)
     selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
     extra = {SELECTION_FILE: json_text(selection)} if selection is not None else {}
-    save_run(cfg, run, trainer, tokenizer, plan, model_path, rows=len(trainer.train_dataset), monitor=monitor, result=result,
-             resumed_from=progress.get("global_step"), extra=extra)
+    save_run(
+        cfg,
+        run,
+        trainer,
+        tokenizer,
+        plan,
+        model_path,
+        rows=len(trainer.train_dataset),
+        monitor=monitor,
+        result=result,
+        resumed_from=progress.get("global_step"),
+        extra=extra,
+    )
     return run.path
-

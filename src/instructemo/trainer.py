@@ -51,14 +51,21 @@ def adapter_config(cfg: Config, task_type: str):
     head = r".*\b(classifier|pre_classifier|score)(\..*)?$" if task_type == "SEQ_CLS" else None
     if cfg.finetuning_type in ("lora", "qlora"):
         return LoraConfig(
-            r=cfg.lora_rank, lora_alpha=cfg.resolved_lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules="all-linear" if cfg.lora_target == "all" else named, task_type=task_type,
+            r=cfg.lora_rank,
+            lora_alpha=cfg.resolved_lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear" if cfg.lora_target == "all" else named,
+            task_type=task_type,
             exclude_modules=head,
         )
     if cfg.finetuning_type == "ia3":
         # IA3 scales keys, values and the MLP output; "all" lets peft pick them for the architecture.
-        return IA3Config(task_type=task_type, target_modules=None if cfg.lora_target == "all" else named,
-                         feedforward_modules=None if cfg.lora_target == "all" else [], exclude_modules=head)
+        return IA3Config(
+            task_type=task_type,
+            target_modules=None if cfg.lora_target == "all" else named,
+            feedforward_modules=None if cfg.lora_target == "all" else [],
+            exclude_modules=head,
+        )
     return None
 
 
@@ -112,8 +119,11 @@ def _can_share_prefix(cfg: Config, model) -> bool:
 def _collator(cfg: Config, model, tokenizer) -> LeftPadCollator:
     share = _can_share_prefix(cfg, model)
     if cfg.packing and not share:
-        log.info("packing needs the shared prefix (one process, no FlashAttention-2 or gradient checkpointing, "
-                 "shared_prefix: true): training on padded%s rows", " length-grouped" if _grouped(cfg, False) else "")
+        log.info(
+            "packing needs the shared prefix (one process, no FlashAttention-2 or gradient checkpointing, "
+            "shared_prefix: true): training on padded%s rows",
+            " length-grouped" if _grouped(cfg, False) else "",
+        )
     return LeftPadCollator(tokenizer.pad_token_id, share_prefix=share, pack=cfg.packing)
 
 
@@ -135,13 +145,19 @@ def build_sft_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16:
     )
     try:
         return AnswerOnlySFTTrainer(
-            model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
-            peft_config=peft_config, data_collator=collator,
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(examples),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            data_collator=collator,
         )
     except ValueError as exc:
         if "target modules" in str(exc) or "target_modules" in str(exc):
-            raise UserError(f"lora_target {cfg.lora_target!r} does not fit this model ({str(exc).splitlines()[0]}); "
-                            "name its modules, e.g. lora_target: q_proj,v_proj") from None
+            raise UserError(
+                f"lora_target {cfg.lora_target!r} does not fit this model ({str(exc).splitlines()[0]}); "
+                "name its modules, e.g. lora_target: q_proj,v_proj"
+            ) from None
         raise
 
 
@@ -229,8 +245,10 @@ def train_until_done(trainer, checkpoint: Path | None, monitor: RunMonitor):
         _close_progress_bar(trainer)  # so the one-line error is the last thing printed
         if monitor.saving is not None:
             where = Path(trainer.args.output_dir) / monitor.saving
-            raise UserError(f"training stopped: could not write a checkpoint to {where} ({_first_line(exc)}); free "
-                            "space (or fix the folder's permissions), then continue with resume: auto") from exc
+            raise UserError(
+                f"training stopped: could not write a checkpoint to {where} ({_first_line(exc)}); free "
+                "space (or fix the folder's permissions), then continue with resume: auto"
+            ) from exc
         raise
 
 
@@ -243,9 +261,21 @@ def _close_progress_bar(trainer) -> None:
             callback.training_bar = None
 
 
-def save_run(cfg: Config, run: RunDir, trainer, tokenizer, plan: TrainingPlan, model_path: str, *, rows: int,
-             monitor: RunMonitor, result, resumed_from: int | None = None, extra: dict[str, str] | None = None,
-             finish: Callable[[Path], None] | None = None) -> None:
+def save_run(
+    cfg: Config,
+    run: RunDir,
+    trainer,
+    tokenizer,
+    plan: TrainingPlan,
+    model_path: str,
+    *,
+    rows: int,
+    monitor: RunMonitor,
+    result,
+    resumed_from: int | None = None,
+    extra: dict[str, str] | None = None,
+    finish: Callable[[Path], None] | None = None,
+) -> None:
     """The model and everything a person, generate-eval and compare need, staged, then moved into place at once.
 
     `extra`: more files for the run (name -> text); `finish(staging)` runs last
@@ -256,13 +286,18 @@ def save_run(cfg: Config, run: RunDir, trainer, tokenizer, plan: TrainingPlan, m
     files = {}
     if main:
         train = plan.train
-        resolved = {**cfg.to_dict(), "model_path": model_path,
-                    "template_resolved": cfg.template if cfg.template != "auto" else train.template}
+        resolved = {
+            **cfg.to_dict(),
+            "model_path": model_path,
+            "template_resolved": cfg.template if cfg.template != "auto" else train.template,
+        }
         files = {
             CONFIG_FILE: yaml.safe_dump(resolved, sort_keys=False),
             LABEL_SPACE_FILE: json_text(train.label_space.to_dict()),
             TRAINER_LOG_FILE: jsonl_text(history),
-            TRAIN_RESULTS_FILE: json_text(train_results(cfg, trainer, result, rows, monitor.train_seconds, resumed_from)),
+            TRAIN_RESULTS_FILE: json_text(
+                train_results(cfg, trainer, result, rows, monitor.train_seconds, resumed_from)
+            ),
             **extra_files(train),
             **(extra or {}),
         }
@@ -277,8 +312,10 @@ def save_run(cfg: Config, run: RunDir, trainer, tokenizer, plan: TrainingPlan, m
         plot_loss(history, staging / LOSS_PLOT_FILE)
     except Exception as exc:  # only files are written here: a failure is the disk's or the folder's
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"saving the trained run to {run.path} failed ({_first_line(exc)}); it is marked incomplete: "
-                        "free space (or fix the folder's permissions), then continue with resume: auto") from exc
+        raise UserError(
+            f"saving the trained run to {run.path} failed ({_first_line(exc)}); it is marked incomplete: "
+            "free space (or fix the folder's permissions), then continue with resume: auto"
+        ) from exc
     run.publish(finish or (lambda staged: None))  # finish adds its files to the staged run; then all move into place
     log.info("saved %s %s to %s (%.0fs)", cfg.stage, cfg.finetuning_type, run.path, monitor.train_seconds)
 
@@ -308,7 +345,8 @@ def train_results(cfg: Config, trainer, result, rows: int, train_seconds: float,
         "resumed_from_step": resumed_from,
         "processes": args.world_size,
         "final_loss": losses[-1][1] if losses else None,
-        "mean_loss": sum(loss * span for (_, loss), span in zip(losses, spans)) / sum(spans) if losses
+        "mean_loss": sum(loss * span for (_, loss), span in zip(losses, spans)) / sum(spans)
+        if losses
         # with no loss logged, the Trainer's own mean, which counts only this session's steps after a resume
         else (result.training_loss if resumed_from is None else None),
         "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),

@@ -43,8 +43,9 @@ def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool):
     return HFEngine(cfg, base_path, adapter, bf16)
 
 
-def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelSpace,
-             thresholds: np.ndarray | None = None) -> Classified:
+def classify(
+    cfg: Config, engine, conversations: list[list[dict]], space: LabelSpace, thresholds: np.ndarray | None = None
+) -> Classified:
     """Labels for each conversation; in score mode with probabilities.
 
     Multi-label score mode predicts a label when its probability reaches its
@@ -58,8 +59,9 @@ def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelS
 
         probabilities, answers = label_probabilities(engine, conversations, space)
         probabilities = finite_scores(probabilities)
-        return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities,
-                          engine.unfinished)
+        return Classified(
+            decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities, engine.unfinished
+        )
     candidates = [space.answer([name]) for name in space.names]
     loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -68,7 +70,9 @@ def classify(cfg: Config, engine, conversations: list[list[dict]], space: LabelS
     return Classified(decide(probabilities, space), None, probabilities)
 
 
-def classify_dense(cfg: Config, engine, texts: list[str], space: LabelSpace, thresholds: np.ndarray | None = None) -> Classified:
+def classify_dense(
+    cfg: Config, engine, texts: list[str], space: LabelSpace, thresholds: np.ndarray | None = None
+) -> Classified:
     """Labels and probabilities from a classification head (stage: cls), with the same decision rules."""
     probabilities = finite_scores(engine.probabilities(texts))
     return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), None, probabilities)
@@ -82,12 +86,16 @@ def finite_scores(scores: np.ndarray) -> np.ndarray:
     broken = ~np.isfinite(scores)
     if broken.any():
         rows = int(broken.any(axis=1).sum()) if broken.ndim > 1 else int(broken.sum())
-        raise UserError(f"the model's scores are not numbers (NaN) for {rows} of {len(scores)} texts: its weights are "
-                        "broken, e.g. by a training run that diverged; train it again with a lower learning_rate")
+        raise UserError(
+            f"the model's scores are not numbers (NaN) for {rows} of {len(scores)} texts: its weights are "
+            "broken, e.g. by a training run that diverged; train it again with a lower learning_rate"
+        )
     return scores
 
 
-def threshold_rule(space: LabelSpace, thresholds: np.ndarray | None, score_threshold: float | None) -> tuple[str, np.ndarray]:
+def threshold_rule(
+    space: LabelSpace, thresholds: np.ndarray | None, score_threshold: float | None
+) -> tuple[str, np.ndarray]:
     """The multi-label thresholds in force and where they come from; one rule everywhere:
     the calibrated per-label `thresholds` (thresholds.json) when the run has them, else
     `score_threshold` for every label, else 0.5 for every label."""
@@ -98,8 +106,12 @@ def threshold_rule(space: LabelSpace, thresholds: np.ndarray | None, score_thres
     return "default", np.full(len(space.names), DEFAULT_THRESHOLD)
 
 
-def decide(probabilities: np.ndarray, space: LabelSpace, thresholds: np.ndarray | None = None,
-           score_threshold: float | None = None) -> list[tuple[str, ...]]:
+def decide(
+    probabilities: np.ndarray,
+    space: LabelSpace,
+    thresholds: np.ndarray | None = None,
+    score_threshold: float | None = None,
+) -> list[tuple[str, ...]]:
     """Single-label: the most probable label. Multi-label: every label at or above its threshold (threshold_rule)."""
     names = space.names
     if not space.multi_label:

@@ -40,8 +40,10 @@ def find_adapter(cfg: Config) -> Path | None:
     if saved_model_kind(output_dir) is not None:
         return output_dir
     if run.manifest() is not None:
-        raise UserError(f"the run in {output_dir} has no adapter_config.json or config.json: its model files are gone; "
-                        "train it again with overwrite_output_dir: true")
+        raise UserError(
+            f"the run in {output_dir} has no adapter_config.json or config.json: its model files are gone; "
+            "train it again with overwrite_output_dir: true"
+        )
     return None
 
 
@@ -75,9 +77,12 @@ class Classifier:
         self.bf16 = use_bf16(cfg.bf16)
         self.thresholds = load_thresholds(self.adapter, self.space)
         if self.thresholds is not None and cfg.score_threshold is not None:
-            log.warning("score_threshold %g is not used: %s holds per-label thresholds calibrated by instructemo "
-                        "calibrate, which take precedence; remove that file to use one threshold for every label",
-                        cfg.score_threshold, self.adapter / THRESHOLDS_FILE)
+            log.warning(
+                "score_threshold %g is not used: %s holds per-label thresholds calibrated by instructemo "
+                "calibrate, which take precedence; remove that file to use one threshold for every label",
+                cfg.score_threshold,
+                self.adapter / THRESHOLDS_FILE,
+            )
         self.stage = saved_stage(self.adapter, cfg.stage)
         if self.stage == "sft":
             render_user_turn(self.template, "a text", self.space)  # a template error surfaces before the model loads

@@ -25,7 +25,9 @@ class DenseEngine:
         if cfg.backend != "hf":
             raise UserError("stage: cls runs are served by backend: hf (vLLM generates text); set backend: hf")
         if adapter is None:
-            raise UserError(f"no trained classifier in {cfg.output_dir}: a cls head is new at training time; run instructemo sft first")
+            raise UserError(
+                f"no trained classifier in {cfg.output_dir}: a cls head is new at training time; run instructemo sft first"
+            )
         self.batch_size = cfg.per_device_eval_batch_size
         self.cutoff_len = cfg.cutoff_len
         self.multi_label = space.multi_label
@@ -34,8 +36,12 @@ class DenseEngine:
             require_finite_weights(adapter)
         self.tokenizer = load_tokenizer(str(adapter), trust_remote_code=cfg.trust_remote_code, chat=False)
         model = load_sequence_classifier(
-            str(adapter) if full_model else base_path, list(space.names), multi_label=space.multi_label,
-            flash_attn=cfg.flash_attn, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
+            str(adapter) if full_model else base_path,
+            list(space.names),
+            multi_label=space.multi_label,
+            flash_attn=cfg.flash_attn,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle_weights,
         )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -52,7 +58,9 @@ class DenseEngine:
         """Rows x labels: softmax over the labels (single-label) or each label's sigmoid (multi-label)."""
         encoded = self.tokenizer(texts, truncation=True, max_length=self.cutoff_len)["input_ids"]
         out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float64)
-        for chunk in tqdm(longest_first([len(ids) for ids in encoded], self.batch_size), desc="classifying", unit="batch"):
+        for chunk in tqdm(
+            longest_first([len(ids) for ids in encoded], self.batch_size), desc="classifying", unit="batch"
+        ):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
             logits = self.model(**batch.to(self.model.device)).logits.float()
             probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)

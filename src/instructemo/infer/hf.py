@@ -31,8 +31,12 @@ class HFEngine:
 
     def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
         model, tokenizer = load_for_inference(
-            base_path, adapter, flash_attn=cfg.flash_attn, bf16=bf16,
-            trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle_weights,
+            base_path,
+            adapter,
+            flash_attn=cfg.flash_attn,
+            bf16=bf16,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle_weights,
         )
         self._use(cfg, model, tokenizer)
 
@@ -51,23 +55,44 @@ class HFEngine:
     def generate(self, conversations: list[list[dict]]) -> list[str]:
         cfg = self.cfg
         answers, stops = generate_ids(
-            self.model, self.tokenizer, conversations, batch_size=cfg.per_device_eval_batch_size,
-            max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            top_p=cfg.top_p, seed=cfg.seed, progress=self.progress,
+            self.model,
+            self.tokenizer,
+            conversations,
+            batch_size=cfg.per_device_eval_batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed,
+            progress=self.progress,
         )
         self.unfinished = sum(not ids or ids[-1] not in stops for ids in answers)
         return decode_answers(self.tokenizer, answers, stops)
 
     def score(self, conversations: list[list[dict]], answers: list[str]):
-        return score_answers(self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size)
+        return score_answers(
+            self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size
+        )
 
     def score_tokens(self, contexts: list[list[int]], continuations: list[list[int]]):
-        return score_continuations(self.model, contexts, continuations, batch_size=self.cfg.per_device_eval_batch_size,
-                                   pad_id=self.tokenizer.pad_token_id)
+        return score_continuations(
+            self.model,
+            contexts,
+            continuations,
+            batch_size=self.cfg.per_device_eval_batch_size,
+            pad_id=self.tokenizer.pad_token_id,
+        )
 
 
-def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: str, bf16: bool,
-                       trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_for_inference(
+    base_path: str,
+    adapter_dir: Path | None,
+    *,
+    flash_attn: str,
+    bf16: bool,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
     """(model, tokenizer): the base alone, base + adapter merged, or a fully fine-tuned directory."""
     options = dict(flash_attn=flash_attn, bf16=bf16, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     kind = saved_model_kind(adapter_dir)
@@ -91,12 +116,31 @@ def load_for_inference(base_path: str, adapter_dir: Path | None, *, flash_attn: 
 
 
 def generate(
-    model, tokenizer, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
-    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
 ) -> list[str]:
     """The model's answer to each conversation, in input order (greedy unless do_sample)."""
-    answers, stops = generate_ids(model, tokenizer, conversations, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed, progress=progress)
+    answers, stops = generate_ids(
+        model,
+        tokenizer,
+        conversations,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        progress=progress,
+    )
     return decode_answers(tokenizer, answers, stops)
 
 
@@ -105,10 +149,20 @@ def decode_answers(tokenizer, answers: list[list[int]], stops: list[int]) -> lis
     kept = [ids[:-1] if ids and ids[-1] in stops else ids for ids in answers]
     return [text.strip() for text in tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
+
 @torch.inference_mode()
 def generate_ids(
-    model, tokenizer, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
-    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
 ) -> tuple[list[list[int]], list[int]]:
     """The token ids of each answer through its stop token (the turn end, or eos), in input order; and the stops."""
     tokenizer.padding_side = "left"
@@ -125,8 +179,12 @@ def generate_ids(
             batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
             batch = batch.to(model.device)
             output = model.generate(
-                **batch, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                pad_token_id=tokenizer.pad_token_id, top_k=None, **sampling,
+                **batch,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                top_k=None,
+                **sampling,
             )
             for i, row in zip(chunk, output[:, batch["input_ids"].shape[1] :].tolist()):
                 answers[i] = until_stop(row, stop_ids)  # finished rows are padded to the batch's longest
@@ -134,7 +192,9 @@ def generate_ids(
     return answers, stop_ids
 
 
-def score_answers(model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int) -> torch.Tensor:
+def score_answers(
+    model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int
+) -> torch.Tensor:
     """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor."""
     tokens = prompt_token_ids(tokenizer, conversations)
     continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
@@ -142,8 +202,9 @@ def score_answers(model, tokenizer, conversations: list[list[dict]], answers: li
 
 
 @torch.inference_mode()
-def score_continuations(model, contexts: list[list[int]], continuations: list[list[int]], *, batch_size: int,
-                        pad_id: int) -> torch.Tensor:
+def score_continuations(
+    model, contexts: list[list[int]], continuations: list[list[int]], *, batch_size: int, pad_id: int
+) -> torch.Tensor:
     """Log-likelihood of each continuation after each context (token ids): a (contexts x continuations) tensor.
 
     Work is shared twice. The prefix common to all contexts (system prompt and
@@ -196,7 +257,9 @@ class AnswerTree:
         self.columns, self.targets, self.answer_of = map(torch.tensor, (self.columns, self.targets, self.answer_of))
 
 
-def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, tree: AnswerTree, pad_id: int) -> torch.Tensor:
+def _score_batch(
+    model, rests: list[list[int]], prefix_len: int, prefix_cache, tree: AnswerTree, pad_id: int
+) -> torch.Tensor:
     """One row per prompt: [left padding][prompt tokens after the shared prefix][every answer's tokens]."""
     batch, width, answers = len(rests), max(len(r) for r in rests), tree.width
     input_ids, real = left_padded(rests, pad_id)
@@ -217,8 +280,12 @@ def _score_batch(model, rests: list[list[int]], prefix_len: int, prefix_cache, t
     cache = repeat_cache(prefix_cache, batch) if prefix_cache is not None else None
     device = model.device
     logits = model(
-        input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-        past_key_values=cache, use_cache=prefix_cache is not None, logits_to_keep=answers + 1,
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=prefix_cache is not None,
+        logits_to_keep=answers + 1,
     ).logits  # (batch, 1 + answers, vocab): the prompt's last position, then every answer token
     logprobs = logits.float().log_softmax(-1)[:, tree.columns.to(device), tree.targets.to(device)].cpu()
     scores = torch.zeros(batch, len(tree.continuations))

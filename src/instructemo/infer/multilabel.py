@@ -49,7 +49,9 @@ def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpa
         return tuple(full[0][:shared]), tuple(tuple(f[shared:]) for f in full)
 
     # One unit per (row, prefix of its greedy labels); units that share candidate tokens are scored together.
-    units: list[tuple[int, tuple[str, ...]]] = [(row, labels[:j]) for row, labels in enumerate(greedy) for j in range(len(labels) + 1)]
+    units: list[tuple[int, tuple[str, ...]]] = [
+        (row, labels[:j]) for row, labels in enumerate(greedy) for j in range(len(labels) + 1)
+    ]
     groups: dict[tuple, list[int]] = {}
     for u, (_, prefix) in enumerate(units):
         groups.setdefault(candidates(prefix)[1], []).append(u)
@@ -73,25 +75,3 @@ def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpa
             before = sum(p < k for p in positions)
             probabilities[row, k] = unit_probs[unit_of[(row, before)], k]
     return probabilities, answers
-
-
-def best_thresholds(probabilities: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per label, the threshold (predict when p >= t) that maximises F1 on these rows, and that F1.
-
-    A label never present in `gold` keeps threshold 1.0 (F1 0 either way).
-    """
-    thresholds, f1s = np.ones(probabilities.shape[1]), np.zeros(probabilities.shape[1])
-    for k in range(probabilities.shape[1]):
-        p, y = probabilities[:, k], gold[:, k].astype(bool)
-        if not y.any():
-            continue
-        order = np.argsort(-p, kind="stable")
-        true_positives = np.cumsum(y[order])
-        predicted = np.arange(1, len(p) + 1)
-        f1 = 2 * true_positives / (predicted + y.sum())
-        # Only cut between distinct probabilities: equal ones are predicted together.
-        distinct = np.r_[p[order][1:] < p[order][:-1], True]
-        f1 = np.where(distinct, f1, -1.0)
-        best = int(np.argmax(f1))
-        thresholds[k], f1s[k] = p[order][best], f1[best]
-    return thresholds, f1s

