@@ -25,7 +25,7 @@ def inject(fault: str) -> None:
     if kind == "fsize":
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(point), int(point)))
         return
-    from instructemo import monitor, rundir, train
+    from instructemo import monitor, rundir, trainer
 
     if point.startswith("checkpoint-"):
         step, real_on_save = int(point.split("-")[1]), monitor.RunMonitor.on_save
@@ -37,7 +37,7 @@ def inject(fault: str) -> None:
 
         monitor.RunMonitor.on_save = on_save
     elif point == "mid-staging":
-        train.write_atomic = lambda *args, **kwargs: die()
+        trainer.write_atomic = lambda *args, **kwargs: die()
     elif point == "staged":
         rundir.RunDir.commit = lambda self: die()
     elif point.startswith("move-"):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from .atomic import json_text
 from .config import Config
 from .data import load_run_split, run_spec, split_source
 from .errors import UserError
+from .fileio import json_text
 from .infer.classifier import Classifier
 from .metrics import best_thresholds, binarize
 from .rundir import THRESHOLDS_FILE, write_into

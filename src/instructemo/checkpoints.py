@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .atomic import json_text, read_json, write_atomic
 from .config import Config
+from .fileio import json_text, read_json, write_atomic
 from .infer import classify
 from .infer.hf import HFEngine
 from .labels import LabelSpace

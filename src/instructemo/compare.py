@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .atomic import json_text, read_json, write_atomic
 from .errors import UserError
+from .fileio import json_text, read_json, write_atomic
 from .plots import pyplot, save_figure
 from .rundir import EVAL_DIR, METRICS_FILE, TRAIN_RESULTS_FILE, RunDir
 

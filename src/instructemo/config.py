@@ -19,15 +19,24 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .fileio import read_yaml_file
 
 # The checkout (or installed tree) that holds the project's own templates/ and data/.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _key(
-    default: Any, help: str, choices: tuple | None = None, minimum: float | None = None, maximum: float | None = None
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    trainer: bool = False,
 ):
-    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "maximum": maximum})
+    """A config key. `trainer`: transformers' TrainingArguments (trl's SFTConfig) has a field of this name and
+    meaning, and receives the value as it is; the key is declared here for its default and its check."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "trainer": trainer}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -103,19 +112,20 @@ class Config:
     lora_target: str = _key(
         "all", "Modules that get LoRA: all (every linear layer but the LM head) or comma-separated names."
     )
-    per_device_train_batch_size: int = _key(8, "Training batch size per device.", minimum=1)
-    gradient_accumulation_steps: int = _key(1, "Batches accumulated per optimizer step.", minimum=1)
-    learning_rate: float = _key(1e-4, "Peak learning rate (at most 1).", minimum=0, maximum=1)
-    num_train_epochs: float = _key(1.0, "Training epochs.", minimum=0, maximum=10000)
-    max_steps: int = _key(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.")
+    per_device_train_batch_size: int = _key(8, "Training batch size per device.", minimum=1, trainer=True)
+    gradient_accumulation_steps: int = _key(1, "Batches accumulated per optimizer step.", minimum=1, trainer=True)
+    learning_rate: float = _key(1e-4, "Peak learning rate (at most 1).", minimum=0, maximum=1, trainer=True)
+    num_train_epochs: float = _key(1.0, "Training epochs.", minimum=0, maximum=10000, trainer=True)
+    max_steps: int = _key(-1, "Stop after this many optimizer steps; -1 trains for num_train_epochs.", trainer=True)
     lr_scheduler_type: str = _key(
         "cosine",
         "Learning-rate schedule.",
         choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"),
+        trainer=True,
     )
-    warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0)
-    weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0, maximum=1)
-    gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.")
+    warmup_steps: int = _key(0, "Linear warm-up steps.", minimum=0, trainer=True)
+    weight_decay: float = _key(0.0, "AdamW weight decay.", minimum=0, maximum=1, trainer=True)
+    gradient_checkpointing: bool = _key(False, "Trade compute for memory; slow for small models, so off.", trainer=True)
     group_by_length: bool | str = _key(
         "auto",
         "Batch rows of similar length together (less padding), in shuffled batch order: true; false: plain "
@@ -134,7 +144,7 @@ class Config:
         "instead of once per row: the same loss and gradients for less compute. Used with one process and "
         "without FlashAttention-2 or gradient checkpointing; false turns it off.",
     )
-    logging_steps: int = _key(10, "Log loss every this many optimizer steps.", minimum=1)
+    logging_steps: int = _key(10, "Log loss every this many optimizer steps.", minimum=1, trainer=True)
     label_balancing: str = _key(
         "none",
         "Imbalance: none, oversample (repeat rows carrying rare labels) or loss_weight "
@@ -159,6 +169,7 @@ class Config:
     deepspeed: str | None = _key(
         None,
         "DeepSpeed JSON config (examples/deepspeed/ds_z2.json, ds_z3.json, *_offload.json); needs the deepspeed package.",
+        trainer=True,
     )
     nproc_per_node: int = _key(
         1,
@@ -172,10 +183,16 @@ class Config:
         "optimizer steps into output_dir/checkpoint-N; unset: none.",
         minimum=1,
     )
-    save_total_limit: int = _key(2, "Checkpoints kept; older ones are deleted.", minimum=1)
+    save_total_limit: int = _key(2, "Checkpoints kept; older ones are deleted.", minimum=1, trainer=True)
     resume: str = _key(
         "none",
         "none, auto (continue from the last complete checkpoint in output_dir), or a checkpoint directory.",
+    )
+    training_args: dict | None = _key(
+        None,
+        "Any other field of transformers' TrainingArguments (trl's SFTConfig for stage sft), passed as it is, "
+        "e.g. {max_grad_norm: 0.5, adam_beta2: 0.95, optim: adamw_torch_fused}; not the keys of this config, "
+        "nor the fields instructemo derives from them (bf16, save_strategy, max_length, ...).",
     )
     overwrite_output_dir: bool = _key(False, "Replace a previous run in output_dir instead of refusing to mix runs.")
     trust_remote_code: bool = _key(False, "Run Python code shipped with a model (only for sources you trust).")
@@ -183,8 +200,8 @@ class Config:
         False,
         "Load pickled .bin weights, which can run code when unpickled; default: safetensors only.",
     )
-    output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.")
-    seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.")
+    output_dir: str = _key("saves/run", "Where the adapter, tokenizer, config, logs and evaluations go.", trainer=True)
+    seed: int = _key(42, "Random seed for initialisation, shuffling and sampling.", trainer=True)
     report_to: str = _key(
         "none", "Experiment tracker: none, tensorboard or wandb.", choices=("none", "tensorboard", "wandb")
     )
@@ -232,6 +249,21 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# Keys passed to the Trainer's arguments under their own names (see _key).
+TRAINER_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["trainer"])
+# TrainingArguments / SFTConfig fields instructemo derives from its own keys (trainer.trainer_arguments), with the
+# key a user sets instead: training_args may not set them.
+DERIVED_TRAINING_ARGS = {
+    "bf16": "bf16",
+    "fp16": "bf16",
+    "data_seed": "seed",
+    "save_strategy": "save_steps",
+    "save_steps": "save_steps",
+    "report_to": "report_to",
+    "train_sampling_strategy": "group_by_length",
+    "max_length": "cutoff_len",
+    "packing": "packing",
+}
 _HINTS = typing.get_type_hints(Config)
 
 
@@ -272,39 +304,6 @@ def make_config(values: dict[str, Any]) -> Config:
     config = Config(**checked)
     _check_consistency(config)
     return config
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice in one mapping is an error instead of the last one winning."""
-
-
-def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (first at line {seen[key]})", key_node.start_mark
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
-
-
-def read_yaml_file(path: Path, what: str) -> Any:
-    """A YAML file (a config or a registry), with repeated keys and bad syntax as one-line errors."""
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        fix = "keep one of them" if "appears twice" in problem else "fix the syntax"
-        raise UserError(f"{what} {path} is not valid YAML{where}: {problem}; {fix}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -415,6 +414,14 @@ def _check_consistency(config: Config) -> None:
         }
         if bad:
             raise UserError(f"config key 'class_weights' needs non-negative numbers per label, got {bad}")
+    for key in config.training_args or {}:
+        if key in FIELDS:
+            raise UserError(f"training_args sets {key!r}, a key of this config: set {key} at the top level instead")
+        if key in DERIVED_TRAINING_ARGS:
+            raise UserError(
+                f"training_args sets {key!r}, which instructemo derives from {DERIVED_TRAINING_ARGS[key]}: "
+                f"set {DERIVED_TRAINING_ARGS[key]} instead"
+            )
     if not config.output_dir.strip():
         raise UserError("config key 'output_dir' must not be empty")
     if config.eval_output_dir:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import json_text, write_atomic
 from .config import Config
 from .data import Split, load_run_split
 from .errors import UserError
 from .evaluate import run_generate_eval
+from .fileio import json_text, write_atomic
 from .metrics import binarize
 from .rundir import CV_DIR, CV_SUMMARY_FILE, CV_SUMMARY_MD_FILE, RunDir
 from .train import run_sft

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT, read_yaml_file
+from .config import PROJECT_ROOT
 from .errors import UserError
+from .fileio import read_yaml_file
 from .labels import LabelSpace
 from .readers import (
     ID_COLUMN_GUESSES,

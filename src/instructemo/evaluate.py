@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from .atomic import read_json, read_jsonl
 from .config import Config
 from .data import Split, load_run_split, run_spec, split_source
+from .fileio import read_json, read_jsonl
 from .infer.classifier import Classifier
 from .metrics import score
 from .report import check_eval_dir, write_eval_outputs

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .atomic import json_text, write_atomic
 from .errors import UserError
+from .fileio import json_text, write_atomic
 from .rundir import PROGRESS_FILE, RunDir, last_complete_checkpoint
 
 

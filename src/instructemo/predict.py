@@ -12,9 +12,9 @@ import io
 import logging
 from pathlib import Path
 
-from .atomic import json_text, write_atomic
 from .config import Config
 from .errors import UserError
+from .fileio import json_text, write_atomic
 from .html_report import render_predictions
 from .infer.classifier import Classifier
 from .readers import ID_COLUMN_GUESSES, TEXT_COLUMN_GUESSES, pick_column, read_table

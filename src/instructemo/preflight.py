@@ -7,6 +7,8 @@ the run in one line with nothing written.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -19,10 +21,10 @@ from typing import Any
 import jinja2
 import torch
 
-from .atomic import json_text
 from .config import Config
 from .data import Split, load_run_split
 from .errors import UserError
+from .fileio import json_text
 from .launch import inside_launcher
 from .prompts import load_template, render_user_turn
 from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, last_complete_checkpoint
@@ -84,10 +86,27 @@ def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPl
     if cfg.report_to != "none" and importlib.util.find_spec(cfg.report_to) is None:
         raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
     check_engines(cfg)
+    check_training_args(cfg)
     plan = TrainingPlan(train, template, select, fingerprint(cfg, train))
     if starts_the_run():
         resume_point(cfg, plan.fingerprint, check_only=True)
     return plan
+
+
+def check_training_args(cfg: Config) -> None:
+    """training_args names fields the stage's Trainer arguments have (SFTConfig for sft, TrainingArguments for cls)."""
+    if not cfg.training_args:
+        return
+    if cfg.stage == "sft":
+        from trl import SFTConfig as arguments
+    else:
+        from transformers import TrainingArguments as arguments
+    known = {f.name for f in dataclasses.fields(arguments)}
+    for key in cfg.training_args:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"see the {arguments.__name__} documentation for its fields"
+            raise UserError(f"training_args sets {key!r}, which {arguments.__name__} does not have; {fix}")
 
 
 def fingerprint(cfg: Config, train: Split) -> dict:

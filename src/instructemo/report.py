@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from .atomic import json_text, jsonl_text, write_atomic
+from .fileio import json_text, jsonl_text, write_atomic
 from .html_report import render
 from .rundir import (
     METRICS_FILE,

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .atomic import json_text, jsonl_text, read_json, write_atomic
 from .errors import UserError
+from .fileio import json_text, jsonl_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .atomic import json_text
 from .balance import balanced_examples
 from .checkpoints import BestCheckpoint
 from .config import Config
 from .data import Split, split_source
 from .dense import run_cls
+from .fileio import json_text
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
 from .monitor import RunMonitor
 from .preflight import check_before_training, start_run

@@ -19,11 +19,11 @@ from typing import Callable
 import torch
 import yaml
 
-from .atomic import json_text, jsonl_text, write_atomic
 from .batching import LeftPadCollator, forward_after_shared_prefix, packed_forward, shuffled_length_groups
-from .config import Config
+from .config import TRAINER_KEYS, Config
 from .data import Split
 from .errors import UserError
+from .fileio import json_text, jsonl_text, write_atomic
 from .monitor import FailOnDivergence, RunMonitor
 from .plots import plot_loss
 from .preflight import TrainingPlan
@@ -70,35 +70,24 @@ def adapter_config(cfg: Config, task_type: str):
 
 
 def trainer_arguments(cfg: Config, bf16: bool, packed: bool = False) -> dict:
-    """The transformers TrainingArguments both stages take from the config (`packed`: sft packs its rows)."""
+    """The TrainingArguments both stages take from the config (`packed`: sft packs its rows): the trainer keys under
+    their own names (config.TRAINER_KEYS), the fields derived from other keys, then training_args as given."""
     if cfg.report_to == "wandb" and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
-    return dict(
-        output_dir=cfg.output_dir,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        disable_tqdm=False,  # the progress bar with ETA, even with library logs quiet
-        save_strategy="steps" if cfg.save_steps else "no",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        deepspeed=cfg.deepspeed,
+    return {
+        **{name: getattr(cfg, name) for name in TRAINER_KEYS},
+        "bf16": bf16,
+        "use_cpu": not torch.cuda.is_available(),
+        "data_seed": cfg.seed,
+        "disable_tqdm": False,  # the progress bar with ETA, even with library logs quiet
+        "save_strategy": "steps" if cfg.save_steps else "no",
+        "save_steps": cfg.save_steps or 500,
+        "report_to": [] if cfg.report_to == "none" else [cfg.report_to],
         # Length-grouped batches waste little compute on padding (in shuffled order: shuffled_length_groups), but
         # each holds texts of one length; packed rows skip padding in random batches, which learned better.
-        train_sampling_strategy="group_by_length" if _grouped(cfg, packed) else "random",
-    )
+        "train_sampling_strategy": "group_by_length" if _grouped(cfg, packed) else "random",
+        **(cfg.training_args or {}),
+    }
 
 
 def _grouped(cfg: Config, packed: bool) -> bool:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import read_json
 from ..config import Config
 from ..data import resolve_label_space, spec_options
 from ..errors import UserError
+from ..fileio import read_json
 from ..labels import LabelSpace
 from ..models import resolve_model_path, use_bf16
 from ..prompts import PromptBuilder, load_template, render_user_turn

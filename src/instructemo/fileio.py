@@ -1,8 +1,10 @@
-"""Strict JSON and atomic writes: a file instructemo writes is whole or absent, never half-written.
+"""Files read and written strictly: whole or absent, no NaN in JSON, no repeated key in YAML.
 
 Every file goes to a temporary name beside its target, is flushed to disk and
-renamed into place. JSON is strict (no NaN or Infinity, which most readers
-reject), and a damaged JSON file is a one-line error that says what to rerun.
+renamed into place, so a reader never sees one half-written. JSON is strict
+(no NaN or Infinity, which most readers reject), and a damaged JSON file is a
+one-line error that says what to rerun. YAML (configs, the dataset registry)
+refuses a key given twice instead of letting the last one win silently.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+import yaml
 
 from .errors import UserError
 
@@ -70,3 +74,36 @@ def read_json(path: Path) -> Any:
 def read_jsonl(path: Path) -> list[Any]:
     """The rows of a JSONL file a run wrote (trainer_log.jsonl)."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+
+def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first at line {seen[key]})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """A YAML file (a config or a registry), with repeated keys and bad syntax as one-line errors."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        fix = "keep one of them" if "appears twice" in problem else "fix the syntax"
+        raise UserError(f"{what} {path} is not valid YAML{where}: {problem}; {fix}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None

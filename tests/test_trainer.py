@@ -1,0 +1,87 @@
+"""The Trainer's arguments come from the config: the trainer keys by name, derived fields, then training_args."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from instructemo.config import DERIVED_TRAINING_ARGS, TRAINER_KEYS, make_config
+from instructemo.errors import UserError
+from instructemo.preflight import check_training_args
+from instructemo.trainer import trainer_arguments
+
+
+def _hand_copied(cfg, bf16, packed):
+    """trainer_arguments as it was written before the trainer keys were marked in config.py."""
+    return dict(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        disable_tqdm=False,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        deepspeed=cfg.deepspeed,
+        train_sampling_strategy="group_by_length"
+        if (not packed if cfg.group_by_length == "auto" else cfg.group_by_length)
+        else "random",
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"learning_rate": 3e-4, "save_steps": None, "report_to": "tensorboard", "group_by_length": True, "seed": 7}],
+)
+@pytest.mark.parametrize("packed", [False, True])
+def test_arguments_are_the_ones_copied_by_hand_before(values, packed):
+    cfg = make_config(values)
+    assert trainer_arguments(cfg, bf16=False, packed=packed) == _hand_copied(cfg, False, packed)
+
+
+def test_trainer_keys_and_derived_fields_exist_in_sft_config():
+    from trl import SFTConfig
+
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    assert set(TRAINER_KEYS) <= fields and set(DERIVED_TRAINING_ARGS) <= fields
+
+
+def test_training_args_reach_the_trainer_arguments(tmp_path):
+    from trl import SFTConfig
+
+    cfg = make_config({"output_dir": str(tmp_path), "training_args": {"max_grad_norm": 0.25, "adam_beta2": 0.95}})
+    check_training_args(cfg)
+    args = SFTConfig(**trainer_arguments(cfg, bf16=False))
+    assert (args.max_grad_norm, args.adam_beta2) == (0.25, 0.95)
+
+
+@pytest.mark.parametrize(
+    "training_args, message",
+    [
+        ({"learning_rate": 1e-3}, "a key of this config: set learning_rate at the top level"),
+        ({"max_length": 64}, "derives from cutoff_len: set cutoff_len instead"),
+        ({"fp16": True}, "derives from bf16: set bf16 instead"),
+    ],
+)
+def test_training_args_may_not_shadow_the_config(training_args, message):
+    with pytest.raises(UserError, match=message):
+        make_config({"training_args": training_args})
+
+
+@pytest.mark.parametrize("stage, known", [("sft", "SFTConfig"), ("cls", "TrainingArguments")])
+def test_unknown_training_args_are_named_with_a_suggestion(stage, known):
+    cfg = make_config({"stage": stage, "training_args": {"max_grad_nrom": 1.0}})
+    with pytest.raises(UserError, match=f"'max_grad_nrom', which {known} does not have; did you mean 'max_grad_norm'"):
+        check_training_args(cfg)
