@@ -14,7 +14,15 @@ from pathlib import Path
 from .errors import UserError
 from .fileio import json_text, read_json, write_atomic
 from .plots import pyplot, save_figure
-from .rundir import EVAL_DIR, METRICS_FILE, TRAIN_RESULTS_FILE, RunDir
+from .rundir import (
+    COMPARE_JSON_FILE,
+    COMPARE_MD_FILE,
+    COMPARE_PLOT_FILE,
+    EVAL_DIR,
+    METRICS_FILE,
+    TRAIN_RESULTS_FILE,
+    RunDir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +89,9 @@ def compare_runs(paths: list[Path], output: Path) -> list[dict]:
     destination.begin("compare", replace=True)
 
     def write(staging: Path) -> None:
-        write_atomic(staging / "compare.md", table + "\n")
-        write_atomic(staging / "compare.json", json_text(runs) + "\n")
-        plot_per_class_f1(runs, labels, staging / "per_class_f1.png")
+        write_atomic(staging / COMPARE_MD_FILE, table + "\n")
+        write_atomic(staging / COMPARE_JSON_FILE, json_text(runs) + "\n")
+        plot_per_class_f1(runs, labels, staging / COMPARE_PLOT_FILE)
 
     destination.publish(write)
     log.info("wrote compare.md, compare.json and per_class_f1.png to %s", output)

@@ -56,6 +56,10 @@ CV_DIR = "cv"
 CV_SUMMARY_FILE = "summary.json"
 CV_SUMMARY_MD_FILE = "summary.md"
 
+COMPARE_MD_FILE = "compare.md"
+COMPARE_JSON_FILE = "compare.json"
+COMPARE_PLOT_FILE = "per_class_f1.png"
+
 # transformers' and peft's names for a saved model, which other tools read too.
 MODEL_CONFIG_FILE = "config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
