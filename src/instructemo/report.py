@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .fileio import json_text, jsonl_text, write_atomic
-from .html_report import render
+from .html_report import SUMMARY_KEYS, render
 from .rundir import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -64,19 +64,7 @@ def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
         ]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
-    summary_keys = [
-        "n",
-        "accuracy",
-        "exact_match",
-        "jaccard",
-        "macro_f1",
-        "micro_f1",
-        "weighted_f1",
-        "invalid",
-        "invalid_rate",
-        "ece",
-    ]
-    lines += [f"| {k} | {_fmt(metrics[k])} |" for k in summary_keys if k in metrics]
+    lines += [f"| {k} | {_fmt(metrics[k])} |" for k in SUMMARY_KEYS if k in metrics]
     lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, m in metrics["per_class"].items():
         lines.append(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
