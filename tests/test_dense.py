@@ -87,7 +87,7 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
     )
 
     from instructemo.dense import targets
-    from instructemo.trainer import classifier_trainer
+    from instructemo.trainer import ClassifierTrainer
 
     model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
     tokenizer, _ = tiny_tokenizer()
@@ -125,7 +125,7 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
             seed=0,
         )
         grads = Gradients()
-        trainer = classifier_trainer(
+        trainer = ClassifierTrainer(
             model=model,
             args=args,
             train_dataset=dataset,

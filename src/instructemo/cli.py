@@ -17,7 +17,6 @@ def _sft(cfg, args=None):
     import dataclasses
 
     from .launch import inside_launcher, relaunch
-    from .train import run_sft
 
     if args is not None and args.nproc:
         cfg = dataclasses.replace(cfg, nproc_per_node=args.nproc)
@@ -31,6 +30,8 @@ def _sft(cfg, args=None):
         resolve_model_path(cfg.model_name_or_path)  # materialise an alias once, not once per worker
         relaunch(cfg.nproc_per_node, args.config, [o for o in args.overrides if not o.startswith("nproc_per_node=")])
     else:
+        from .train import run_sft
+
         run_sft(cfg)
     if cfg.do_eval and not inside_launcher():
         _generate_eval(cfg)

@@ -25,7 +25,7 @@ from .labels import LabelSpace
 from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
 from .monitor import RunMonitor
 from .preflight import check_before_training, start_run
-from .trainer import adapter_config, classifier_trainer, save_run, train_until_done, trainer_arguments
+from .trainer import ClassifierTrainer, adapter_config, save_run, train_until_done, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
 
         model = get_peft_model(model, peft_config)  # SEQ_CLS also trains (and saves) the new head in full
     args = TrainingArguments(**trainer_arguments(cfg, bf16))
-    trainer = classifier_trainer(
+    trainer = ClassifierTrainer(
         model=model,
         args=args,
         train_dataset=dataset,

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 import yaml
+from transformers import Trainer
+from trl import SFTConfig, SFTTrainer
 
 from .batching import LeftPadCollator, forward_after_shared_prefix, packed_forward, shuffled_length_groups
 from .config import TRAINER_KEYS, Config
@@ -118,9 +120,6 @@ def _collator(cfg: Config, model, tokenizer) -> LeftPadCollator:
 
 def build_sft_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16: bool):
     from datasets import Dataset
-    from trl import SFTConfig
-
-    AnswerOnlySFTTrainer = _answer_only_trainer_class()
 
     peft_config = adapter_config(cfg, "CAUSAL_LM")
     collator = _collator(cfg, model, tokenizer)
@@ -150,76 +149,67 @@ def build_sft_trainer(cfg: Config, model, tokenizer, examples: list[dict], bf16:
         raise
 
 
-def _answer_only_trainer_class():
-    from trl import SFTTrainer
+class AnswerOnlySFTTrainer(FailOnDivergence, SFTTrainer):
+    """SFTTrainer whose loss projects only the answer positions through the LM head.
 
-    class AnswerOnlySFTTrainer(FailOnDivergence, SFTTrainer):
-        """SFTTrainer whose loss projects only the answer positions through the LM head.
+    A classification answer is a few tokens after a prompt of dozens, and
+    the LM head (vocabulary x hidden) is a large share of a small model's
+    compute. Asking the model for `logits_to_keep` = the answer span keeps
+    the forward call whole (DDP and DeepSpeed see it) while skipping the
+    head and softmax on every prompt position.
+    """
 
-        A classification answer is a few tokens after a prompt of dozens, and
-        the LM head (vocabulary x hidden) is a large share of a small model's
-        compute. Asking the model for `logits_to_keep` = the answer span keeps
-        the forward call whole (DDP and DeepSpeed see it) while skipping the
-        head and softmax on every prompt position.
-        """
+    _get_train_sampler = shuffled_length_groups
 
-        _get_train_sampler = shuffled_length_groups
+    def create_model_card(self, *args, **kwargs):
+        """None: trl writes its hub card into output_dir at every checkpoint, outside the run's manifest."""
 
-        def create_model_card(self, *args, **kwargs):
-            """None: trl writes its hub card into output_dir at every checkpoint, outside the run's manifest."""
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, "weight"]  # label_balancing: loss_weight
 
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            self._signature_columns = [*self._signature_columns, "weight"]  # label_balancing: loss_weight
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
-            weights = inputs.pop("weights", None)
-            token_weights = inputs.pop("token_weights", None)
-            if "segments" in inputs:
-                outputs, target_columns = packed_forward(model, inputs, labels)
-                logits = outputs.logits.float()
-                targets = labels[:, target_columns]
-                if token_weights is not None:
-                    token_weights = token_weights[:, target_columns]
-            else:
-                answer_columns = (labels != -100).any(dim=0).nonzero()
-                first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
-                keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
-                prefix_ids = inputs.pop("prefix_ids", None)
-                if prefix_ids is None:
-                    outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-                else:
-                    outputs = forward_after_shared_prefix(model, prefix_ids, inputs, keep)
-                logits = outputs.logits[:, :-1].float()
-                targets = labels[:, first:]
-            token_loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
-            ).view(targets.shape)
-            if weights is not None:
-                token_loss = token_loss * weights.to(token_loss.device)[:, None]
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        weights = inputs.pop("weights", None)
+        token_weights = inputs.pop("token_weights", None)
+        if "segments" in inputs:
+            outputs, target_columns = packed_forward(model, inputs, labels)
+            logits = outputs.logits.float()
+            targets = labels[:, target_columns]
             if token_weights is not None:
-                token_loss = token_loss * token_weights.to(token_loss.device)
-            loss = token_loss.sum()
-            if num_items_in_batch is None:
-                loss = loss / (targets != -100).sum().clamp(min=1)
+                token_weights = token_weights[:, target_columns]
+        else:
+            answer_columns = (labels != -100).any(dim=0).nonzero()
+            first = int(answer_columns[0]) if len(answer_columns) else labels.shape[1] - 1
+            keep = labels.shape[1] - first + 1  # logits at position t predict token t + 1
+            prefix_ids = inputs.pop("prefix_ids", None)
+            if prefix_ids is None:
+                outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
             else:
-                loss = loss / num_items_in_batch
-                if self.args.average_tokens_across_devices:
-                    loss = loss * self.accelerator.num_processes
-            return (loss, outputs) if return_outputs else loss
+                outputs = forward_after_shared_prefix(model, prefix_ids, inputs, keep)
+            logits = outputs.logits[:, :-1].float()
+            targets = labels[:, first:]
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        if weights is not None:
+            token_loss = token_loss * weights.to(token_loss.device)[:, None]
+        if token_weights is not None:
+            token_loss = token_loss * token_weights.to(token_loss.device)
+        loss = token_loss.sum()
+        if num_items_in_batch is None:
+            loss = loss / (targets != -100).sum().clamp(min=1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
-    return AnswerOnlySFTTrainer
 
+class ClassifierTrainer(FailOnDivergence, Trainer):
+    """transformers' Trainer for a classification head, with the same divergence check and batch order as sft."""
 
-def classifier_trainer(**kwargs):
-    """A transformers Trainer for a classification head, with the same divergence check and batch order as sft."""
-    from transformers import Trainer
-
-    class ClassifierTrainer(FailOnDivergence, Trainer):
-        _get_train_sampler = shuffled_length_groups
-
-    return ClassifierTrainer(**kwargs)
+    _get_train_sampler = shuffled_length_groups
 
 
 def train_until_done(trainer, checkpoint: Path | None, monitor: RunMonitor):
