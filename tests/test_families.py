@@ -315,7 +315,7 @@ def test_generation_stops_at_the_turn_end(trained):
     """Each answer ends at the family's turn end: never the tokens the model would write after it."""
     from transformers import AutoModelForCausalLM
 
-    from instructemo.infer.hf import generate, generate_ids
+    from instructemo.infer.hf import decode_answers, generate_ids
     from instructemo.models import load_tokenizer
 
     family, run, _ = trained
@@ -323,10 +323,10 @@ def test_generation_stops_at_the_turn_end(trained):
     model = AutoModelForCausalLM.from_pretrained(run).eval()
     texts = [conversation(f"classify : {t}") for t, _ in EMOTION_ROWS[:6]]
     turn_end = tokenizer.convert_tokens_to_ids(family.turn_end)
-    answers, _ = generate_ids(model, tokenizer, texts, batch_size=4, max_new_tokens=6, progress=False)
+    answers, stops = generate_ids(model, tokenizer, texts, batch_size=4, max_new_tokens=6, progress=False)
     for ids in answers:
         assert ids[-1] == turn_end and turn_end not in ids[:-1], tokenizer.convert_ids_to_tokens(ids)
-    texts_out = generate(model, tokenizer, texts, batch_size=4, max_new_tokens=6, progress=False)
+    texts_out = decode_answers(tokenizer, answers, stops)
     assert texts_out == [tokenizer.decode(ids[:-1], skip_special_tokens=True).strip() for ids in answers]
 
 

@@ -87,7 +87,7 @@ def dev_score(base, adapter_dir, config) -> float:
     """The dev split's macro-F1 for the weights in adapter_dir, worked out here: greedy answers, parsed, scored."""
     from instructemo.config import load_config
     from instructemo.data import load_split
-    from instructemo.infer.hf import generate, load_for_inference
+    from instructemo.infer.hf import decode_answers, generate_ids, load_for_inference
     from instructemo.metrics import score
     from instructemo.parse import parse_labels
     from instructemo.prompts import PromptBuilder, load_template
@@ -96,7 +96,7 @@ def dev_score(base, adapter_dir, config) -> float:
     model, tokenizer = load_for_inference(str(base), adapter_dir, flash_attn="auto", bf16=False)
     dev = load_split("emotion:validation", cfg.dataset_dir)
     builder = PromptBuilder(tokenizer, load_template("auto", dev.template), dev.label_space, cfg.cutoff_len)
-    answers = generate(
+    ids, stops = generate_ids(
         model,
         tokenizer,
         [builder.prompt(r.text) for r in dev.records],
@@ -104,6 +104,7 @@ def dev_score(base, adapter_dir, config) -> float:
         max_new_tokens=cfg.max_new_tokens,
         progress=False,
     )
+    answers = decode_answers(tokenizer, ids, stops)
     return score([r.labels for r in dev.records], [parse_labels(a, dev.label_space) for a in answers], dev.label_space)[
         "macro_f1"
     ]

@@ -36,9 +36,9 @@ def common_prefix_length(token_lists: list[list[int]]) -> int:
     return shortest - 1
 
 
-def left_padded(rows: list[list[int]], fill: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(rows: list[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows x width tensor with each row right-aligned after `fill`, bool mask of the real positions)."""
-    width = width or max(len(r) for r in rows)
+    width = max(len(r) for r in rows)
     values = torch.full((len(rows), width), fill, dtype=torch.long)
     real = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, row in enumerate(rows):

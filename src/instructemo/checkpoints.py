@@ -84,7 +84,7 @@ class BestCheckpoint(TrainerCallback):
             return
         was_training = model.training
         model.eval()
-        engine = HFEngine.wrapping(self.cfg, model, self.tokenizer, progress=False)
+        engine = HFEngine(self.cfg, model, self.tokenizer, progress=False)
         predicted = classify(self.cfg, engine, self.conversations, self.space).labels
         model.train(was_training)
         metrics = score(self.gold, predicted, self.space)

@@ -40,7 +40,7 @@ def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool):
         return VLLMEngine(cfg, base_path, adapter, bf16)
     from .hf import HFEngine
 
-    return HFEngine(cfg, base_path, adapter, bf16)
+    return HFEngine.load(cfg, base_path, adapter, bf16)
 
 
 def classify(

@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 class HFEngine:
     """transformers: batched greedy generation, and label scoring with shared prompt caches."""
 
-    def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
+    def __init__(self, cfg, model, tokenizer, progress: bool = True):
+        """An engine over a model in memory: a loaded run (`load`), or the one being trained (checkpoint selection)."""
+        self.cfg, self.model, self.tokenizer, self.progress = cfg, model, tokenizer, progress
+
+    @classmethod
+    def load(cls, cfg, base_path: str, adapter: Path | None, bf16: bool) -> "HFEngine":
         model, tokenizer = load_for_inference(
             base_path,
             adapter,
@@ -38,17 +43,7 @@ class HFEngine:
             trust_remote_code=cfg.trust_remote_code,
             allow_pickle=cfg.allow_pickle_weights,
         )
-        self._use(cfg, model, tokenizer)
-
-    @classmethod
-    def wrapping(cls, cfg, model, tokenizer, progress: bool = True) -> "HFEngine":
-        """An engine over a model already in memory (the one being trained, for checkpoint selection)."""
-        engine = cls.__new__(cls)
-        engine._use(cfg, model, tokenizer, progress)
-        return engine
-
-    def _use(self, cfg, model, tokenizer, progress: bool = True) -> None:
-        self.cfg, self.model, self.tokenizer, self.progress = cfg, model, tokenizer, progress
+        return cls(cfg, model, tokenizer)
 
     unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
 
@@ -113,35 +108,6 @@ def load_for_inference(
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     tokenizer_path = str(adapter_dir) if has_tokenizer(adapter_dir) else base_path
     return model, load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
-
-
-def generate(
-    model,
-    tokenizer,
-    conversations: list[list[dict]],
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[str]:
-    """The model's answer to each conversation, in input order (greedy unless do_sample)."""
-    answers, stops = generate_ids(
-        model,
-        tokenizer,
-        conversations,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        progress=progress,
-    )
-    return decode_answers(tokenizer, answers, stops)
 
 
 def decode_answers(tokenizer, answers: list[list[int]], stops: list[int]) -> list[str]:
