@@ -16,7 +16,7 @@ and metrics). Each command runs alone, under a wrapper that records its wall
 time and peak memory (the largest resident set of its processes).
 
     python bench/peer.py [--seeds 42,1,2] [--reuse-peer-runs] [--scratch .scratch/peer] [--skip-install] [--smoke]
-                         [--variant NAME --ours-overrides key=value,... --evaluations hf:score]
+                         [--variant NAME --ours-overrides key=value,... --evaluations hf:score] [--results FILE]
 
 Accuracy after one epoch on 4000 rows moves by about a point from seed to
 seed (the seed sets the LoRA initialisation and the batch order), so both
@@ -35,7 +35,7 @@ peer_llamafactory_NAME.json: the same comparison for a training option.
 --smoke runs the whole harness on 64 train and 64 test rows (a check that
 both frameworks run, not a measurement) and writes peer_llamafactory.smoke.json.
 
-Writes bench/results/peer_llamafactory.json and prints the ratios.
+Writes bench/results/peer_llamafactory.json (or --results FILE) and prints the ratios.
 """
 
 from __future__ import annotations
@@ -426,6 +426,11 @@ def main() -> None:
     parser.add_argument("--scratch", default=".scratch/peer", help="scratch folder for the peer's venv, data and runs")
     parser.add_argument("--skip-install", action="store_true", help="use the peer venv as it is")
     parser.add_argument("--smoke", action="store_true", help="64 train and 64 test rows: check the harness runs")
+    parser.add_argument(
+        "--results",
+        help="result file name in bench/results (default peer_llamafactory[_VARIANT].json): "
+        "keeps an earlier run's file when a rerun covers fewer seeds",
+    )
     parser.add_argument("--variant", help="name of an instructemo training option to compare (needs --ours-overrides)")
     parser.add_argument("--ours-overrides", default="", help="comma-separated key=value for instructemo's training")
     parser.add_argument(
@@ -491,6 +496,9 @@ def main() -> None:
     if args.smoke:
         result["smoke"] = "64 train and 64 test rows: a check that the harness runs, not a measurement"
     results = RESULTS.with_name(f"peer_llamafactory_{args.variant}.json") if args.variant else RESULTS
+    if args.results:
+        results = RESULTS.with_name(Path(args.results).name)
+        result["command"] += f" --results {results.name}"
     write_result(results.with_suffix(".smoke.json") if args.smoke else results, result)
     print(json.dumps({k: summary[k] for k in ("accuracy_over_seeds", "ratios")}, indent=2))
 
