@@ -100,6 +100,28 @@ def _predict(cfg, args):
     run_predict(cfg, Path(args.input), Path(args.output), text_column=args.text_column, id_column=args.id_column)
 
 
+def _serve(cfg, args):
+    from pathlib import Path
+
+    from .serve import run_serve
+    from .serve.app import ServeSettings
+
+    name = args.served_model_name or Path(cfg.adapter_name_or_path or cfg.output_dir).name
+    run_serve(
+        cfg,
+        ServeSettings(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_body_bytes=args.max_body_bytes,
+            max_texts=args.max_texts,
+            served_model_name=name,
+        ),
+    )
+
+
 VERBS = {
     "sft": (_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
     "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
@@ -111,6 +133,7 @@ VERBS = {
     ),
     "export": (_export, "Merge the trained adapter into its base model and save a standalone model directory."),
     "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
+    "serve": (_serve, "Serve the trained classifier over HTTP: vLLM's /v1/classify, OpenAI's chat, /metrics."),
 }
 
 
@@ -172,7 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
                 "--text-column", help="Column holding the text; default: inferred (text, sentence, tweet, ...)."
             )
             sub.add_argument("--id-column", help="Column to copy as the row id; default: id/ID when present.")
+        if name == "serve":
+            _serve_options(sub)
     return parser
+
+
+def _serve_options(sub) -> None:
+    sub.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only).")
+    sub.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
+    sub.add_argument(
+        "--api-key", help="Require Authorization: Bearer KEY on /v1 and /classify (or set INSTRUCTEMO_API_KEY)."
+    )
+    sub.add_argument("--max-batch-size", type=int, default=32, help="Texts per model call (default 32).")
+    sub.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="How long a text waits for others to batch with (default 5)."
+    )
+    sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="Largest request body (default 1 MiB).")
+    sub.add_argument("--max-texts", type=int, default=256, help="Most texts in one request (default 256).")
+    sub.add_argument("--served-model-name", help="The model name clients see (default: the run directory's name).")
 
 
 def _quiet_libraries(verbose: bool) -> None:

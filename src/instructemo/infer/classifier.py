@@ -99,16 +99,17 @@ class Classifier:
         """What produced the labels: generate or score (stage sft), or cls (a classification head)."""
         return "cls" if self.stage == "cls" else self.cfg.mode
 
-    def load(self) -> "Classifier":
-        """Load the model; separate from __init__ so input checks run first."""
+    def load(self, progress: bool = True) -> "Classifier":
+        """Load the model; separate from __init__ so input checks run first. progress: a bar per classify call."""
         base = resolve_model_path(self.cfg.model_name_or_path)
         if self.stage == "cls":
             self.engine = DenseEngine(self.cfg, base, self.adapter, self.space, self.bf16)
-            return self
-        if self.adapter is None:
-            log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
-        self.engine = load_engine(self.cfg, base, self.adapter, self.bf16)
-        self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
+        else:
+            if self.adapter is None:
+                log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
+            self.engine = load_engine(self.cfg, base, self.adapter, self.bf16)
+            self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
+        self.engine.progress = progress
         return self
 
     def classify(self, texts: list[str]):

@@ -28,6 +28,7 @@ class DenseEngine:
             raise UserError(
                 f"no trained classifier in {cfg.output_dir}: a cls head is new at training time; run instructemo sft first"
             )
+        self.progress = True  # a progress bar per call (off when serving)
         self.batch_size = cfg.per_device_eval_batch_size
         self.cutoff_len = cfg.cutoff_len
         self.multi_label = space.multi_label
@@ -59,7 +60,10 @@ class DenseEngine:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.cutoff_len)["input_ids"]
         out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float64)
         for chunk in tqdm(
-            longest_first([len(ids) for ids in encoded], self.batch_size), desc="classifying", unit="batch"
+            longest_first([len(ids) for ids in encoded], self.batch_size),
+            desc="classifying",
+            unit="batch",
+            disable=not self.progress,
         ):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
             logits = self.model(**batch.to(self.model.device)).logits.float()

@@ -66,7 +66,12 @@ class HFEngine:
 
     def score(self, conversations: list[list[dict]], answers: list[str]):
         return score_answers(
-            self.model, self.tokenizer, conversations, answers, batch_size=self.cfg.per_device_eval_batch_size
+            self.model,
+            self.tokenizer,
+            conversations,
+            answers,
+            batch_size=self.cfg.per_device_eval_batch_size,
+            progress=self.progress,
         )
 
     def score_tokens(self, contexts: list[list[int]], continuations: list[list[int]]):
@@ -76,6 +81,7 @@ class HFEngine:
             continuations,
             batch_size=self.cfg.per_device_eval_batch_size,
             pad_id=self.tokenizer.pad_token_id,
+            progress=self.progress,
         )
 
 
@@ -159,17 +165,25 @@ def generate_ids(
 
 
 def score_answers(
-    model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int
+    model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int, progress: bool = True
 ) -> torch.Tensor:
     """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor."""
     tokens = prompt_token_ids(tokenizer, conversations)
     continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
-    return score_continuations(model, tokens, continuations, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
+    return score_continuations(
+        model, tokens, continuations, batch_size=batch_size, pad_id=tokenizer.pad_token_id, progress=progress
+    )
 
 
 @torch.inference_mode()
 def score_continuations(
-    model, contexts: list[list[int]], continuations: list[list[int]], *, batch_size: int, pad_id: int
+    model,
+    contexts: list[list[int]],
+    continuations: list[list[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Log-likelihood of each continuation after each context (token ids): a (contexts x continuations) tensor.
 
@@ -186,11 +200,12 @@ def score_continuations(
     model.eval()  # before the prefix is encoded: no dropout in the cache every row reuses
     prefix_cache = encode_prefix(model, torch.tensor([contexts[0][:prefix_len]], device=device)) if prefix_len else None
     scores = torch.zeros(len(contexts), len(continuations))
-    with _attention_that_takes_a_mask(model), tqdm(total=len(contexts), desc="scoring", unit="ex") as progress:
+    bar = tqdm(total=len(contexts), desc="scoring", unit="ex", disable=not progress)
+    with _attention_that_takes_a_mask(model), bar:
         for chunk in longest_first([len(c) for c in contexts], batch_size):
             rests = [contexts[i][prefix_len:] for i in chunk]
             scores[chunk] = _score_batch(model, rests, prefix_len, prefix_cache, tree, pad_id)
-            progress.update(len(chunk))
+            bar.update(len(chunk))
     return scores
 
 

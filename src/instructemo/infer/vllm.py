@@ -34,6 +34,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 class VLLMEngine:
     unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
+    progress = True  # a progress bar per call (off when serving)
 
     def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -100,7 +101,7 @@ class VLLMEngine:
         )
         params = SamplingParams(max_tokens=cfg.max_new_tokens, stop_token_ids=stop, **sampling)
         requests = [{"prompt_token_ids": ids} for ids in prompt_token_ids(self.tokenizer, conversations)]
-        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=self.progress)
         self.unfinished = sum(o.outputs[0].finish_reason == "length" for o in outputs)
         return [o.outputs[0].text.strip() for o in outputs]
 
@@ -119,7 +120,7 @@ class VLLMEngine:
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         requests = [{"prompt_token_ids": ids + c} for ids in contexts for c in continuations]
-        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=True)
+        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=self.progress)
         scores = torch.zeros(len(contexts), len(continuations))
         for index, output in enumerate(outputs):
             row, k = divmod(index, len(continuations))

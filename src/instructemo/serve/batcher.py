@@ -1,0 +1,88 @@
+"""Dynamic batching: texts from concurrent requests share one model call.
+
+Requests queue their texts. One worker takes the first waiting request, then
+keeps taking more until the batch holds `max_batch` texts or `max_wait`
+seconds have passed since it started, and runs the model once on all of them,
+in a single thread beside the event loop (the model is not thread-safe, and
+the loop stays free to accept requests meanwhile). Each request then gets its
+own slice of the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[list[str]], list],
+        max_batch: int,
+        max_wait: float,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ):
+        self.run, self.max_batch, self.max_wait, self.on_batch = run, max_batch, max_wait, on_batch
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        """After the server has answered every accepted request: end the worker and the model thread."""
+        if self.worker is not None:
+            self.worker.cancel()
+            await asyncio.gather(self.worker, return_exceptions=True)
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str]) -> list:
+        """The results for these texts, computed in a batch with whatever else is waiting."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            waiting = [await self.queue.get()]
+            size = len(waiting[0][0])
+            deadline = loop.time() + self.max_wait
+            while size < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), left)
+                    except asyncio.TimeoutError:
+                        break
+                waiting.append(item)
+                size += len(item[0])
+            waiting = [(texts, future) for texts, future in waiting if not future.done()]  # callers that gave up
+            if waiting:
+                await self._run_batch(loop, waiting)
+
+    async def _run_batch(self, loop, waiting: list) -> None:
+        texts = [text for request, _ in waiting for text in request]
+        self.on_batch(len(texts))
+        try:
+            results = await loop.run_in_executor(self.executor, self.run, texts)
+        except Exception as exc:  # the model failed: every request in the batch hears why
+            log.exception("classifying a batch of %d texts failed", len(texts))
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for request, future in waiting:
+            if not future.done():
+                future.set_result(results[start : start + len(request)])
+            start += len(request)

@@ -1,0 +1,254 @@
+"""`instructemo serve`: the HTTP contract, in process (FastAPI's TestClient) and as a real server process.
+
+The classifier is a tiny Llama with a LoRA adapter trained in the test, so every
+answer below comes from a real model through the same path `predict` uses.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from conftest import EMOTION_ROWS, write_emotion_txt
+from fastapi.testclient import TestClient
+from test_end_to_end import run_cli, tiny_config
+
+from instructemo.config import load_config
+from instructemo.infer import Classified
+from instructemo.infer.classifier import Classifier
+from instructemo.labels import LabelSpace
+from instructemo.serve.app import ServeSettings, create_app
+from instructemo.serve.protocol import results
+
+TEXTS = ["i feel so happy today", "i am scared of the dark", "this makes me furious", "what a surprise"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("serve")
+    write_emotion_txt(root / "data" / "emotion" / "train.txt")
+    write_emotion_txt(root / "data" / "emotion" / "test.txt", EMOTION_ROWS[::2])
+    config = tiny_config(root, tiny_llama, root / "data", max_steps=3, bf16=False, mode="score")
+    assert run_cli("sft", config) == 0
+    return config
+
+
+@pytest.fixture(scope="module")
+def classifier(run):
+    return Classifier(load_config(run, [])).load(progress=False)
+
+
+@pytest.fixture()
+def client(classifier):
+    with TestClient(create_app(classifier, ServeSettings(served_model_name="emo", max_texts=8))) as c:
+        yield c
+
+
+def test_classify_answers_in_vllms_shape_with_the_runs_probabilities(client, classifier):
+    direct = classifier.classify(TEXTS)
+    response = client.post("/v1/classify", json={"model": "emo", "input": TEXTS})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == "emo" and body["id"].startswith("classify-")
+    names = list(classifier.space.names)
+    for i, item in enumerate(body["data"]):
+        assert item["index"] == i and item["num_classes"] == 6
+        assert item["label"] == direct.labels[i][0] == names[int(np.argmax(item["probs"]))]
+        assert np.allclose(item["probs"], direct.probabilities[i], atol=1e-5)
+        assert abs(sum(item["probs"]) - 1) < 1e-6
+    one = client.post("/classify", json={"input": TEXTS[1]}).json()["data"]
+    assert len(one) == 1 and one[0]["label"] == body["data"][1]["label"]
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": TEXTS[2]}]
+    by_messages = client.post("/v1/classify", json={"messages": chat}).json()["data"][0]
+    assert by_messages["label"] == body["data"][2]["label"]
+
+
+def test_chat_completions_models_health_and_metrics(client):
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": "emo", "messages": [{"role": "user", "content": [{"type": "text", "text": TEXTS[0]}]}]},
+    )
+    assert chat.status_code == 200
+    body = chat.json()
+    assert body["object"] == "chat.completion"
+    message = body["choices"][0]["message"]
+    assert message["role"] == "assistant" and message["content"] == body["classification"]["label"]
+    assert client.get("/v1/models").json()["data"][0]["id"] == "emo"
+    assert client.get("/health").json()["status"] == "ok"
+    metrics = client.get("/metrics").text
+    assert 'instructemo_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0' in metrics
+    assert "instructemo_request_seconds_bucket" in metrics and "instructemo_batch_size_count 1.0" in metrics
+    assert "instructemo_texts_total 1.0" in metrics
+
+
+BAD_REQUESTS = [
+    ("/v1/classify", b"{not json", 400, "not valid JSON"),
+    ("/v1/classify", b"\xff\xfe", 400, "not UTF-8"),
+    ("/v1/classify", b'["a list"]', 400, "must be a JSON object"),
+    ("/v1/classify", b"{}", 400, "either input"),
+    ("/v1/classify", b'{"input": "a", "messages": []}', 400, "either input"),
+    ("/v1/classify", b'{"input": 3}', 400, "string or a list of strings"),
+    ("/v1/classify", b'{"input": [[1, 2, 3]]}', 400, "not token ids"),
+    ("/v1/classify", b'{"input": []}', 400, "empty list"),
+    ("/v1/classify", b'{"input": "   "}', 400, "input is empty"),
+    ("/v1/classify", b'{"input": ["ok", ""]}', 400, "input[1] is empty"),
+    ("/v1/classify", json.dumps({"input": ["x"] * 9}).encode(), 413, "the limit is 8"),
+    ("/v1/classify", b'{"input": "hi", "model": "other"}', 404, "not served here"),
+    ("/v1/classify", b'{"messages": "hi"}', 400, "non-empty list"),
+    ("/v1/classify", b'{"messages": [{"role": "system", "content": "x"}]}', 400, "no user message"),
+    ("/v1/classify", b'{"messages": [{"role": "user", "content": 5}]}', 400, "must be text"),
+    ("/v1/classify", b'{"messages": [7]}', 400, "messages[0]"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}', 400, "stream"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n must be 1"),
+    ("/v1/chat/completions", b'{"input": "hi"}', 400, "needs messages"),
+    ("/v1/nothing", b"{}", 404, "no endpoint"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, message", BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_json_error_that_says_why(client, path, body, status, message):
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error["message"] and error["code"] == status
+
+
+def test_size_limits_and_wrong_methods(classifier):
+    settings = ServeSettings(max_body_bytes=200)
+    with TestClient(create_app(classifier, settings)) as client:
+        response = client.post("/v1/classify", json={"input": "x" * 300})
+        assert response.status_code == 413 and "larger than 200 bytes" in response.json()["error"]["message"]
+        chunked = client.post("/v1/classify", content=iter([b'{"input": "', b"y" * 300, b'"}']))  # no content-length
+        assert chunked.status_code == 413
+        assert client.get("/v1/classify").status_code == 405
+        assert client.post("/v1/classify", json={"input": "fine"}).status_code == 200
+
+
+def test_api_key_is_required_except_for_health_and_metrics(classifier):
+    with TestClient(create_app(classifier, ServeSettings(api_key="s3cret"))) as client:
+        assert client.post("/v1/classify", json={"input": "hi"}).status_code == 401
+        wrong = client.post("/v1/classify", json={"input": "hi"}, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
+        right = client.post("/v1/classify", json={"input": "hi"}, headers={"authorization": "Bearer s3cret"})
+        assert right.status_code == 200
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_answers(classifier):
+    settings = ServeSettings(max_batch_size=16, max_wait_ms=200)
+    alone = {t: item for t, item in zip(TEXTS * 3, results(classifier.classify(TEXTS * 3), classifier.space))}
+    with TestClient(create_app(classifier, settings)) as client:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda t: client.post("/v1/classify", json={"input": t}), TEXTS * 3))
+        metrics = client.get("/metrics").text
+    for text, response in zip(TEXTS * 3, answers):
+        assert response.status_code == 200
+        assert np.allclose(response.json()["data"][0]["probs"], alone[text]["probs"], atol=1e-5)
+    calls = float(next(l.split()[-1] for l in metrics.splitlines() if l.startswith("instructemo_batch_size_count")))
+    assert calls < 12  # 12 requests in fewer model calls: they were batched
+
+
+def test_a_failing_model_answers_500_in_the_error_shape_and_the_server_lives_on(classifier, monkeypatch):
+    with TestClient(create_app(classifier, ServeSettings()), raise_server_exceptions=False) as client:
+        real = classifier.classify
+        monkeypatch.setattr(classifier, "classify", lambda texts: (_ for _ in ()).throw(RuntimeError("weights gone")))
+        failed = client.post("/v1/classify", json={"input": "hi"})
+        assert failed.status_code == 500 and "weights gone" in failed.json()["error"]["message"]
+        monkeypatch.setattr(classifier, "classify", real)
+        assert client.post("/v1/classify", json={"input": "hi"}).status_code == 200
+
+
+def test_multi_label_and_generate_results_carry_labels_and_invalid():
+    space = LabelSpace(("anger", "joy", "fear"), multi_label=True)
+    scored = Classified([("joy", "fear"), ()], None, np.array([[0.1, 0.9, 0.6], [0.2, 0.3, 0.1]]))
+    first, second = results(scored, space)
+    assert first["label"] == "joy" and first["labels"] == ["joy", "fear"] and "invalid" not in first
+    assert second["labels"] == [] and second["label"] == "joy"  # the likeliest label, as vLLM reports it
+    generated = Classified([("joy",), None], ["joy", "no idea"], None)
+    ok, bad = results(generated, LabelSpace(("anger", "joy")))
+    assert ok == {"label": "joy", "probs": None, "num_classes": 2, "invalid": False, "answer": "joy"}
+    assert bad["invalid"] and bad["label"] is None and bad["answer"] == "no idea"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_server_answers_concurrent_clients_and_drains_on_sigterm(run):
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "instructemo.cli",
+            "serve",
+            run,
+            "--port",
+            str(port),
+            "--max-wait-ms",
+            "50",
+            "--max-texts",
+            "64",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "INSTRUCTEMO_API_KEY": "k"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"authorization": "Bearer k"}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the server did not come up: " + server.stdout.read())
+        for _ in range(50):  # malformed bodies never take it down
+            assert httpx.post(f"{url}/v1/classify", content=b"{", headers=headers).status_code == 400
+        answers, refused, dropped, started = [], [], [], threading.Event()
+
+        def ask(text):
+            started.set()
+            try:
+                answers.append(
+                    httpx.post(f"{url}/v1/classify", json={"input": [text] * 64}, headers=headers, timeout=60)
+                )
+            except httpx.ConnectError as exc:  # never accepted: the server had stopped listening
+                refused.append(exc)
+            except Exception as exc:  # accepted, then dropped: what draining must never do
+                dropped.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(t,)) for t in TEXTS * 4]
+        for t in threads:
+            t.start()
+        started.wait()
+        time.sleep(0.2)  # requests are in flight
+        server.send_signal(signal.SIGTERM)
+        answered_before = len(answers)
+        for t in threads:
+            t.join()
+        # uvicorn drains, then re-raises the signal so the exit status says SIGTERM, as an undrained kill would.
+        assert server.wait(timeout=60) == -signal.SIGTERM
+        log = server.stdout.read()
+        assert "Traceback" not in log and "Cancel" not in log, log
+        # Every request the server accepted has its answer; any other error (a dropped connection) fails the thread.
+        assert not dropped and len(answers) + len(refused) == len(threads) and len(answers) > answered_before
+        assert all(a.status_code == 200 and len(a.json()["data"]) == 64 for a in answers)
+    finally:
+        if server.poll() is None:
+            server.kill()
