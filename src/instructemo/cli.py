@@ -95,9 +95,17 @@ def _compare(args):
 def _predict(cfg, args):
     from pathlib import Path
 
-    from .predict import run_predict
+    from .predict import parse_shard, run_predict
 
-    run_predict(cfg, Path(args.input), Path(args.output), text_column=args.text_column, id_column=args.id_column)
+    run_predict(
+        cfg,
+        Path(args.input),
+        Path(args.output),
+        text_column=args.text_column,
+        id_column=args.id_column,
+        shard=parse_shard(args.shard),
+        chunk_rows=args.chunk_rows,
+    )
 
 
 def _serve(cfg, args):
@@ -195,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "--text-column", help="Column holding the text; default: inferred (text, sentence, tweet, ...)."
             )
             sub.add_argument("--id-column", help="Column to copy as the row id; default: id/ID when present.")
+            sub.add_argument(
+                "--shard",
+                default="0/1",
+                help="Label only slice i of n (i from 0), e.g. 2/4: one file split across processes or machines.",
+            )
+            sub.add_argument(
+                "--chunk-rows",
+                type=int,
+                default=512,
+                help="Rows classified and saved per step (default 512); a killed run resumes from the last step.",
+            )
         if name == "serve":
             _serve_options(sub)
     return parser

@@ -162,15 +162,41 @@ def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] |
 
 def render_predictions(rows: list[dict], names: list[str], context: dict) -> str:
     """predict's report: what was predicted how often, and the least sure answers (no gold to compare with)."""
-    counts = Counter(label for r in rows for label in r["predicted"] or [])
-    scored = [r for r in rows if r.get("confidence") is not None]
-    return _template("predictions.html.j2").render(
-        title="instructemo predictions",
-        context=context,
-        counts_figure=grouped_bars("Predicted label counts", names, {"predicted": [counts[n] for n in names]}, "rows"),
-        unsure=sorted(scored, key=lambda r: r["confidence"])[:WORST_MISTAKES],
-        blank=[r for r in rows if r["predicted"] is None][:WORST_MISTAKES],
-    )
+    summary = PredictionSummary()
+    summary.add(rows)
+    return summary.render(names, context)
+
+
+class PredictionSummary:
+    """What predict's report shows, gathered chunk by chunk in constant memory (and saved to resume from)."""
+
+    def __init__(self, counts: dict | None = None, unsure: list | None = None, blank: list | None = None):
+        self.counts = Counter(counts or {})
+        self.unsure = unsure or []  # the least confident rows, most doubtful first
+        self.blank = blank or []  # the first rows that got no label
+
+    def add(self, rows: list[dict]) -> None:
+        """Rows in file order, each {id, text, predicted, confidence}."""
+        self.counts.update(label for r in rows for label in r["predicted"] or [])
+        scored = [r for r in rows if r.get("confidence") is not None]
+        self.unsure = sorted(self.unsure + scored, key=lambda r: r["confidence"])[
+            :WORST_MISTAKES
+        ]  # stable: ties by row
+        self.blank = (self.blank + [r for r in rows if r["predicted"] is None])[:WORST_MISTAKES]
+
+    def state(self) -> dict:
+        return {"counts": dict(self.counts), "unsure": self.unsure, "blank": self.blank}
+
+    def render(self, names: list[str], context: dict) -> str:
+        return _template("predictions.html.j2").render(
+            title="instructemo predictions",
+            context=context,
+            counts_figure=grouped_bars(
+                "Predicted label counts", names, {"predicted": [self.counts[n] for n in names]}, "rows"
+            ),
+            unsure=self.unsure,
+            blank=self.blank,
+        )
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .config import PROJECT_ROOT
 from .errors import UserError
@@ -45,33 +45,68 @@ def find_file(relative: str, dataset_dir: str | Path) -> Path | None:
     return None
 
 
-def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    """Columns and (line, row) pairs of an unlabelled CSV, TSV or JSONL file."""
-    fmt = PATH_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
-    if not path.is_file():
-        raise UserError(f"input file {path} not found; check the path")
-    if fmt == "jsonl":
-        rows = []
-        for number, row, problem in _json_lines(_decode(path)):
-            if problem is not None:
-                raise UserError(f"{path}:{number}: {problem}; write one JSON object per line")
-            rows.append((number, row))
-        columns = list(dict.fromkeys(k for _, row in rows for k in row))
-    else:
-        reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter="," if fmt == "csv" else "\t")
-        columns = list(reader.fieldnames or [])
-        rows = []
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise UserError(
-                    f"{path}:{reader.line_num}: expected {len(columns)} fields; check the quoting and delimiters"
-                )
-            rows.append((reader.line_num, row))
-    if not rows:
-        raise UserError(f"input file {path} has no rows")
-    return columns, rows
+class TableFile:
+    """An unlabelled CSV, TSV or JSONL file (predict's input), read row by row as often as needed, never whole.
+
+    `rows()` yields (line, row) pairs; a row that cannot be read (a wrong number
+    of fields, a malformed JSON line, invalid UTF-8) stops it with a one-line
+    error naming the line.
+    """
+
+    SNIFF_ROWS = 100  # a JSONL file's columns: the keys of its first rows
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.format = PATH_FORMATS.get(path.suffix.lower())
+        if self.format not in ("csv", "tsv", "jsonl"):
+            raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+        if not path.is_file():
+            raise UserError(f"input file {path} not found; check the path")
+        if self.format == "jsonl":
+            keys: dict[str, None] = {}
+            for n, (_, row) in enumerate(self.rows()):
+                keys.update(dict.fromkeys(row))
+                if n + 1 >= self.SNIFF_ROWS:
+                    break
+            self.columns = list(keys)
+        else:
+            with self._open() as handle:
+                self.columns = next(csv.reader(handle, delimiter=self._delimiter()), [])
+
+    def _delimiter(self) -> str:
+        return "," if self.format == "csv" else "\t"
+
+    def _open(self) -> io.TextIOWrapper:
+        raw = self.path.open("rb")
+        head = raw.read(3)
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raw.close()
+            raise UserError(f"{self.path} is UTF-16 text; save it as UTF-8 (in Excel: CSV UTF-8)")
+        raw.seek(len(codecs.BOM_UTF8) if head == codecs.BOM_UTF8 else 0)  # Excel writes a UTF-8 BOM
+        # newline="": lines end at \n, \r\n or \r alone (old Mac exports), and quoted CSV fields keep theirs.
+        return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+
+    def rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        line = 0
+        try:
+            with self._open() as handle:
+                if self.format == "jsonl":
+                    numbered = ((n, text.rstrip("\r\n")) for n, text in enumerate(handle, start=1))
+                    for line, row, problem in _json_lines((n, t) for n, t in numbered if t.strip()):
+                        if problem is not None:
+                            raise UserError(f"{self.path}:{line}: {problem}; write one JSON object per line")
+                        yield line, row
+                    return
+                reader = csv.DictReader(handle, delimiter=self._delimiter())
+                for row in reader:
+                    line = reader.line_num
+                    if None in row or any(v is None for v in row.values()):
+                        raise UserError(
+                            f"{self.path}:{line}: expected {len(self.columns)} fields; check the quoting and delimiters"
+                        )
+                    yield line, row
+        except UnicodeDecodeError:
+            raise UserError(f"{self.path}: invalid UTF-8 after line {line}; re-save the file as UTF-8") from None
 
 
 def pick_column(path: Path, columns: list[str], given: str | None, guesses, what: str) -> str:
@@ -116,7 +151,7 @@ def has_header_line(path: Path) -> bool:
 def columns_of(entry: DatasetEntry, path: Path) -> list[str]:
     text = _decode_lines(path)[0]  # an undecodable row is reported, with its line, when the split loads
     if entry.format == "jsonl":
-        return next((list(row) for _, row, _ in _json_lines(text) if row is not None), [])
+        return next((list(row) for _, row, _ in _json_lines(_lines(text)) if row is not None), [])
     if entry.format in ("csv", "tsv"):
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if entry.format == "csv" else "\t")
         return next(reader, [])
@@ -171,9 +206,9 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _json_lines(text: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def _json_lines(numbered: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, object, None) for each non-blank JSONL line that holds a JSON object, else (line, None, why not)."""
-    for number, line in _lines(text):
+    for number, line in numbered:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -275,7 +310,7 @@ def _read_tsv_ids(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> I
 def _read_jsonl(entry: DatasetEntry, split_spec, path: Path, dataset_dir) -> Iterator[RawRow | BadRow]:
     text, bad_lines = _decode_lines(path)
     yield from _invalid_utf8(path, bad_lines)
-    for number, row, problem in _json_lines(text):
+    for number, row, problem in _json_lines(_lines(text)):
         source = f"{path}:{number}"
         if problem is not None:
             yield BadRow(source, problem)
