@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from result_file import write_result
+from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -121,7 +120,7 @@ def main() -> None:
         + " ".join(overrides)
         if args.eval
         else f"instructemo sft {CONFIG} " + " ".join(overrides),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "runs": runs,
         f"mean_{timed}": summary,
     }

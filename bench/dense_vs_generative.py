@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from result_file import write_result
+from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "dense_vs_generative.json"
@@ -90,7 +88,7 @@ def main() -> None:
         "command": "python bench/dense_vs_generative.py"
         + (f" --generative-run {args.generative_run}" if args.generative_run else ""),
         "commands": commands,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "runs": rows,
         "table": (table_dir / "compare.md").read_text(),
     }

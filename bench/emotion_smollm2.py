@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from result_file import write_result
+from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "examples/smollm2_emotion.yaml"
@@ -49,7 +47,7 @@ def main() -> None:
     result = {
         "benchmark": "SmolLM2-135M-Instruct LoRA r16/a32 all-linear, dair-ai emotion, first 4000 train rows, 1 epoch; 2000-row test split",
         "commands": [" ".join(["instructemo", *sft[1:]]), " ".join(["instructemo", *evaluate[1:]])],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "wall_seconds": {
             "sft": round(train_seconds, 1),
             "generate_eval": round(eval_seconds, 1),

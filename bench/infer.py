@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from result_file import write_result
+from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "examples/smollm2_emotion.yaml"
@@ -72,7 +71,7 @@ def main() -> None:
 def write_summary(results: dict) -> None:
     summary = {
         "benchmark": "2000-row dair-ai emotion test split, SmolLM2-135M-Instruct + the foundation LoRA adapter",
-        "machine": {"cpus": os.cpu_count()},
+        "machine": machine(),
         "runs": results,
     }
     base = results.get("hf:generate")

@@ -43,14 +43,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from result_file import write_result
+from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -478,7 +477,7 @@ def main() -> None:
         "benchmark": "instructemo vs LLaMA-Factory: SmolLM2-135M-Instruct LoRA r16/a32 all-linear, first 4000 dair-ai emotion "
         "train rows, 1 epoch, batch 16, lr 5e-4 cosine, cutoff 256, bf16; 2000-row test split, greedy",
         "command": command + (" --smoke" if args.smoke else ""),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "settings": SETTINGS,
         "instructemo_overrides": options,
         "seeds": seeds,

@@ -22,3 +22,23 @@ def project_relative(value: Any, root: Path = ROOT) -> Any:
 
 def write_result(path: Path, record: dict) -> None:
     Path(path).write_text(json.dumps(project_relative(record), indent=2) + "\n")
+
+
+def machine() -> dict:
+    """The machine a result was measured on, with what decides CPU speed: the vector units and bf16 support.
+
+    The same 2-core host has come as AVX-512 with bf16 and as AVX2 without it; without this record a result
+    measured in fp32 on the second reads as a slowdown of the code (the cause of a wrong claim once).
+    """
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }

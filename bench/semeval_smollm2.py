@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from result_file import write_result
+from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "examples/smollm2_semeval.yaml"
@@ -84,7 +82,7 @@ def main() -> None:
             "benchmark": "SemEval-2018 E-c, SmolLM2-135M-Instruct LoRA r16/a32 all-linear, loss_weight balancing, 1 epoch on "
             "the 6838 train tweets, best dev macro-F1 checkpoint; metrics on the 886-tweet dev split",
             "commands": [" ".join(["instructemo", *c[1:]]) for c in steps.values()],
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "machine": machine(),
             "targets": TARGETS,
         }
     )
