@@ -213,10 +213,22 @@ def test_full_fine_tuning_then_predict_and_export(tmp_path, emotion_dir):
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines[0] == "id,label,probability" and lines[2] == "8,," and len(lines) == 4
     assert run_cli("export", config, "--output", tmp_path / "exported") == 0
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    from instructemo.config import load_config
+    from instructemo.infer.classifier import Classifier
 
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported")
     assert exported.config.id2label[0] == "sadness"
+    assert exported.config.problem_type == "single_label_classification"
+    # A standard directory: transformers' own pipeline gives instructemo's answers and probabilities.
+    texts = ["i am so happy", "i am scared", "what a surprise", "i feel sad and alone"]
+    ours = Classifier(load_config(config, [])).load(progress=False).classify(texts)
+    theirs = pipeline("text-classification", model=str(tmp_path / "exported"), top_k=None)(texts)
+    for scores, labels, probs in zip(theirs, ours.labels, ours.probabilities):
+        by_label = {s["label"]: s["score"] for s in scores}
+        assert max(by_label, key=by_label.get) == labels[0]
+        assert np.allclose([by_label[n] for n in EMOTIONS], probs, atol=1e-5)
 
 
 def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):

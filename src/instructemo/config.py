@@ -215,6 +215,13 @@ class Config:
         "generate (decode an answer, parse it) or score (likelihood of every label: always valid, with probabilities).",
         choices=("generate", "score"),
     )
+    score_method: str = _key(
+        "sequence",
+        "Single-label score mode: sequence (the likelihood of each label's whole answer) or first_token (the "
+        "probability of each label's first answer token: one forward pass, and what an export --format "
+        "vllm-classify model computes in vLLM).",
+        choices=("sequence", "first_token"),
+    )
     score_threshold: float | None = _key(
         None,
         "Multi-label score mode: predict labels whose probability reaches this, for a run without calibrated "

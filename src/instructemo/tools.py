@@ -1,23 +1,17 @@
-"""Small verbs for everyday use: `datasets` (what can be trained on), `classify` (a quick answer),
-`export` (a standalone merged model)."""
+"""Small verbs for everyday use: `datasets` (what can be trained on), `classify` (a quick answer)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 from typing import Iterable
 
 from .config import Config
 from .data import load_registry, load_split
 from .errors import UserError
-from .infer.classifier import Classifier, find_adapter, trained_label_space
-from .infer.dense import DenseEngine
-from .infer.hf import load_for_inference
-from .models import resolve_model_path, save_atomically
+from .infer.classifier import Classifier
 from .readers import find_file
-from .rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, saved_stage
 
 log = logging.getLogger(__name__)
 
@@ -99,54 +93,3 @@ def print_classified(results: list[dict], out=None) -> None:
         shown = ", ".join(f"{label} {r['probabilities'][label]:.2f}" for label in r["labels"]) or "(no label)"
         top = ", ".join(f"{n} {p:.2f}" for n, p in list(r["probabilities"].items())[:3])
         print(f"{shown}\t[top: {top}]\t{r['text']}", file=out)
-
-
-# --- instructemo export ------------------------------------------------------------
-
-
-def export_model(cfg: Config, output: Path, gguf: bool = False) -> Path:
-    """The base with the trained adapter merged in, saved as a standalone HF directory (safetensors)."""
-    if gguf:
-        raise UserError(
-            "--gguf: no well-kept GGUF converter ships with instructemo; export without --gguf, then run "
-            "llama.cpp's convert_hf_to_gguf.py on the exported directory"
-        )
-    adapter = find_adapter(cfg)
-    if adapter is None:
-        raise UserError(
-            f"nothing to export: no trained adapter or model in {cfg.output_dir}; run instructemo sft first"
-        )
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} is a file; name a new directory for the exported model")
-    if output.exists() and any(output.iterdir()):
-        raise UserError(f"--output {output} is not empty; choose a new directory")
-    base = resolve_model_path(cfg.model_name_or_path)
-    if saved_stage(adapter, cfg.stage) == "cls":
-        engine = DenseEngine(
-            dataclasses.replace(cfg, backend="hf"), base, adapter, trained_label_space(cfg, adapter)[0], bf16=False
-        )
-        model, tokenizer = engine.model, engine.tokenizer
-    else:
-        model, tokenizer = load_for_inference(
-            base,
-            adapter,
-            flash_attn="eager",
-            bf16=False,
-            trust_remote_code=cfg.trust_remote_code,
-            allow_pickle=cfg.allow_pickle_weights,
-        )
-
-    def write(staging: Path) -> None:
-        model.save_pretrained(staging)  # safetensors
-        tokenizer.save_pretrained(staging)
-        if (adapter / LABEL_SPACE_FILE).is_file():
-            (staging / LABEL_SPACE_FILE).write_text((adapter / LABEL_SPACE_FILE).read_text())
-        for extra in (THRESHOLDS_FILE,):
-            if (adapter / extra).is_file():
-                (staging / extra).write_text((adapter / extra).read_text())
-
-    if output.exists():
-        output.rmdir()
-    save_atomically(output, write)
-    log.info("exported %s merged into %s to %s", adapter, cfg.model_name_or_path, output)
-    return output

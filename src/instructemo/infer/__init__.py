@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..chat import answer_tokens, prompt_token_ids
 from ..config import Config
 from ..errors import UserError
 from ..labels import LabelSpace
@@ -62,12 +63,46 @@ def classify(
         return Classified(
             decide(probabilities, space, thresholds, cfg.score_threshold), answers, probabilities, engine.unfinished
         )
-    candidates = [space.answer([name]) for name in space.names]
-    loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
+    if cfg.score_method == "first_token":
+        first = first_answer_tokens(engine.tokenizer, conversations[0], space)
+        contexts = prompt_token_ids(engine.tokenizer, conversations)
+        loglik = np.asarray(engine.score_tokens(contexts, [[t] for t in first]), dtype=np.float64)
+    else:
+        candidates = [space.answer([name]) for name in space.names]
+        loglik = np.asarray(engine.score(conversations, candidates), dtype=np.float64)
     with np.errstate(invalid="ignore"):
         probabilities = np.exp(loglik - loglik.max(axis=1, keepdims=True))
         probabilities = finite_scores(probabilities / probabilities.sum(axis=1, keepdims=True))
     return Classified(decide(probabilities, space), None, probabilities)
+
+
+def first_answer_tokens(tokenizer, conversation: list[dict], space: LabelSpace) -> list[int]:
+    """Each label's first answer token, as trained; one label per token, else a one-line error naming the clash.
+
+    A classifier over first tokens (score_method: first_token, and the vllm-classify export) can only tell
+    labels apart when no two answers start with the same token.
+    """
+    if space.multi_label:
+        raise UserError(
+            "first-token scoring is single-label only: a multi-label answer lists several labels, so one token "
+            "cannot stand for one label; use score_method: sequence, or stage: cls for a classification head"
+        )
+    first = [answer_tokens(tokenizer, conversation, space.answer([name]))[0] for name in space.names]
+    by_token: dict[int, list[str]] = {}
+    for name, token in zip(space.names, first):
+        by_token.setdefault(token, []).append(name)
+    clashes = [names for names in by_token.values() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(
+            f"{' and '.join(n)} both start with {tokenizer.convert_ids_to_tokens(t)!r}"
+            for t, n in by_token.items()
+            if len(n) > 1
+        )
+        raise UserError(
+            f"labels share a first token ({shown}): first-token scoring cannot tell them apart; rename the "
+            "labels in the data so that each answer starts differently, or use score_method: sequence"
+        )
+    return first
 
 
 def classify_dense(

@@ -1,0 +1,153 @@
+"""`instructemo export`: a trained run as a standalone model directory that other servers load as it is.
+
+--format hf (default): the base with the adapter merged in (safetensors), its
+tokenizer, label space and thresholds. A `stage: cls` run is already a
+standard `*ForSequenceClassification` directory (`id2label`, `problem_type`):
+transformers' text-classification pipeline and vLLM's classify load it.
+
+--format vllm-classify: for a single-label `stage: sft` run, the same merged
+causal LM with vLLM's label-token classifier in its config.json:
+`classifier_from_token` (each label's first answer token), `method:
+no_post_processing` and `id2label`. `vllm serve DIR --runner pooling --convert
+classify` then answers /classify with a softmax over those tokens' logits at
+the end of the prompt: instructemo's `score_method: first_token`. The
+tokenizer's chat template is replaced by the run's own prompt, so a
+`messages` request whose last user message is the text gets the prompt the
+model was trained on. Labels whose answers start with the same token, and
+multi-label runs, are refused (see `infer.first_answer_tokens`): one token
+per label cannot represent them; a `stage: cls` head can.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from .config import Config
+from .errors import UserError
+from .fileio import json_text
+from .infer import first_answer_tokens
+from .infer.classifier import Classifier, find_adapter, trained_label_space
+from .infer.dense import DenseEngine
+from .infer.hf import load_for_inference
+from .models import resolve_model_path, save_atomically
+from .prompts import PromptBuilder
+from .rundir import LABEL_SPACE_FILE, MODEL_CONFIG_FILE, THRESHOLDS_FILE, saved_stage
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hf", "vllm-classify")
+EXPORT_FILE = "instructemo_export.json"
+TEXT_SLOT = "INSTRUCTEMO_TEXT_SLOT"  # stands for the text while the prompt around it is rendered
+
+
+def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf") -> Path:
+    """The trained run saved as a standalone HF directory (safetensors) in `fmt`."""
+    if gguf:
+        raise UserError(
+            "--gguf: no well-kept GGUF converter ships with instructemo; export without --gguf, then run "
+            "llama.cpp's convert_hf_to_gguf.py on the exported directory"
+        )
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    adapter = find_adapter(cfg)
+    if adapter is None:
+        raise UserError(
+            f"nothing to export: no trained adapter or model in {cfg.output_dir}; run instructemo sft first"
+        )
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; name a new directory for the exported model")
+    if output.exists() and any(output.iterdir()):
+        raise UserError(f"--output {output} is not empty; choose a new directory")
+    base = resolve_model_path(cfg.model_name_or_path)
+    stage = saved_stage(adapter, cfg.stage)
+    space = trained_label_space(cfg, adapter)[0]
+    classifier_config = None
+    if stage == "cls":
+        engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, space, bf16=False)
+        model, tokenizer = engine.model, engine.tokenizer
+    else:
+        model, tokenizer = load_for_inference(
+            base,
+            adapter,
+            flash_attn="eager",
+            bf16=False,
+            trust_remote_code=cfg.trust_remote_code,
+            allow_pickle=cfg.allow_pickle_weights,
+        )
+        if fmt == "vllm-classify":
+            classifier_config = label_token_classifier(cfg, tokenizer)
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)  # safetensors
+        tokenizer.save_pretrained(staging)
+        for extra in (LABEL_SPACE_FILE, THRESHOLDS_FILE):
+            if (adapter / extra).is_file():
+                (staging / extra).write_text((adapter / extra).read_text())
+        record = {"format": fmt, "stage": stage, "from_run": str(adapter), "base_model": cfg.model_name_or_path}
+        if classifier_config is not None:
+            config_path = staging / MODEL_CONFIG_FILE
+            config = json.loads(config_path.read_text())
+            config.update(classifier_config)
+            config_path.write_text(json_text(config))
+            record.update(score_method="first_token", labels=list(space.names))
+        (staging / EXPORT_FILE).write_text(json_text(record))
+
+    if output.exists():
+        output.rmdir()
+    save_atomically(output, write)
+    log.info("exported %s (%s, %s) to %s", adapter, stage, fmt, output)
+    return output
+
+
+def label_token_classifier(cfg: Config, tokenizer) -> dict:
+    """config.json keys that make vLLM read the causal LM as a classifier over each label's first answer token.
+
+    Also replaces the tokenizer's chat template with the run's prompt around the last user message.
+    """
+    classifier = Classifier(cfg)  # the run's label space and prompt template, without loading a model
+    space = classifier.space
+    prompts = PromptBuilder(tokenizer, classifier.template, space, cfg.cutoff_len)
+    conversation = prompts.messages(TEXT_SLOT)
+    first = first_answer_tokens(tokenizer, conversation, space)
+    tokens = tokenizer.convert_ids_to_tokens(first)
+    if tokenizer.convert_tokens_to_ids(tokens) != first:
+        raise UserError("the tokenizer does not map its label tokens back to the same ids; export --format hf instead")
+    sample = "i feel fine today"
+    expected = tokenizer.apply_chat_template(prompts.messages(sample), add_generation_prompt=True, tokenize=False)
+    tokenizer.chat_template = classifier_chat_template(
+        tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    )
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": sample}], tokenize=False)
+    if rendered != expected:  # the template engine's whitespace rules changed the prompt: never serve a wrong one
+        raise UserError("the run's prompt cannot be written as a chat template exactly; export --format hf instead")
+    return {
+        "id2label": dict(enumerate(space.names)),
+        "label2id": {name: i for i, name in enumerate(space.names)},
+        "problem_type": "single_label_classification",
+        "classifier_from_token": tokens,
+        "method": "no_post_processing",
+    }
+
+
+def classifier_chat_template(rendered: str) -> str:
+    """A chat template that renders the run's whole prompt around the last user message's text.
+
+    It always ends with the assistant's turn opening, the position the label tokens are read at, whether or not
+    the client asks for a generation prompt (vLLM's classify does not by default).
+    """
+    if rendered.count(TEXT_SLOT) != 1:
+        raise UserError("the prompt template does not show the text exactly once; export --format hf instead")
+    before, after = rendered.split(TEXT_SLOT)
+    if "{% endraw %}" in rendered:
+        raise UserError("the prompt holds '{% endraw %}', which a chat template cannot quote; export --format hf")
+    last_user = (
+        "{%- set ns = namespace(text='') -%}"
+        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}"
+        "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
+        "{%- else -%}{%- set ns.text = message['content'] | map(attribute='text') | join('') -%}{%- endif -%}"
+        "{%- endif -%}{%- endfor %}"
+    )
+    return f"{last_user}{{% raw %}}{before}{{% endraw %}}{{{{ ns.text }}}}{{% raw %}}{after}{{% endraw %}}"
