@@ -252,3 +252,39 @@ def test_a_real_server_answers_concurrent_clients_and_drains_on_sigterm(run):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_the_batcher_waits_for_as_many_texts_as_last_time_and_a_lone_client_never_waits():
+    import asyncio
+
+    from instructemo.serve.batcher import Batcher
+
+    sizes = []
+
+    def run(texts):
+        sizes.append(len(texts))
+        return [t.upper() for t in texts]
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=8, max_wait=0.5)
+        batcher.start()
+        first = await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(8)))
+
+        async def late(i):
+            await asyncio.sleep(0.01 * i)  # clients that answer a few milliseconds apart
+            return await batcher.submit([f"b{i}"])
+
+        second = await asyncio.gather(*(late(i) for i in range(8)))
+        started = time.perf_counter()
+        await batcher.submit(["alone"])  # expected 8, waits at most max_wait once
+        waited = time.perf_counter() - started
+        started = time.perf_counter()
+        await batcher.submit(["alone again"])
+        again = time.perf_counter() - started
+        await batcher.stop()
+        return first, second, waited, again
+
+    first, second, waited, again = asyncio.run(scenario())
+    assert first == [[f"A{i}"] for i in range(8)] and second == [[f"B{i}"] for i in range(8)]
+    assert sizes == [8, 8, 1, 1]
+    assert 0.4 < waited < 2 and again < 0.2

@@ -237,7 +237,10 @@ def _serve_options(sub) -> None:
     )
     sub.add_argument("--max-batch-size", type=int, default=32, help="Texts per model call (default 32).")
     sub.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="How long a text waits for others to batch with (default 5)."
+        "--max-wait-ms",
+        type=float,
+        default=20.0,
+        help="At most this long a batch waits for as many texts as the last one held (default 20).",
     )
     sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="Largest request body (default 1 MiB).")
     sub.add_argument("--max-texts", type=int, default=256, help="Most texts in one request (default 256).")

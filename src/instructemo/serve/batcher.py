@@ -1,11 +1,16 @@
 """Dynamic batching: texts from concurrent requests share one model call.
 
-Requests queue their texts. One worker takes the first waiting request, then
-keeps taking more until the batch holds `max_batch` texts or `max_wait`
-seconds have passed since it started, and runs the model once on all of them,
-in a single thread beside the event loop (the model is not thread-safe, and
-the loop stays free to accept requests meanwhile). Each request then gets its
-own slice of the results.
+Requests queue their texts. One worker takes the first waiting request and
+everything queued behind it, up to `max_batch` texts, and runs the model once
+on all of them, in a single thread beside the event loop (the model is not
+thread-safe, and the loop stays free to accept requests meanwhile). Each
+request then gets its own slice of the results.
+
+How long to wait for more: as many texts as the last batch held are expected
+again (clients that just got their answers send their next requests a few
+milliseconds later), for at most `max_wait` seconds. A lone client therefore
+never waits, and under steady load the batches stay full instead of splitting
+into a full one and a straggling remainder.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.worker: asyncio.Task | None = None
+        self.last_size = 1  # texts in the last batch: how many to wait for next time
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
@@ -52,13 +58,14 @@ class Batcher:
         while True:
             waiting = [await self.queue.get()]
             size = len(waiting[0][0])
+            expected = min(self.max_batch, self.last_size)
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
                 try:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
                     left = deadline - loop.time()
-                    if left <= 0:
+                    if size >= expected or left <= 0:
                         break
                     try:
                         item = await asyncio.wait_for(self.queue.get(), left)
@@ -66,6 +73,7 @@ class Batcher:
                         break
                 waiting.append(item)
                 size += len(item[0])
+            self.last_size = size
             waiting = [(texts, future) for texts, future in waiting if not future.done()]  # callers that gave up
             if waiting:
                 await self._run_batch(loop, waiting)
