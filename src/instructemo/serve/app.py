@@ -49,7 +49,7 @@ class ServeSettings:
     port: int = 8000
     api_key: str | None = None
     max_batch_size: int = 32  # texts per model call
-    max_wait_ms: float = 20.0  # at most this long a batch waits for as many texts as the last one held
+    max_wait_ms: float = 100.0  # at most this long a batch waits for the clients active during the last one
     max_body_bytes: int = 1 << 20
     max_texts: int = 256  # texts per request
     served_model_name: str = "instructemo"
