@@ -30,7 +30,11 @@ def test_directory_without_config(tmp_path):
 
 
 def test_unreachable_hub_model_is_a_user_error(monkeypatch):
+    import huggingface_hub.constants
+
+    # The hub reads HF_HUB_OFFLINE once, at import: set the flag itself, or each call waits on network retries.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="cannot load"):
         models.load_tokenizer("no-such-org/no-such-model-xyz")
 

@@ -53,11 +53,18 @@ def trained(tmp_path_factory, request):
     return {"full": (root / "full" / "run", full), "lora": (root / "lora" / "run", lora)}
 
 
-@pytest.mark.parametrize("kind, merge", [("full", "auto"), ("lora", "true"), ("lora", "false")])
+def hf_generate_eval(root, config) -> None:
+    """The hf backend's generate-eval of a trained run, once per module (several tests compare against it)."""
+    if not (root / "hf" / "predictions.jsonl").is_file():
+        cli("generate-eval", config, "backend=hf", f"eval_output_dir={root}/hf")
+
+
+# LoRA served merged into its base (vllm_merge_lora: true, the CPU default) goes through the same merge as score
+# mode, which test_score_agrees_with_hf covers; here the full model and LoRA through a LoRARequest (false).
+@pytest.mark.parametrize("kind, merge", [("full", "auto"), ("lora", "false")])
 def test_generate_agrees_with_hf(trained, kind, merge):
-    """LoRA is served merged into the base (true) and through a LoRARequest (false)."""
     root, config = trained[kind]
-    cli("generate-eval", config, "backend=hf", f"eval_output_dir={root}/hf")
+    hf_generate_eval(root, config)
     cli("generate-eval", config, "backend=vllm", f"vllm_merge_lora={merge}", f"eval_output_dir={root}/vllm-{merge}")
     hf, vllm = predictions(root / "hf" / "predictions.jsonl"), predictions(root / f"vllm-{merge}" / "predictions.jsonl")
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
@@ -85,7 +92,7 @@ def test_vllm_loads_an_exported_model(trained):
     """`instructemo export` writes a directory vLLM serves as is, with the adapter's answers."""
     root, config = trained["lora"]
     cli("export", config, "--output", str(root / "exported"))
-    cli("generate-eval", config, "backend=hf", f"eval_output_dir={root}/hf-adapter")
+    hf_generate_eval(root, config)
     cli(
         "generate-eval",
         config,
@@ -94,7 +101,7 @@ def test_vllm_loads_an_exported_model(trained):
         f"eval_output_dir={root}/vllm-exported",
     )
     hf, vllm = (
-        predictions(root / "hf-adapter" / "predictions.jsonl"),
+        predictions(root / "hf" / "predictions.jsonl"),
         predictions(root / "vllm-exported" / "predictions.jsonl"),
     )
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
@@ -107,20 +114,29 @@ def texts_50():
     return [f"{base[i % len(base)]} {'really ' * (i // len(base))}".strip() for i in range(50)]
 
 
-def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, tmp_path):
-    """`export --format vllm-classify`: vLLM's own classifier (runner pooling, convert classify) on the exported
-    directory gives the labels and probabilities of instructemo's score mode with score_method: first_token."""
+@pytest.fixture(scope="module")
+def classifier_export(trained, tmp_path_factory):
+    """The LoRA run exported --format vllm-classify, with instructemo's own first-token answers on 50 texts."""
     from instructemo.config import load_config
     from instructemo.infer.classifier import Classifier
 
     root, config = trained["lora"]
     texts = texts_50()
     ours = Classifier(load_config(config, ["mode=score", "score_method=first_token"])).load(progress=False)
-    ours = ours.classify(texts)
-    sequence = Classifier(load_config(config, ["mode=score"])).load(progress=False).classify(texts)
-    assert sum(a == b for a, b in zip(ours.labels, sequence.labels)) >= 45  # the two score methods mostly agree
-    exported = tmp_path / "classifier"
+    exported = tmp_path_factory.mktemp("export") / "classifier"
     cli("export", config, "--output", exported, "--format", "vllm-classify")
+    return exported, texts, ours.classify(texts)
+
+
+def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, classifier_export, tmp_path):
+    """`export --format vllm-classify`: vLLM's own classifier (runner pooling, convert classify) on the exported
+    directory gives the labels and probabilities of instructemo's score mode with score_method: first_token."""
+    from instructemo.config import load_config
+    from instructemo.infer.classifier import Classifier
+
+    exported, texts, ours = classifier_export
+    sequence = Classifier(load_config(trained["lora"][1], ["mode=score"])).load(progress=False).classify(texts)
+    assert sum(a == b for a, b in zip(ours.labels, sequence.labels)) >= 45  # the two score methods mostly agree
     settings = json.loads((exported / "config.json").read_text())
     assert settings["method"] == "no_post_processing" and len(settings["classifier_from_token"]) == 6
     assert settings["id2label"]["1"] == "joy"
@@ -139,6 +155,28 @@ def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, tmp
     served = vllm_server_classify(exported, texts)  # vLLM's OpenAI server, chat-style requests
     assert [(item["label"],) for item in served] == ours.labels
     assert max(abs(a - b) for item, q in zip(served, ours.probabilities) for a, b in zip(item["probs"], q)) < 1e-3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install -e '.[ray]')")
+def test_ray_data_labels_a_file_with_the_export_on_a_local_ray_instance(classifier_export, tmp_path):
+    """examples/ray_classify.py: Ray Data reads a CSV, vLLM (ray.data.llm) classifies with the export."""
+    import csv
+
+    exported, texts, ours = classifier_export
+    source = tmp_path / "in.csv"
+    with source.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "text"], *[[i, t] for i, t in enumerate(texts[:12])]])
+    script = Path(__file__).parents[1] / "examples" / "ray_classify.py"
+    command = [sys.executable, script, exported, "--input", source, "--output", tmp_path / "out", "--cpu"]
+    result = subprocess.run([*map(str, command), "--local-cpus", "6"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = sorted(
+        (row for path in (tmp_path / "out").glob("*.csv") for row in csv.DictReader(path.open())),
+        key=lambda row: int(row["id"]),
+    )
+    assert [r["text"] for r in rows] == texts[:12]
+    assert [(r["label"],) for r in rows] == ours.labels[:12]
+    assert all(abs(float(r["probability"]) - max(p)) < 1e-3 for r, p in zip(rows, ours.probabilities))
 
 
 def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_path):
