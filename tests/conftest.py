@@ -171,3 +171,32 @@ def emotion_dir(tmp_path) -> Path:
     write_emotion_txt(tmp_path / "emotion" / "test.txt", EMOTION_ROWS[::2])
     write_emotion_txt(tmp_path / "emotion" / "val.txt", EMOTION_ROWS[1::2])
     return tmp_path
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for a server a test starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(server, url: str, seconds: int = 300) -> None:
+    """Until GET url/health answers 200; fails with the server's output if it exits or never comes up."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + seconds
+    while True:
+        if server.poll() is not None:
+            output = server.stdout or server.stderr
+            pytest.fail(f"the server exited: {output.read()[-3000:] if output else ''}")
+        if time.time() > deadline:
+            pytest.fail("the server did not start")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.5)

@@ -7,7 +7,6 @@ answer below comes from a real model through the same path `predict` uses.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import EMOTION_ROWS, write_emotion_txt
+from conftest import EMOTION_ROWS, free_port, wait_for_health, write_emotion_txt
 from fastapi.testclient import TestClient
 from test_end_to_end import run_cli, tiny_config
 
@@ -179,12 +178,6 @@ def test_multi_label_and_generate_results_carry_labels_and_invalid():
     assert bad["invalid"] and bad["label"] is None and bad["answer"] == "no idea"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_real_server_answers_concurrent_clients_and_drains_on_sigterm(run):
     port = free_port()
     server = subprocess.Popen(
@@ -209,15 +202,7 @@ def test_a_real_server_answers_concurrent_clients_and_drains_on_sigterm(run):
     url = f"http://127.0.0.1:{port}"
     headers = {"authorization": "Bearer k"}
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("the server did not come up: " + server.stdout.read())
+        wait_for_health(server, url, seconds=120)
         for _ in range(50):  # malformed bodies never take it down
             assert httpx.post(f"{url}/v1/classify", content=b"{", headers=headers).status_code == 400
         answers, refused, dropped, started = [], [], [], threading.Event()

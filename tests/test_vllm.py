@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, free_port, wait_for_health
 from test_end_to_end import tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -140,21 +140,10 @@ def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, cla
     settings = json.loads((exported / "config.json").read_text())
     assert settings["method"] == "no_post_processing" and len(settings["classifier_from_token"]) == 6
     assert settings["id2label"]["1"] == "joy"
-    (tmp_path / "texts.json").write_text(json.dumps(texts))
-    probe = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("vllm_classify_probe.py")), exported, tmp_path / "texts.json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    theirs = json.loads(probe.stdout.strip().splitlines()[-1])
-    names = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-    assert [(names[max(range(6), key=p.__getitem__)],) for p in theirs] == ours.labels
-    assert max(abs(a - b) for p, q in zip(theirs, ours.probabilities) for a, b in zip(p, q)) < 1e-3  # fp32 both
+    assert_same_answers(vllm_offline_classify(exported, texts, tmp_path), ours)  # fp32 on both sides
     served = vllm_server_classify(exported, texts)  # vLLM's OpenAI server, chat-style requests
     assert [(item["label"],) for item in served] == ours.labels
-    assert max(abs(a - b) for item, q in zip(served, ours.probabilities) for a, b in zip(item["probs"], q)) < 1e-3
+    assert_same_answers([item["probs"] for item in served], ours)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install -e '.[ray]')")
@@ -196,19 +185,7 @@ def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_p
     cli("export", config, "--output", tmp_path / "exported")
     texts = texts_50()
     ours = Classifier(load_config(config, [])).load(progress=False).classify(texts)
-    (tmp_path / "texts.json").write_text(json.dumps(texts))
-    probe = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("vllm_classify_probe.py")), tmp_path / "exported"]
-        + [tmp_path / "texts.json", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    theirs = json.loads(probe.stdout.strip().splitlines()[-1])
-    names = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-    assert [(names[max(range(6), key=p.__getitem__)],) for p in theirs] == ours.labels
-    assert max(abs(a - b) for p, q in zip(theirs, ours.probabilities) for a, b in zip(p, q)) < 1e-3
+    assert_same_answers(vllm_offline_classify(tmp_path / "exported", texts, tmp_path, "--plain"), ours)
 
 
 def test_serve_with_backend_vllm_answers_as_the_hf_backend(trained):
@@ -243,28 +220,25 @@ def test_serve_with_backend_vllm_answers_as_the_hf_backend(trained):
     assert chat.json()["choices"][0]["message"]["content"] == hf.labels[0][0]
 
 
-def free_port() -> int:
-    import socket
+def vllm_offline_classify(directory, texts: list[str], tmp_path, *flags: str) -> list[list[float]]:
+    """Each text's probabilities from vLLM's offline classifier (tests/vllm_classify_probe.py, in a subprocess)."""
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    probe = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("vllm_classify_probe.py")), directory, tmp_path / "texts.json"]
+        + list(flags),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1])
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def wait_for_health(server, url: str, seconds: int = 300) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.time() + seconds
-    while True:
-        assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
-        assert time.time() < deadline, "the server did not start"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(1)
+def assert_same_answers(theirs: list[list[float]], ours) -> None:
+    """vLLM's probabilities give instructemo's labels, and equal its probabilities within 1e-3."""
+    names = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert [(names[max(range(6), key=p.__getitem__)],) for p in theirs] == ours.labels
+    assert max(abs(a - b) for p, q in zip(theirs, ours.probabilities) for a, b in zip(p, q)) < 1e-3
 
 
 def vllm_server_classify(directory, texts: list[str]) -> list[dict]:

@@ -29,11 +29,12 @@ from .config import Config
 from .errors import UserError
 from .fileio import json_text
 from .infer import first_answer_tokens
-from .infer.classifier import Classifier, find_adapter, trained_label_space
+from .infer.classifier import find_adapter, trained_label_space
 from .infer.dense import DenseEngine
 from .infer.hf import load_for_inference
+from .labels import LabelSpace
 from .models import resolve_model_path, save_atomically
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, load_template
 from .rundir import LABEL_SPACE_FILE, MODEL_CONFIG_FILE, THRESHOLDS_FILE, saved_stage
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
         raise UserError(f"--output {output} is not empty; choose a new directory")
     base = resolve_model_path(cfg.model_name_or_path)
     stage = saved_stage(adapter, cfg.stage)
-    space = trained_label_space(cfg, adapter)[0]
+    space, default_template = trained_label_space(cfg, adapter)
     classifier_config = None
     if stage == "cls":
         engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, space, bf16=False)
@@ -78,7 +79,8 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
             allow_pickle=cfg.allow_pickle_weights,
         )
         if fmt == "vllm-classify":
-            classifier_config = label_token_classifier(cfg, tokenizer)
+            template = load_template(cfg.template, default_template)
+            classifier_config = label_token_classifier(tokenizer, template, space, cfg.cutoff_len)
 
     def write(staging: Path) -> None:
         model.save_pretrained(staging)  # safetensors
@@ -102,14 +104,12 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
     return output
 
 
-def label_token_classifier(cfg: Config, tokenizer) -> dict:
+def label_token_classifier(tokenizer, template, space: LabelSpace, cutoff_len: int) -> dict:
     """config.json keys that make vLLM read the causal LM as a classifier over each label's first answer token.
 
     Also replaces the tokenizer's chat template with the run's prompt around the last user message.
     """
-    classifier = Classifier(cfg)  # the run's label space and prompt template, without loading a model
-    space = classifier.space
-    prompts = PromptBuilder(tokenizer, classifier.template, space, cfg.cutoff_len)
+    prompts = PromptBuilder(tokenizer, template, space, cutoff_len)
     conversation = prompts.messages(TEXT_SLOT)
     first = first_answer_tokens(tokenizer, conversation, space)
     tokens = tokenizer.convert_ids_to_tokens(first)

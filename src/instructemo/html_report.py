@@ -179,9 +179,8 @@ class PredictionSummary:
         """Rows in file order, each {id, text, predicted, confidence}."""
         self.counts.update(label for r in rows for label in r["predicted"] or [])
         scored = [r for r in rows if r.get("confidence") is not None]
-        self.unsure = sorted(self.unsure + scored, key=lambda r: r["confidence"])[
-            :WORST_MISTAKES
-        ]  # stable: ties by row
+        # sorted() is stable: among equal confidences the earlier row stays first, as in one sort of the whole file
+        self.unsure = sorted(self.unsure + scored, key=lambda r: r["confidence"])[:WORST_MISTAKES]
         self.blank = (self.blank + [r for r in rows if r["predicted"] is None])[:WORST_MISTAKES]
 
     def state(self) -> dict:

@@ -91,12 +91,11 @@ def first_answer_tokens(tokenizer, conversation: list[dict], space: LabelSpace) 
     by_token: dict[int, list[str]] = {}
     for name, token in zip(space.names, first):
         by_token.setdefault(token, []).append(name)
-    clashes = [names for names in by_token.values() if len(names) > 1]
+    clashes = {token: names for token, names in by_token.items() if len(names) > 1}
     if clashes:
         shown = "; ".join(
-            f"{' and '.join(n)} both start with {tokenizer.convert_ids_to_tokens(t)!r}"
-            for t, n in by_token.items()
-            if len(n) > 1
+            f"{' and '.join(names)} both start with {tokenizer.convert_ids_to_tokens(token)!r}"
+            for token, names in clashes.items()
         )
         raise UserError(
             f"labels share a first token ({shown}): first-token scoring cannot tell them apart; rename the "
