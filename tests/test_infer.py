@@ -9,9 +9,10 @@ import torch
 from test_end_to_end import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from instructemo.chat import answer_tokens
+from instructemo.batching import common_prefix_length, packed_batches
+from instructemo.chat import answer_tokens, prompt_token_ids
 from instructemo.cli import main
-from instructemo.infer.hf import score_answers
+from instructemo.infer.hf import SharedPrefix, score_answers
 from instructemo.metrics import expected_calibration_error
 
 CONVERSATIONS = [
@@ -42,6 +43,52 @@ def test_score_answers_equals_full_forward(tiny_llama):
     scores = score_answers(model, tokenizer, CONVERSATIONS, answers, batch_size=3)
     expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in CONVERSATIONS]
     assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+
+
+def test_packed_scoring_equals_full_forward(tiny_llama):
+    """Short texts packed beside a long one in the same row are each scored as alone."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    texts = ["so sad and lonely tonight i cried " * 6, "wow", "i feel happy", "so sad", "wow wow", "i adore it"]
+    conversations = [[{"role": "user", "content": f"classify this : {t}"}] for t in texts]
+    answers = ["joy", "sadness", "i feel happy"]
+    contexts = prompt_token_ids(tokenizer, conversations)
+    prefix = common_prefix_length(contexts)
+    width = sum(len(answer_tokens(tokenizer, conversations[0], a)) - 1 for a in answers)
+    plan = packed_batches([len(c) - prefix + width for c in contexts], 2)
+    assert max(len(row) for batch in plan for row in batch) >= 3  # the short ones share the long one's row
+    scores = score_answers(model, tokenizer, conversations, answers, batch_size=2)
+    expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in conversations]
+    assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+
+
+def test_prefix_kept_across_calls_gives_the_same_scores(tiny_llama):
+    """One text at a time, as a server calls: the kept prefix shrinks to what every prompt shares, scores unchanged."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    answers = ["joy", "sadness"]
+    kept = SharedPrefix()
+    for conversations in ([CONVERSATIONS[1]], CONVERSATIONS[:3], [CONVERSATIONS[3]], [CONVERSATIONS[1]]):
+        scores = score_answers(model, tokenizer, conversations, answers, batch_size=2, prefix=kept)
+        expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in conversations]
+        assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+    shared = common_prefix_length(prompt_token_ids(tokenizer, CONVERSATIONS))
+    assert len(kept.ids) == shared  # the instruction every prompt starts with, not the first text's whole prompt
+
+
+def test_packed_batches_fill_the_room_beside_long_items():
+    sizes = [10, 2, 9, 3, 8, 1, 1, 4]
+    plan = packed_batches(sizes, rows=2)
+    assert sorted(i for batch in plan for row in batch for i in row) == list(range(len(sizes)))  # each once
+    for batch in plan:
+        assert len(batch) <= 2 and sum(map(len, batch)) <= 4
+        assert all(sum(sizes[i] for i in row) <= max(sizes) for row in batch)
+    # first fit, longest first: [10], [9, 1], [8, 2], [4, 3, 1]; the fullest rows first, at most 4 items a batch
+    assert plan == [[[0], [2, 5]], [[4, 1]], [[7, 3, 6]]]
+    assert (
+        sum(len(b) * max(sum(sizes[i] for i in r) for r in b) for b in plan) == 38
+    )  # tokens run; padded (longest_first): 44
+    assert packed_batches([5, 5, 5], rows=2) == [[[0], [1]], [[2]]]  # nothing fits beside an equal item
 
 
 def test_answer_tokens_end_at_end_of_turn(tiny_llama):

@@ -4,7 +4,8 @@ Both training and score-mode inference pad on the left, encode the prompt
 prefix every row shares once, and pass their own 4D attention masks; the pieces
 they share live here, so the two cannot drift apart:
 
-- `longest_first` orders rows so that similar lengths share a batch;
+- `longest_first` orders rows so that similar lengths share a batch, and
+  `packed_batches` fills the room that short rows leave beside long ones;
 - `left_padded`, `positions_after` and `additive_mask` build padded rows whose
   position ids skip the padding, so each row is computed as it would be alone;
 - `encode_prefix` / `repeat_cache` hold the shared prefix's keys and values;
@@ -24,6 +25,38 @@ def longest_first(lengths: list[int], batch_size: int) -> list[list[int]]:
     of memory happens at once if at all."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def packed_batches(sizes: list[int], rows: int) -> list[list[list[int]]]:
+    """Items packed side by side into rows, and the rows into batches of at most `rows` rows: batch -> row -> items.
+
+    Rows are as wide as the longest item. Items go longest first to the first
+    row with room for them (first fit decreasing), so short items fill the room
+    beside long ones and beside each other instead of padding: in a handful of
+    random texts (a server's batch) one long text no longer pads every row to
+    its length. Batches take the fullest rows first, each as wide as its
+    fullest row, so the first batch is the largest and running out of memory
+    happens at once if at all. A batch holds at most 2 * `rows` items, which
+    bounds what is kept per item (the LM head's logits) to twice a padded batch.
+    """
+    width, most = max(sizes), 2 * rows
+    packed: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        slot = next((r for r, free in enumerate(room) if free >= sizes[i] and len(packed[r]) < most), None)
+        if slot is None:
+            packed.append([])
+            room.append(width)
+            slot = len(packed) - 1
+        packed[slot].append(i)
+        room[slot] -= sizes[i]
+    packed.sort(key=lambda row: -sum(sizes[i] for i in row))
+    batches: list[list[list[int]]] = [[]]
+    for row in packed:
+        if batches[-1] and (len(batches[-1]) == rows or sum(map(len, batches[-1])) + len(row) > most):
+            batches.append([])
+        batches[-1].append(row)
+    return batches
 
 
 def common_prefix_length(token_lists: list[list[int]]) -> int:

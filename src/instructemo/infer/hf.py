@@ -9,15 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import (
-    additive_mask,
-    common_prefix_length,
-    encode_prefix,
-    left_padded,
-    longest_first,
-    positions_after,
-    repeat_cache,
-)
+from ..batching import additive_mask, common_prefix_length, encode_prefix, longest_first, packed_batches, repeat_cache
 from ..chat import answer_tokens, prompt_text, prompt_token_ids, stop_token_ids, until_stop
 from ..errors import UserError
 from ..models import load_causal_lm, load_tokenizer, require_finite_weights
@@ -29,9 +21,13 @@ log = logging.getLogger(__name__)
 class HFEngine:
     """transformers: batched greedy generation, and label scoring with shared prompt caches."""
 
-    def __init__(self, cfg, model, tokenizer, progress: bool = True):
-        """An engine over a model in memory: a loaded run (`load`), or the one being trained (checkpoint selection)."""
+    def __init__(self, cfg, model, tokenizer, progress: bool = True, fixed_weights: bool = False):
+        """An engine over a model in memory: a loaded run (`load`), or the one being trained (checkpoint selection).
+
+        fixed_weights: the weights will not change, so the prompt prefix encoded by one call serves the next.
+        """
         self.cfg, self.model, self.tokenizer, self.progress = cfg, model, tokenizer, progress
+        self.prefix = SharedPrefix() if fixed_weights else None
 
     @classmethod
     def load(cls, cfg, base_path: str, adapter: Path | None, bf16: bool) -> "HFEngine":
@@ -43,7 +39,7 @@ class HFEngine:
             trust_remote_code=cfg.trust_remote_code,
             allow_pickle=cfg.allow_pickle_weights,
         )
-        return cls(cfg, model, tokenizer)
+        return cls(cfg, model, tokenizer, fixed_weights=True)
 
     unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
 
@@ -72,6 +68,7 @@ class HFEngine:
             answers,
             batch_size=self.cfg.per_device_eval_batch_size,
             progress=self.progress,
+            prefix=self.prefix,
         )
 
     def score_tokens(self, contexts: list[list[int]], continuations: list[list[int]]):
@@ -82,6 +79,7 @@ class HFEngine:
             batch_size=self.cfg.per_device_eval_batch_size,
             pad_id=self.tokenizer.pad_token_id,
             progress=self.progress,
+            prefix=self.prefix,
         )
 
 
@@ -165,13 +163,26 @@ def generate_ids(
 
 
 def score_answers(
-    model, tokenizer, conversations: list[list[dict]], answers: list[str], *, batch_size: int, progress: bool = True
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    answers: list[str],
+    *,
+    batch_size: int,
+    progress: bool = True,
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of each answer (through end-of-turn) after each prompt: a (prompts x answers) tensor."""
     tokens = prompt_token_ids(tokenizer, conversations)
     continuations = [answer_tokens(tokenizer, conversations[0], a) for a in answers]
     return score_continuations(
-        model, tokens, continuations, batch_size=batch_size, pad_id=tokenizer.pad_token_id, progress=progress
+        model,
+        tokens,
+        continuations,
+        batch_size=batch_size,
+        pad_id=tokenizer.pad_token_id,
+        progress=progress,
+        prefix=prefix,
     )
 
 
@@ -184,29 +195,63 @@ def score_continuations(
     batch_size: int,
     pad_id: int,
     progress: bool = True,
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of each continuation after each context (token ids): a (contexts x continuations) tensor.
 
-    Work is shared twice. The prefix common to all contexts (system prompt and
-    instruction) is encoded once for the whole run. Each context then runs once
-    for all continuations: its own tokens are followed in the same row by every
-    continuation's tokens, and an attention mask lets each continuation see the
-    context and its own earlier tokens only (a tree), so one forward pass
-    scores every label.
+    Work is shared three ways. The prefix common to all contexts (system
+    prompt and instruction) is encoded once for the whole call, or once for
+    all calls with `prefix` (a model whose weights do not change). Each context
+    then runs once for all continuations: its own tokens are followed by every
+    continuation's tokens, and an attention mask lets each continuation see
+    the context and its own earlier tokens only (a tree), so one forward pass
+    scores every label. And contexts are packed side by side in the rows
+    (`packed_batches`), so short texts fill the room beside long ones instead
+    of padding.
     """
     tree = AnswerTree(continuations)
-    device = model.device
-    prefix_len = common_prefix_length(contexts)
     model.eval()  # before the prefix is encoded: no dropout in the cache every row reuses
-    prefix_cache = encode_prefix(model, torch.tensor([contexts[0][:prefix_len]], device=device)) if prefix_len else None
+    prefix_len, prefix_cache = (prefix or SharedPrefix()).encoded(model, contexts)
+    rests = [c[prefix_len:] for c in contexts]
     scores = torch.zeros(len(contexts), len(continuations))
     bar = tqdm(total=len(contexts), desc="scoring", unit="ex", disable=not progress)
     with _attention_that_takes_a_mask(model), bar:
-        for chunk in longest_first([len(c) for c in contexts], batch_size):
-            rests = [contexts[i][prefix_len:] for i in chunk]
-            scores[chunk] = _score_batch(model, rests, prefix_len, prefix_cache, tree, pad_id)
+        for rows in packed_batches([len(r) + tree.width for r in rests], batch_size):
+            chunk = [i for row in rows for i in row]
+            packed = [[rests[i] for i in row] for row in rows]
+            scores[chunk] = _score_packed(model, packed, prefix_len, prefix_cache, tree, pad_id)
             bar.update(len(chunk))
     return scores
+
+
+class SharedPrefix:
+    """The prompt prefix that every context so far has started with, and its keys and values.
+
+    Within one call it is the prefix the call's contexts share. Kept across
+    calls (`HFEngine.load`), it settles on the system prompt and instruction
+    of the template after a call or two, and a server that classifies a few
+    texts per call stops encoding them every time (for one text, the whole
+    prompt but its last token). Only for weights that no longer change: the
+    keys and values would outlive an update.
+    """
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.cache = None
+
+    def encoded(self, model, contexts: list[list[int]]) -> tuple[int, object]:
+        """(prefix length, its cache) for these contexts, encoding a new prefix only where the kept one does not fit."""
+        length = common_prefix_length(contexts)
+        first = contexts[0][:length]
+        if self.cache is not None and len(self.ids) <= length and first[: len(self.ids)] == self.ids:
+            return len(self.ids), self.cache
+        if self.cache is not None:
+            length = next((i for i, (a, b) in enumerate(zip(self.ids, first)) if a != b), min(len(self.ids), length))
+        if length == 0:
+            return 0, None
+        self.ids = first[:length]
+        self.cache = encode_prefix(model, torch.tensor([self.ids], device=model.device))
+        return length, self.cache
 
 
 class AnswerTree:
@@ -237,40 +282,89 @@ class AnswerTree:
             offset += len(c) - 1
         self.columns, self.targets, self.answer_of = map(torch.tensor, (self.columns, self.targets, self.answer_of))
 
+    def segment_mask(self, prompt_length: int) -> torch.Tensor:
+        """Who may attend to whom among a prompt's own tokens followed by the answers' (square, bool)."""
+        n, size = prompt_length, prompt_length + self.width
+        mask = torch.zeros((size, size), dtype=torch.bool)
+        mask[:n, :n] = torch.ones((n, n), dtype=torch.bool).tril()
+        mask[n:, :n] = True
+        mask[n:, n:] = self.visible
+        return mask
 
-def _score_batch(
-    model, rests: list[list[int]], prefix_len: int, prefix_cache, tree: AnswerTree, pad_id: int
+
+def _score_packed(
+    model, rows: list[list[list[int]]], prefix_len: int, prefix_cache, tree: AnswerTree, pad_id: int
 ) -> torch.Tensor:
-    """One row per prompt: [left padding][prompt tokens after the shared prefix][every answer's tokens]."""
-    batch, width, answers = len(rests), max(len(r) for r in rests), tree.width
-    input_ids, real = left_padded(rests, pad_id)
-    input_ids = torch.cat([input_ids, tree.input_ids.expand(batch, -1)], dim=1)
-    positions = positions_after(real, prefix_len)
-    positions = torch.cat([positions, positions[:, -1:] + tree.depth], dim=1)
+    """Scores of the prompts packed in `rows` (rows of prompts, each a prompt's tokens after the shared prefix),
+    in row order: a (prompts x answers) tensor.
 
-    # allowed[b, query, key] over [prefix | prompt rest | answers]; every query sees itself, so no row is empty.
-    length = width + answers
-    allowed = torch.zeros((batch, length, prefix_len + length), dtype=torch.bool)
+    A row holds its prompts side by side, each followed by every answer's
+    tokens, then padding. Every token sees the shared prefix; a prompt's tokens
+    see its own earlier tokens, its answer tokens see the prompt and their own
+    answer's earlier tokens (the tree); nothing sees another prompt, and
+    position ids restart after the prefix for each prompt, so each is scored
+    exactly as it would be alone. Padding sees itself, so no softmax row is empty.
+    """
+    answers = tree.width
+    width = max(sum(len(rest) + answers for rest in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.full((len(rows), width), prefix_len, dtype=torch.long)
+    allowed = torch.zeros((len(rows), width, prefix_len + width), dtype=torch.bool)
     allowed[:, :, :prefix_len] = True
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    allowed[:, :width, prefix_len : prefix_len + width] = causal & real[:, None, :]
-    allowed[:, width:, prefix_len : prefix_len + width] = real[:, None, :]
-    allowed[:, width:, prefix_len + width :] = tree.visible
-    allowed[:, :, prefix_len:] |= torch.eye(length, dtype=torch.bool)
-    mask = additive_mask(allowed, model.dtype)
-    cache = repeat_cache(prefix_cache, batch) if prefix_cache is not None else None
+    allowed[:, :, prefix_len:] = torch.eye(width, dtype=torch.bool)
+    last_positions = []  # (row, column) of each prompt's last token: its logits predict every answer's first token
+    for r, row in enumerate(rows):
+        start = 0
+        for rest in row:
+            n = len(rest)
+            end = start + n + answers
+            input_ids[r, start : start + n] = torch.as_tensor(rest)
+            input_ids[r, start + n : end] = tree.input_ids
+            positions[r, start : start + n] = prefix_len + torch.arange(n)
+            positions[r, start + n : end] = prefix_len + n - 1 + tree.depth
+            allowed[r, start:end, prefix_len + start : prefix_len + end] = tree.segment_mask(n)
+            last_positions.append((r, start + n - 1))
+            start = end
+    # Each prompt's window: its last token, then its answer tokens (the columns AnswerTree reads).
+    window = torch.arange(answers + 1)
+    read_rows = torch.tensor([r for r, _ in last_positions])[:, None].expand(-1, answers + 1)
+    read_columns = torch.tensor([c for _, c in last_positions])[:, None] + window
     device = model.device
-    logits = model(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        past_key_values=cache,
-        use_cache=prefix_cache is not None,
-        logits_to_keep=answers + 1,
-    ).logits  # (batch, 1 + answers, vocab): the prompt's last position, then every answer token
-    logprobs = logits.float().log_softmax(-1)[:, tree.columns.to(device), tree.targets.to(device)].cpu()
-    scores = torch.zeros(batch, len(tree.continuations))
-    return scores.index_add_(1, tree.answer_of, logprobs)
+    cache = repeat_cache(prefix_cache, len(rows)) if prefix_cache is not None else None
+    with _lm_head_only_at(model, read_rows.flatten().to(device), read_columns.flatten().to(device)):
+        logits = model(
+            input_ids=input_ids.to(device),
+            attention_mask=additive_mask(allowed, model.dtype).to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=prefix_cache is not None,
+            logits_to_keep=0,
+        ).logits
+    if logits.shape[:2] != (1, read_rows.numel()):
+        raise RuntimeError(f"{type(model).__name__} does not run its LM head as its output embeddings module")
+    logits = logits.view(len(last_positions), answers + 1, -1).float()
+    columns, targets = tree.columns.to(device), tree.targets.to(device)
+    logprobs = (logits[:, columns, targets] - logits.logsumexp(-1)[:, columns]).cpu()
+    return torch.zeros(len(last_positions), len(tree.continuations)).index_add_(1, tree.answer_of, logprobs)
+
+
+@contextlib.contextmanager
+def _lm_head_only_at(model, rows: torch.Tensor, columns: torch.Tensor):
+    """The LM head runs at these (row, column) positions only: the forward's logits are (1, positions, vocab).
+
+    The rest of the forward is the model's own (its final norm before the
+    head, any logit softcapping after), so these are the logits it would give
+    there; only the vocabulary projection at every other position is spared.
+    """
+
+    def gather(module, args):
+        return (args[0][rows, columns][None], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
