@@ -248,10 +248,11 @@ def test_the_batcher_waits_for_as_many_texts_as_last_time_and_a_lone_client_neve
 
     def run(texts):
         sizes.append(len(texts))
+        time.sleep(0.05)
         return [t.upper() for t in texts]
 
     async def scenario():
-        batcher = Batcher(run, max_batch=8, max_wait=0.5)
+        batcher = Batcher(run, max_batch=8, max_wait=0.5, wait_share=20)  # 20 x 50 ms: max_wait bounds the wait
         batcher.start()
         first = await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(8)))
 
@@ -272,4 +273,16 @@ def test_the_batcher_waits_for_as_many_texts_as_last_time_and_a_lone_client_neve
     first, second, waited, again = asyncio.run(scenario())
     assert first == [[f"A{i}"] for i in range(8)] and second == [[f"B{i}"] for i in range(8)]
     assert sizes == [8, 8, 1, 1]
-    assert 0.4 < waited < 2 and again < 0.2
+    assert 0.45 < waited < 2 and again < 0.2
+
+    async def share_bounds_the_wait():
+        batcher = Batcher(run, max_batch=8, max_wait=0.5, wait_share=0.1)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(8)))
+        started = time.perf_counter()
+        await batcher.submit(["alone"])  # expected 8, but waits at most a tenth of the 50 ms batch
+        waited = time.perf_counter() - started
+        await batcher.stop()
+        return waited
+
+    assert asyncio.run(share_bounds_the_wait()) < 0.05 + 0.1  # the 50 ms run itself, and no half-second wait

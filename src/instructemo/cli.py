@@ -111,8 +111,13 @@ def _predict(cfg, args):
 def _serve(cfg, args):
     from pathlib import Path
 
-    from .serve import run_serve
-    from .serve.app import ServeSettings
+    try:
+        from .serve import run_serve
+        from .serve.app import ServeSettings
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("fastapi", "starlette", "uvicorn", "prometheus_client"):
+            raise
+        raise UserError(f"instructemo serve needs {exc.name}: pip install 'instructemo[serve]'") from None
 
     name = args.served_model_name or Path(cfg.adapter_name_or_path or cfg.output_dir).name
     run_serve(
@@ -239,8 +244,9 @@ def _serve_options(sub) -> None:
     sub.add_argument(
         "--max-wait-ms",
         type=float,
-        default=100.0,
-        help="At most this long a batch waits for the clients active during the last one (default 100).",
+        default=500.0,
+        help="At most this long a batch waits for the clients active during the last one (default 500), "
+        "and never more than a tenth of the time the model took for the last batch.",
     )
     sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="Largest request body (default 1 MiB).")
     sub.add_argument("--max-texts", type=int, default=256, help="Most texts in one request (default 256).")

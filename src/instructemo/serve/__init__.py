@@ -16,6 +16,7 @@ from ..config import Config
 from ..errors import UserError
 from ..infer.classifier import Classifier
 from .app import ServeSettings, create_app
+from .batcher import model_thread
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ def run_serve(cfg: Config, settings: ServeSettings) -> None:
             settings.host,
             API_KEY_VARIABLE,
         )
-    classifier = Classifier(cfg).load(progress=False)
-    app = create_app(classifier, settings)
+    classifier = Classifier(cfg)
+    thread = model_thread()  # the model loads in the thread that will run it (see batcher)
+    thread.submit(classifier.load, progress=False).result()
+    app = create_app(classifier, settings, thread)
     server = _draining_server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
     try:
         server.run()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ class ServeSettings:
     port: int = 8000
     api_key: str | None = None
     max_batch_size: int = 32  # texts per model call
-    max_wait_ms: float = 100.0  # at most this long a batch waits for the clients active during the last one
+    max_wait_ms: float = 500.0  # at most this long (and a tenth of the last batch's time) a batch waits for more
     max_body_bytes: int = 1 << 20
     max_texts: int = 256  # texts per request
     served_model_name: str = "instructemo"
@@ -109,8 +110,28 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
-    """The service around a loaded classifier."""
+class ApiKeyMiddleware:
+    """Refuses every request but /health and /metrics without `Authorization: Bearer KEY` (compared in constant time).
+
+    A plain ASGI middleware: starlette's @app.middleware("http") wraps every
+    request and response in extra tasks and streams, a cost each request pays.
+    """
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_ENDPOINTS:
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token, self.key):
+                error = ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY", None, "auth_error")
+                return await JSONResponse(error.body(), status_code=401)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(classifier: Classifier, settings: ServeSettings, executor: ThreadPoolExecutor | None = None) -> FastAPI:
+    """The service around a loaded classifier; `executor` is the model thread that loaded it, if any."""
     metrics = Metrics()
     space, name = classifier.space, settings.served_model_name
 
@@ -119,7 +140,9 @@ def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
         metrics.texts.inc(len(texts))
         return items
 
-    batcher = Batcher(classify_batch, settings.max_batch_size, settings.max_wait_ms / 1000, metrics.batch_size.observe)
+    batcher = Batcher(
+        classify_batch, settings.max_batch_size, settings.max_wait_ms / 1000, metrics.batch_size.observe, executor
+    )
     created = int(time.time())
 
     @asynccontextmanager
@@ -130,6 +153,8 @@ def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
         await batcher.stop()  # uvicorn calls this after the last accepted request has its answer
 
     app = FastAPI(title="instructemo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ApiError)
@@ -147,15 +172,6 @@ def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
     async def failed(request: Request, exc: Exception):  # the model itself failed: say so, in the same shape
         error = ApiError(500, f"the classifier failed on this request: {exc}", None, "server_error")
         return JSONResponse(error.body(), status_code=500)
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if settings.api_key is not None and request.url.path not in OPEN_ENDPOINTS:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                error = ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY", None, "auth_error")
-                return JSONResponse(error.body(), status_code=401)
-        return await call_next(request)
 
     async def json_body(request: Request) -> dict:
         limit = settings.max_body_bytes
@@ -179,12 +195,12 @@ def create_app(classifier: Classifier, settings: ServeSettings) -> FastAPI:
     @app.post("/v1/classify")
     async def classify(request: Request):
         texts = classify_texts(await json_body(request), settings.max_texts)
-        return classify_response(name, await classified(texts))
+        return JSONResponse(classify_response(name, await classified(texts)))  # as built: no re-encoding pass
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         texts = chat_texts(await json_body(request), settings.max_texts)
-        return chat_response(name, (await classified(texts))[0], space)
+        return JSONResponse(chat_response(name, (await classified(texts))[0], space))
 
     @app.get("/v1/models")
     async def models():
