@@ -312,16 +312,15 @@ def main() -> None:
     print("sigterm:", json.dumps(sigterm), flush=True)
 
     top = max(levels, key=lambda level: level["clients"])
+    runs = [
+        {key: run[key] for key in ("wall_seconds", "examples_per_second")} for run in (offline_before, offline_after)
+    ]
     offline = {
         "command": offline_before["command"],
         "rows": offline_before["rows"],
-        "runs": [offline_before, offline_after],
-        "examples_per_second": round(
-            statistics.mean(o["examples_per_second"] for o in (offline_before, offline_after)), 2
-        ),
+        "runs": runs,
+        "examples_per_second": round(statistics.mean(run["examples_per_second"] for run in runs), 2),
     }
-    for run in offline["runs"]:
-        del run["command"], run["rows"]
     ratio = round(top["requests_per_second"] / offline["examples_per_second"], 3)
     result = {
         "benchmark": "instructemo serve (hf, score mode, SmolLM2-135M-Instruct + LoRA from bench/emotion_smollm2.py) "

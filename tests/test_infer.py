@@ -36,19 +36,27 @@ def brute_force_loglik(model, tokenizer, conversation, answer):
     return brute_force_token_loglik(model, tokenizer, conversation, answer_tokens(tokenizer, conversation, answer))
 
 
-def test_score_answers_equals_full_forward(tiny_llama):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+def brute_force_scores(model, tokenizer, conversations, answers) -> np.ndarray:
+    """(conversations x answers) log-likelihoods, each from its own plain forward pass."""
+    return np.array([[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in conversations])
+
+
+@pytest.fixture
+def tiny_model(tiny_llama):
+    """(model, tokenizer) of the tiny Llama, loaded with transformers alone."""
+    return AutoModelForCausalLM.from_pretrained(tiny_llama).eval(), AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def test_score_answers_equals_full_forward(tiny_model):
+    model, tokenizer = tiny_model
     answers = ["joy", "sadness", "none", "i feel happy"]  # one and several tokens
     scores = score_answers(model, tokenizer, CONVERSATIONS, answers, batch_size=3)
-    expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in CONVERSATIONS]
-    assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+    assert scores.numpy() == pytest.approx(brute_force_scores(model, tokenizer, CONVERSATIONS, answers), abs=1e-4)
 
 
-def test_packed_scoring_equals_full_forward(tiny_llama):
+def test_packed_scoring_equals_full_forward(tiny_model):
     """Short texts packed beside a long one in the same row are each scored as alone."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model, tokenizer = tiny_model
     texts = ["so sad and lonely tonight i cried " * 6, "wow", "i feel happy", "so sad", "wow wow", "i adore it"]
     conversations = [[{"role": "user", "content": f"classify this : {t}"}] for t in texts]
     answers = ["joy", "sadness", "i feel happy"]
@@ -58,20 +66,17 @@ def test_packed_scoring_equals_full_forward(tiny_llama):
     plan = packed_batches([len(c) - prefix + width for c in contexts], 2)
     assert max(len(row) for batch in plan for row in batch) >= 3  # the short ones share the long one's row
     scores = score_answers(model, tokenizer, conversations, answers, batch_size=2)
-    expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in conversations]
-    assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+    assert scores.numpy() == pytest.approx(brute_force_scores(model, tokenizer, conversations, answers), abs=1e-4)
 
 
-def test_prefix_kept_across_calls_gives_the_same_scores(tiny_llama):
+def test_prefix_kept_across_calls_gives_the_same_scores(tiny_model):
     """One text at a time, as a server calls: the kept prefix shrinks to what every prompt shares, scores unchanged."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model, tokenizer = tiny_model
     answers = ["joy", "sadness"]
     kept = SharedPrefix()
     for conversations in ([CONVERSATIONS[1]], CONVERSATIONS[:3], [CONVERSATIONS[3]], [CONVERSATIONS[1]]):
         scores = score_answers(model, tokenizer, conversations, answers, batch_size=2, prefix=kept)
-        expected = [[brute_force_loglik(model, tokenizer, c, a) for a in answers] for c in conversations]
-        assert scores.numpy() == pytest.approx(np.array(expected), abs=1e-4)
+        assert scores.numpy() == pytest.approx(brute_force_scores(model, tokenizer, conversations, answers), abs=1e-4)
     shared = common_prefix_length(prompt_token_ids(tokenizer, CONVERSATIONS))
     assert len(kept.ids) == shared  # the instruction every prompt starts with, not the first text's whole prompt
 
@@ -85,9 +90,8 @@ def test_packed_batches_fill_the_room_beside_long_items():
         assert all(sum(sizes[i] for i in row) <= max(sizes) for row in batch)
     # first fit, longest first: [10], [9, 1], [8, 2], [4, 3, 1]; the fullest rows first, at most 4 items a batch
     assert plan == [[[0], [2, 5]], [[4, 1]], [[7, 3, 6]]]
-    assert (
-        sum(len(b) * max(sum(sizes[i] for i in r) for r in b) for b in plan) == 38
-    )  # tokens run; padded (longest_first): 44
+    tokens_run = sum(len(batch) * max(sum(sizes[i] for i in row) for row in batch) for batch in plan)
+    assert tokens_run == 38  # padded (longest_first): 44
     assert packed_batches([5, 5, 5], rows=2) == [[[0], [1]], [[2]]]  # nothing fits beside an equal item
 
 

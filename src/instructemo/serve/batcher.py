@@ -21,7 +21,7 @@ settling into halves that take turns, which on a CPU costs more per text:
 packing has fewer texts to fill its rows with. The wait is bounded twice: by
 `max_wait`, and by a tenth of the time the model took for the last batch, so
 waiting costs at most a tenth of the model's time. On a CPU, where a batch of
-32 takes seconds, 32 clients come back in about 100 ms and the batch is
+32 takes seconds, 32 clients come back in 100-300 ms and the batch is
 full; on a GPU, where it takes milliseconds, a batch hardly waits at all.
 """
 
