@@ -6,6 +6,7 @@ INSTRUCTEMO_FAULT names it:
 - kill:move-K           SIGKILL right after the K-th staged file is moved into place
 - kill:before-complete  SIGKILL with every file in place, just before the manifest says complete
 - kill:checkpoint-N      SIGKILL once checkpoint-N is whole (its progress file written), as a crash would stop a run
+- kill:checkpoint-N#K    the same, the K-th time a checkpoint-N is whole in this process (tune trains run after run)
 - fsize:N               a file-size limit of N bytes (RLIMIT_FSIZE), as a full disk would refuse writes
 """
 
@@ -28,12 +29,15 @@ def inject(fault: str) -> None:
     from instructemo import monitor, rundir, trainer
 
     if point.startswith("checkpoint-"):
-        step, real_on_save = int(point.split("-")[1]), monitor.RunMonitor.on_save
+        step, _, nth = point.split("-")[1].partition("#")
+        step, remaining, real_on_save = int(step), [int(nth or 1)], monitor.RunMonitor.on_save
 
         def on_save(self, args, state, control, **kwargs):
             real_on_save(self, args, state, control, **kwargs)
             if state.global_step == step:
-                die()
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    die()
 
         monitor.RunMonitor.on_save = on_save
     elif point == "mid-staging":

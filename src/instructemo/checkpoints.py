@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import TrainerCallback
@@ -37,12 +38,16 @@ class BestCheckpoint(TrainerCallback):
         gold: list[tuple[str, ...]],
         space: LabelSpace,
         source: dict | None = None,
+        on_point: Callable[[list[dict]], bool] | None = None,
     ):
         # Greedy answers parsed into labels, exactly as generate-eval gets them (infer.classify).
         self.cfg = dataclasses.replace(cfg, mode="generate", do_sample=False)
         self.tokenizer, self.conversations, self.gold, self.space = tokenizer, conversations, gold, space
         self.metric, self.every_steps = cfg.select_metric, cfg.select_steps
         self.source = source
+        # Called with the history after each new point; True stops training there (tune prunes a trial this way).
+        self.on_point = on_point
+        self.stopped_at: int | None = None
         self.history: list[dict] = []
         self.best: dict | None = None
         self._best_weights: dict[str, torch.Tensor] | None = None
@@ -74,14 +79,21 @@ class BestCheckpoint(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0:
-            self.evaluate(model, state.global_step, state.epoch)
+            self._evaluate_and_ask(model, state, control)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        self.evaluate(model, state.global_step, state.epoch)
+        self._evaluate_and_ask(model, state, control)
 
-    def evaluate(self, model, step: int, epoch: float | None) -> None:
+    def _evaluate_and_ask(self, model, state, control) -> None:
+        if self.evaluate(model, state.global_step, state.epoch) and self.on_point and self.on_point(self.history):
+            log.info("step %d: stopped by the search (the trial is pruned)", state.global_step)
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+
+    def evaluate(self, model, step: int, epoch: float | None) -> bool:
+        """Score the dev rows at `step`; False when that step is already scored."""
         if self.history and self.history[-1]["step"] == step:
-            return
+            return False
         was_training = model.training
         model.eval()
         engine = HFEngine(self.cfg, model, self.tokenizer, progress=False)
@@ -102,6 +114,7 @@ class BestCheckpoint(TrainerCallback):
                 n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
             }
         log.info("step %d: dev %s %.4f%s", step, self.metric, point[self.metric], " (best so far)" if improved else "")
+        return True
 
     def restore_best(self, model, final_step: int) -> dict:
         """Score the final weights too, put the best ones back, and return the selection record."""
@@ -118,4 +131,5 @@ class BestCheckpoint(TrainerCallback):
             "history": self.history,
             "dev_rows": len(self.gold),
             "data": self.source,
+            **({"stopped_early_at": self.stopped_at} if self.stopped_at is not None else {}),
         }

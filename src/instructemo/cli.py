@@ -55,6 +55,16 @@ def _cv(cfg, args):
     run_cv(cfg, args.folds)
 
 
+def _tune(cfg, args):
+    try:
+        import optuna  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("instructemo tune needs optuna: pip install 'instructemo[tune]'") from None
+    from .tune import run_tune
+
+    run_tune(cfg, args.trials)
+
+
 def _classify(cfg, args):
     from .tools import classify_texts, print_classified
 
@@ -140,6 +150,10 @@ VERBS = {
     "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
     "calibrate": (_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
     "cv": (_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
+    "tune": (
+        _tune,
+        "Search hyperparameters with Optuna (the config's tune: section) on the dev split; writes best.yaml.",
+    ),
     "classify": (
         _classify,
         "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities.",
@@ -208,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                 choices=("hf", "vllm-classify"),
                 help="hf: the merged model (default); vllm-classify: a model vLLM serves as a classifier "
                 "(vllm serve DIR --runner pooling --convert classify).",
+            )
+        if name == "tune":
+            sub.add_argument(
+                "--trials",
+                type=int,
+                help="Run until the study has this many finished trials (default: tune.trials, else 20); "
+                "run again with a higher number to extend a study.",
             )
         if name == "cv":
             sub.add_argument("--folds", type=int, default=5, help="Number of folds (default 5).")

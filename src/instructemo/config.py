@@ -242,6 +242,12 @@ class Config:
     temperature: float = _key(1.0, "Sampling temperature (only with do_sample).", minimum=0)
     top_p: float = _key(1.0, "Nucleus sampling mass (only with do_sample).", minimum=0)
     eval_output_dir: str | None = _key(None, "Where generate-eval writes; default: output_dir/eval.")
+    # --- hyperparameter search ---
+    tune: dict | None = _key(
+        None,
+        "instructemo tune: the search space and study settings, e.g. {trials: 20, space: {learning_rate: "
+        "{low: 5e-5, high: 1e-3, log: true}, lora_rank: [4, 8, 16]}}; see `instructemo tune --help`.",
+    )
 
     @property
     def resolved_lora_alpha(self) -> float:
@@ -324,6 +330,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping of key: value lines, not a {type(data).__name__}")
     return data
+
+
+def key_types(key: str) -> tuple[type, ...]:
+    """The types a config key takes (NoneType among them when it may be null)."""
+    return _allowed_types(_HINTS[key])
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:

@@ -187,6 +187,40 @@ def load_split(
     return Split(split, records, space, entry.template, origin, bad, conflicts)
 
 
+def split_location(
+    spec: str, dataset_dir: str | Path, default_split: str, text_column=None, label_column=None, labels=None
+) -> str:
+    """Where a spec's rows live, found without reading them: the file's resolved path, else the hub id and split.
+
+    Two specs with one location are one split, however they are written
+    (`emotion:test`, the test file's path, a relative path).
+    """
+    if _is_path_spec(spec):
+        return str(locate_path(spec, dataset_dir).resolve())
+    entry, split = _entry_for(spec, dataset_dir, text_column, label_column, labels, default_split)
+    path = find_file(entry.splits[split]["file"], dataset_dir)
+    if path is not None:
+        return str(path.resolve())
+    return f"hub:{entry.hub['id']}:{split}" if entry.hub else f"{entry.name}:{split}"
+
+
+def held_out_locations(cfg) -> dict[str, str]:
+    """The held-out test rows a run is finally judged on: location -> the spec that names them.
+
+    The dataset's own test split (a registry dataset with one) and eval_dataset when it is set.
+    """
+    options = spec_options(cfg)
+    found = {}
+    if cfg.eval_dataset:
+        found[split_location(cfg.eval_dataset, cfg.dataset_dir, "test", **options)] = cfg.eval_dataset
+    if not _is_path_spec(cfg.dataset):
+        entry, _ = _entry_for(cfg.dataset, cfg.dataset_dir, **options, default_split="train")
+        if "test" in entry.splits:
+            spec = f"{entry.name}:test"
+            found.setdefault(split_location(spec, cfg.dataset_dir, "test", **options), spec)
+    return found
+
+
 def default_eval_spec(
     train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None
 ) -> str:

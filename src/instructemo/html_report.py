@@ -198,6 +198,11 @@ class PredictionSummary:
         )
 
 
+def render_tune_report(title: str, rows: list[dict], best: dict | None, figures: list, context: dict) -> str:
+    """tune's report.html: the study, the best trial, Optuna's plots and every trial."""
+    return _template("tune.html.j2").render(title=title, rows=rows, best=best, figures=figures, context=context)
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     # autoescape: every text, label and setting shown is escaped, so a tweet holding markup stays text.

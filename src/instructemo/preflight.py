@@ -22,7 +22,7 @@ import jinja2
 import torch
 
 from .config import Config
-from .data import Split, load_run_split
+from .data import Split, load_run_split, run_spec, spec_options, split_location
 from .errors import UserError
 from .fileio import json_text
 from .launch import inside_launcher
@@ -59,6 +59,7 @@ RESUME_NEUTRAL_KEYS = frozenset(
         "do_sample",
         "temperature",
         "top_p",
+        "tune",
     }
 )
 
@@ -76,6 +77,7 @@ class TrainingPlan:
 def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPlan:
     """Everything a user can get wrong, checked before a model loads; `train` replaces cfg.dataset's rows (cv folds)."""
     if train is None:
+        check_splits_apart(cfg)
         train = load_run_split(cfg, "train", max_samples=cfg.max_samples)
     template = load_template(cfg.template, train.template)
     if cfg.stage == "sft":
@@ -91,6 +93,21 @@ def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPl
     if starts_the_run():
         resume_point(cfg, plan.fingerprint, check_only=True)
     return plan
+
+
+def check_splits_apart(cfg: Config) -> None:
+    """The rows that judge the run (eval with do_eval, dev with select_best) are not its training rows."""
+    options = spec_options(cfg)
+    trained_on = split_location(cfg.dataset, cfg.dataset_dir, "train", **options)
+    roles = [("eval_dataset", "eval", "test")] if cfg.do_eval else []
+    roles += [("select_dataset", "dev", "dev")] if cfg.select_best else []
+    for key, role, default_split in roles:
+        spec = run_spec(cfg, role)
+        if split_location(spec, cfg.dataset_dir, default_split, **options) == trained_on:
+            raise UserError(
+                f"{key} {spec} is the training split ({trained_on}): its scores would not be held out; "
+                f"set {key} to a dev or test split, or a file of other rows"
+            )
 
 
 def check_training_args(cfg: Config) -> None:

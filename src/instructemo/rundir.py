@@ -56,6 +56,16 @@ CV_DIR = "cv"
 CV_SUMMARY_FILE = "summary.json"
 CV_SUMMARY_MD_FILE = "summary.md"
 
+# Files of a hyperparameter search (instructemo tune).
+STUDY_FILE = "study.db"
+TUNE_LOCK_FILE = "tune.lock"
+TRIALS_DIR = "trials"
+TRIALS_CSV_FILE = "trials.csv"
+TRIALS_MD_FILE = "trials.md"
+BEST_CONFIG_FILE = "best.yaml"
+HISTORY_PLOT_FILE = "optimization_history.png"
+IMPORTANCE_PLOT_FILE = "param_importances.png"
+
 COMPARE_MD_FILE = "compare.md"
 COMPARE_JSON_FILE = "compare.json"
 COMPARE_PLOT_FILE = "per_class_f1.png"
@@ -68,7 +78,13 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 STAGING_DIR = ".instructemo-staging"
 COMPLETE, INCOMPLETE = "complete", "incomplete"
-KINDS = {"train": "training run", "eval": "evaluation", "cv": "cross-validation", "compare": "comparison"}
+KINDS = {
+    "train": "training run",
+    "eval": "evaluation",
+    "cv": "cross-validation",
+    "compare": "comparison",
+    "tune": "hyperparameter search",
+}
 
 
 def skipped_rows_text(skipped) -> str:

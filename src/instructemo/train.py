@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 from .balance import balanced_examples
 from .checkpoints import BestCheckpoint
@@ -26,10 +27,11 @@ from .trainer import build_sft_trainer, save_run, train_until_done
 log = logging.getLogger(__name__)
 
 
-def run_sft(cfg: Config, train: Split | None = None) -> Path:
+def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[list[dict]], bool] | None = None) -> Path:
     """Train an adapter (or a full model) into cfg.output_dir and return that directory.
 
     `train` replaces cfg.dataset's rows (cross-validation passes its folds this way).
+    `on_selection(history)` is called after each select_best evaluation; True stops training there.
     With `stage: cls` the same verb trains a classification head instead (dense.py).
     """
     if cfg.stage == "cls":
@@ -84,6 +86,7 @@ def run_sft(cfg: Config, train: Split | None = None) -> Path:
             [r.labels for r in select.records],
             train.label_space,
             source=split_source(select),
+            on_point=on_selection,
         )
         if checkpoint is not None:
             selector.resume_from(checkpoint)
