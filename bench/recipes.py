@@ -1,0 +1,270 @@
+"""Recipes measured against the field's numbers: train on this CPU, judge once on the held-out test split.
+
+Each recipe is one `instructemo sft` and one `instructemo generate-eval`, run as
+a user runs them (their own processes), with the exact commands recorded. The
+result file keeps every recipe ever measured, not only the winner: running a
+subset (--only) replaces those entries and leaves the others, each with the
+commit and machine it was measured on.
+
+    python bench/recipes.py --only minilm-cls-16k-3ep,smollm2-cls-16k
+    python bench/recipes.py --group curve      # the learning curve on emotion
+
+Writes bench/results/recipes.json, recipes.md (the tables) and
+learning_curve_emotion.png.
+
+Field numbers on the dair-ai emotion test split: RoBERTa-base 0.931 accuracy,
+DistilBERT 0.927, Llama-3-8B + LoRA 0.926 (the notebook this project grew from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from result_file import machine, project_relative, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "recipes.json"
+TABLE = ROOT / "bench" / "results" / "recipes.md"
+CURVE_PLOT = ROOT / "bench" / "results" / "learning_curve_emotion.png"
+SAVES = "saves/bench-recipes"
+FIELD = {"RoBERTa-base": 0.931, "DistilBERT": 0.927, "Llama-3-8B + LoRA": 0.926}
+CURVE_ROWS = (500, 1000, 2000, 4000, 8000, 16000)
+
+
+@dataclass
+class Recipe:
+    name: str
+    dataset: str
+    model: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+    eval_overrides: list[str] = field(default_factory=list)
+    group: str = "recipes"
+    rows: int | None = None  # training rows (None: the whole split)
+    epochs: float = 1.0
+    note: str = ""
+
+    @property
+    def output_dir(self) -> str:
+        return f"{SAVES}/{self.name}"
+
+    @property
+    def mode(self) -> str:
+        stage = "cls" if "stage: cls" in (ROOT / self.config).read_text() else "sft"
+        modes = [o.split("=", 1)[1] for o in self.eval_overrides if o.startswith("mode=")]
+        return f"{stage} / {modes[0] if modes else ('head' if stage == 'cls' else 'generate')}"
+
+    def sft_command(self) -> list[str]:
+        rows = f"max_samples={self.rows}" if self.rows else "max_samples=null"
+        return [
+            "instructemo",
+            "sft",
+            self.config,
+            f"output_dir={self.output_dir}",
+            rows,
+            f"num_train_epochs={self.epochs:g}",
+            *self.overrides,
+            "overwrite_output_dir=true",
+        ]
+
+    def eval_command(self) -> list[str]:
+        rows = f"max_samples={self.rows}" if self.rows else "max_samples=null"
+        return [
+            "instructemo",
+            "generate-eval",
+            self.config,
+            f"output_dir={self.output_dir}",
+            rows,
+            f"num_train_epochs={self.epochs:g}",
+            *self.overrides,
+            *self.eval_overrides,
+        ]
+
+
+MINILM = ("all-MiniLM-L6 (22M), full fine-tuning", "examples/minilm_cls_emotion.yaml")
+SMOLLM2_CLS = ("SmolLM2-135M-Instruct, LoRA r16 + score head", "examples/smollm2_cls_emotion.yaml")
+SMOLLM2 = ("SmolLM2-135M-Instruct, LoRA r16 (generative)", "examples/smollm2_emotion.yaml")
+
+
+def recipes() -> list[Recipe]:
+    found = [
+        Recipe("minilm-cls-16k-3ep", "emotion", *MINILM, epochs=3),
+        Recipe("minilm-cls-16k-5ep-lr2e-4", "emotion", *MINILM, overrides=["learning_rate=2e-4"], epochs=5),
+        Recipe("smollm2-cls-16k", "emotion", *SMOLLM2_CLS),
+        Recipe("smollm2-sft-16k", "emotion", *SMOLLM2, eval_overrides=["mode=score"]),
+    ]
+    for rows in CURVE_ROWS[:-1]:
+        found.append(Recipe(f"curve-minilm-{rows}", "emotion", *MINILM, group="curve", rows=rows, epochs=3))
+    for rows in CURVE_ROWS[:3]:
+        found.append(
+            Recipe(
+                f"curve-smollm2-{rows}", "emotion", *SMOLLM2, eval_overrides=["mode=score"], group="curve", rows=rows
+            )
+        )
+    return found
+
+
+def run(command: list[str]) -> float:
+    exe = str(Path(sys.executable).with_name("instructemo"))
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run([exe, *command[1:]], cwd=ROOT, check=True)
+    return round(time.perf_counter() - started, 1)
+
+
+def git_commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def measure(recipe: Recipe) -> dict:
+    out = ROOT / recipe.output_dir
+    shutil.rmtree(out, ignore_errors=True)
+    wall = {"sft": run(recipe.sft_command()), "generate_eval": run(recipe.eval_command())}
+    train = json.loads((out / "train_results.json").read_text())
+    evaluation = json.loads((out / "eval" / "metrics.json").read_text())
+    metrics = evaluation["metrics"]
+    return {
+        "name": recipe.name,
+        "group": recipe.group,
+        "dataset": recipe.dataset,
+        "eval_split": evaluation["eval_dataset"],
+        "model": recipe.model,
+        "stage_mode": recipe.mode,
+        "train_rows": train["train_rows"],
+        "epochs": recipe.epochs,
+        "accuracy": round(metrics["accuracy"], 4) if "accuracy" in metrics else None,
+        "macro_f1": round(metrics["macro_f1"], 4),
+        "jaccard": round(metrics["jaccard"], 4) if "jaccard" in metrics else None,
+        "invalid_rate": metrics["invalid_rate"],
+        "per_class_f1": {n: round(v["f1"], 4) for n, v in metrics["per_class"].items()},
+        "train_minutes": round(train["train_seconds"] / 60, 1),
+        "predict_examples_per_second": evaluation["examples_per_second"],
+        "wall_seconds": wall,
+        "commands": [" ".join(recipe.sft_command()), " ".join(recipe.eval_command())],
+        "note": recipe.note,
+        "commit": git_commit(),
+        "machine": machine(),
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def table(entries: list[dict]) -> str:
+    columns = ["dataset", "model", "stage_mode", "train_rows", "epochs", "accuracy", "macro_f1", "jaccard"]
+    columns += ["train_minutes", "predict_examples_per_second"]
+    lines = [
+        "| recipe | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for e in entries:
+        cells = [
+            "" if e.get(c) is None else (f"{e[c]:.4f}" if c in ("accuracy", "macro_f1", "jaccard") else str(e[c]))
+            for c in columns
+        ]
+        lines.append(f"| {e['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    entries = list(result["recipes"].values())
+    field_line = ", ".join(f"{k} {v}" for k, v in FIELD.items())
+    parts = [
+        "# Recipes on this CPU, judged once on each dataset's held-out split",
+        "",
+        f"Field numbers on the dair-ai emotion test split (accuracy): {field_line}.",
+        "",
+        "## Recipes",
+        "",
+        table([e for e in entries if e["group"] == "recipes"]),
+        "",
+        "## Learning curve on emotion (test split, 2000 rows)",
+        "",
+        table(sorted((e for e in entries if e["group"] == "curve" or e["name"] in CURVE_ENDS), key=_curve_key)),
+        "",
+        "Every command is in recipes.json, with the commit and machine each was measured on.",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# The 16k ends of the curve are recipes of their own.
+CURVE_ENDS = {"minilm-cls-16k-3ep": "MiniLM (dense)", "smollm2-sft-16k": "SmolLM2 (generative)"}
+
+
+def _curve_key(entry: dict) -> tuple:
+    return (entry["model"], entry["train_rows"])
+
+
+def curve_plot(result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for e in result["recipes"].values():
+        if e["dataset"] != "emotion" or not (e["group"] == "curve" or e["name"] in CURVE_ENDS):
+            continue
+        label = "MiniLM cls (dense, 3 epochs)" if "MiniLM" in e["model"] else "SmolLM2 sft (generative, 1 epoch)"
+        series.setdefault(label, []).append((e["train_rows"], e["accuracy"], e["macro_f1"]))
+    if not series:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for label, points in series.items():
+        points.sort()
+        rows = [p[0] for p in points]
+        for ax, k in zip(axes, (1, 2)):
+            ax.plot(rows, [p[k] for p in points], marker="o", label=label)
+    for ax, title in zip(axes, ("accuracy", "macro-F1")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training rows")
+        ax.set_title(f"dair-ai emotion test {title}")
+        ax.grid(alpha=0.3)
+    axes[0].axhline(FIELD["RoBERTa-base"], color="grey", linestyle="--", label="RoBERTa-base 0.931")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(CURVE_PLOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="Comma-separated recipe names.")
+    parser.add_argument("--group", choices=("recipes", "curve", "all"), default="recipes")
+    parser.add_argument("--list", action="store_true", help="List the recipes and their commands.")
+    args = parser.parse_args()
+    chosen = recipes()
+    if args.only:
+        names = args.only.split(",")
+        unknown = set(names) - {r.name for r in chosen}
+        if unknown:
+            raise SystemExit(f"unknown recipe(s) {sorted(unknown)}; see --list")
+        chosen = [r for r in chosen if r.name in names]
+    elif args.group != "all":
+        chosen = [r for r in chosen if r.group == args.group]
+    if args.list:
+        for r in chosen:
+            print(r.name, "|", " ".join(r.sft_command()), "|", " ".join(r.eval_command()))
+        return
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"recipes": {}}
+    result["benchmark"] = __doc__.split("\n\n")[0]
+    result["field"] = FIELD
+    for recipe in chosen:
+        entry = measure(recipe)
+        entry["bench_command"] = "python bench/recipes.py " + (f"--only {recipe.name}")
+        result["recipes"][recipe.name] = entry
+        result["table_markdown"] = markdown(result)
+        write_result(RESULTS, result)  # after each recipe: a long run keeps what it measured
+        TABLE.write_text(project_relative(result["table_markdown"]))
+        curve_plot(result)
+        print(json.dumps({k: entry[k] for k in ("name", "accuracy", "macro_f1", "train_minutes")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
