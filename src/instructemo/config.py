@@ -236,6 +236,23 @@ class Config:
         "or through a LoRARequest (false).",
         choices=("auto",),
     )
+    few_shot: int = _key(
+        0,
+        "In-context examples per label, drawn from the training split and shown as earlier turns of the "
+        "conversation before each text (an instruct model without training); 0: zero-shot.",
+        minimum=0,
+    )
+    few_shot_selection: str = _key(
+        "random",
+        "How the few_shot examples are chosen: random (the same ones for every text, drawn with seed) or "
+        "similar (for each text, the most similar training texts of each label by few_shot_retriever's "
+        "embeddings; a training text equal to the text itself is never shown).",
+        choices=("random", "similar"),
+    )
+    few_shot_retriever: str = _key(
+        "all-minilm-l6-v2",
+        "Sentence encoder for few_shot_selection: similar (mean-pooled, cosine): an alias, HF directory or hub id.",
+    )
     per_device_eval_batch_size: int = _key(16, "Prompts generated per batch.", minimum=1)
     max_new_tokens: int = _key(16, "Tokens generated per answer at most.", minimum=1)
     do_sample: bool = _key(False, "Sample instead of greedy decoding (greedy is the honest default).")

@@ -6,7 +6,8 @@ import logging
 import time
 
 from .config import Config
-from .data import Split, load_run_split, run_spec, split_source
+from .data import Split, load_run_split, run_spec, spec_options, split_location, split_source
+from .errors import UserError
 from .fileio import read_json, read_jsonl
 from .infer.classifier import Classifier
 from .metrics import score
@@ -29,12 +30,26 @@ def tuning_uses(classifier: Classifier, split: Split) -> list[str]:
     return uses
 
 
+def check_shots_held_apart(cfg: Config, eval_spec: str) -> None:
+    """few_shot examples come from the training split: it may not be the split being judged."""
+    options = spec_options(cfg)
+    if split_location(eval_spec, cfg.dataset_dir, "test", **options) == split_location(
+        cfg.dataset, cfg.dataset_dir, "train", **options
+    ):
+        raise UserError(
+            f"few_shot draws its examples from dataset {cfg.dataset}, the split being evaluated ({eval_spec}); "
+            "evaluate on a test split, or set dataset to the rows the examples may come from"
+        )
+
+
 def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report."""
     classifier = Classifier(cfg)
     space = classifier.space
     if split is None:
         eval_spec = run_spec(cfg, "eval")
+        if classifier.shot_pool is not None:
+            check_shots_held_apart(cfg, eval_spec)
         split = load_run_split(cfg, "eval", label_space=space, max_samples=cfg.max_eval_samples)
     else:
         eval_spec = split.name
@@ -85,6 +100,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "mode": classifier.mode,
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
         "thresholds": classifier.threshold_record(),
+        "prompting": classifier.prompting_record(),
         "answers_cut_at_max_new_tokens": result.unfinished if result.answers is not None else None,
         "inference_seconds": round(seconds, 1),
         "examples_per_second": round(len(rows) / seconds, 2),

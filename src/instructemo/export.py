@@ -53,6 +53,11 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
         )
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if cfg.few_shot and fmt == "vllm-classify":
+        raise UserError(
+            "--format vllm-classify bakes a zero-shot prompt into the chat template; few_shot examples do not "
+            "fit in it: export with few_shot: 0"
+        )
     adapter = find_adapter(cfg)
     if adapter is None:
         raise UserError(

@@ -76,6 +76,11 @@ class TrainingPlan:
 
 def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPlan:
     """Everything a user can get wrong, checked before a model loads; `train` replaces cfg.dataset's rows (cv folds)."""
+    if cfg.few_shot:
+        raise UserError(
+            "few_shot is for prompting a model without training (generate-eval, predict, serve); "
+            "remove it to train (sft learns from the rows themselves)"
+        )
     if train is None:
         check_splits_apart(cfg)
         train = load_run_split(cfg, "train", max_samples=cfg.max_samples)

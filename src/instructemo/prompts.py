@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
@@ -80,19 +81,23 @@ class PromptBuilder:
             )
         self.truncated = 0
 
-    def fit(self, text: str) -> str:
+    def fit(self, text: str, count: bool = True) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.text_budget:
             return text
-        self.truncated += 1
+        self.truncated += count
         return self.tokenizer.decode(ids[: self.text_budget])
 
     def messages(self, text: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": render_user_turn(self.template, text, self.label_space)}]
 
-    def prompt(self, text: str) -> list[dict[str, str]]:
-        """The user turn for a text, cut to fit."""
-        return self.messages(self.fit(text))
+    def prompt(self, text: str, shots: Sequence[Record] = ()) -> list[dict[str, str]]:
+        """The user turn for a text, cut to fit; after `shots`, each an earlier question and its answer."""
+        turns = []
+        for shot in shots:  # each shot's text is cut like the text itself
+            turns += self.messages(self.fit(shot.text, count=False))
+            turns.append({"role": "assistant", "content": self.label_space.answer(shot.labels)})
+        return turns + self.messages(self.fit(text))
 
     def training_example(self, record: Record) -> dict:
         """A conversational prompt/completion pair, the form trl trains on with completion-only loss."""

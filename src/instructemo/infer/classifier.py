@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..data import resolve_label_space, spec_options
+from ..data import Split, load_run_split, resolve_label_space, spec_options, split_source
 from ..errors import UserError
 from ..fileio import read_json
 from ..labels import LabelSpace
 from ..models import resolve_model_path, use_bf16
 from ..prompts import PromptBuilder, load_template, render_user_turn
 from ..rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, RunDir, saved_model_kind, saved_stage
+from ..shots import ShotPicker
 from . import classify, classify_dense, load_engine, threshold_rule
 from .dense import DenseEngine
 
@@ -86,6 +87,32 @@ class Classifier:
         self.stage = saved_stage(self.adapter, cfg.stage)
         if self.stage == "sft":
             render_user_turn(self.template, "a text", self.space)  # a template error surfaces before the model loads
+        self.shot_pool = self._shot_pool()
+        self.shots: ShotPicker | None = None
+
+    def _shot_pool(self) -> Split | None:
+        """The training rows few_shot examples come from, read (and checked) before any model loads."""
+        if self.cfg.few_shot == 0:
+            return None
+        if self.stage == "cls":
+            raise UserError("few_shot shows examples in a prompt; a classification head (stage: cls) reads no prompt")
+        if self.adapter is not None:
+            log.warning(
+                "few_shot with a trained adapter: it learned zero-shot prompts, and now sees %d example(s) per label",
+                self.cfg.few_shot,
+            )
+        return load_run_split(self.cfg, "train", label_space=self.space, max_samples=self.cfg.max_samples)
+
+    def prompting_record(self) -> dict | None:
+        """For metrics.json: the few-shot examples' count, choice and source (None when zero-shot)."""
+        if self.shot_pool is None:
+            return None
+        return {
+            "few_shot": self.cfg.few_shot,
+            "selection": self.cfg.few_shot_selection,
+            "retriever": self.cfg.few_shot_retriever if self.cfg.few_shot_selection == "similar" else None,
+            "shots_from": split_source(self.shot_pool),
+        }
 
     def threshold_record(self) -> dict | None:
         """For metrics.json: the multi-label thresholds used and where they came from (None where none apply)."""
@@ -109,10 +136,22 @@ class Classifier:
                 log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
             self.engine = load_engine(self.cfg, base, self.adapter, self.bf16)
             self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
+            if self.shot_pool is not None:
+                cfg = self.cfg
+                self.shots = ShotPicker(
+                    self.shot_pool.records,
+                    self.space,
+                    cfg.few_shot,
+                    cfg.few_shot_selection,
+                    cfg.seed,
+                    cfg.few_shot_retriever,
+                )
         self.engine.progress = progress
         return self
 
     def classify(self, texts: list[str]):
         if self.stage == "cls":
             return classify_dense(self.cfg, self.engine, texts, self.space, self.thresholds)
-        return classify(self.cfg, self.engine, [self.prompts.prompt(t) for t in texts], self.space, self.thresholds)
+        shots = self.shots.for_texts(texts) if self.shots is not None else [()] * len(texts)
+        conversations = [self.prompts.prompt(t, s) for t, s in zip(texts, shots)]
+        return classify(self.cfg, self.engine, conversations, self.space, self.thresholds)
