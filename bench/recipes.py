@@ -50,6 +50,7 @@ class Recipe:
     rows: int | None = None  # training rows (None: the whole split)
     epochs: float = 1.0
     note: str = ""
+    train: bool = True  # False: the base instruct model, prompted (zero- or few-shot)
 
     @property
     def output_dir(self) -> str:
@@ -58,8 +59,14 @@ class Recipe:
     @property
     def mode(self) -> str:
         stage = "cls" if "stage: cls" in (ROOT / self.config).read_text() else "sft"
-        modes = [o.split("=", 1)[1] for o in self.eval_overrides if o.startswith("mode=")]
-        return f"{stage} / {modes[0] if modes else ('head' if stage == 'cls' else 'generate')}"
+        if not self.train:
+            stage = "prompted"
+        settings = dict(o.split("=", 1) for o in [*self.overrides, *self.eval_overrides])
+        mode = settings.get("mode", "head" if stage == "cls" else "generate")
+        shots = int(settings.get("few_shot", 0))
+        if not self.train:
+            mode += f", {shots}-shot" + (f" {settings.get('few_shot_selection', 'random')}" if shots else "")
+        return f"{stage} / {mode}"
 
     def sft_command(self) -> list[str]:
         rows = f"max_samples={self.rows}" if self.rows else "max_samples=null"
@@ -76,16 +83,19 @@ class Recipe:
 
     def eval_command(self) -> list[str]:
         rows = f"max_samples={self.rows}" if self.rows else "max_samples=null"
+        trained = [rows, f"num_train_epochs={self.epochs:g}"] if self.train else ["max_samples=null"]
         return [
             "instructemo",
             "generate-eval",
             self.config,
             f"output_dir={self.output_dir}",
-            rows,
-            f"num_train_epochs={self.epochs:g}",
+            *trained,
             *self.overrides,
             *self.eval_overrides,
         ]
+
+    def commands(self) -> list[list[str]]:
+        return [self.sft_command(), self.eval_command()] if self.train else [self.eval_command()]
 
 
 MINILM = ("all-MiniLM-L6 (22M), full fine-tuning", "examples/minilm_cls_emotion.yaml")
@@ -100,6 +110,30 @@ def recipes() -> list[Recipe]:
         Recipe("smollm2-cls-16k", "emotion", *SMOLLM2_CLS),
         Recipe("smollm2-sft-16k", "emotion", *SMOLLM2, eval_overrides=["mode=score"]),
     ]
+    # The embedded instruct model without training, on the first 500 emotion test rows and the 200 IMDB test reviews.
+    emotion = ["max_eval_samples=500", "mode=score"]
+    imdb = ["dataset=imdb", "eval_dataset=imdb:test", "cutoff_len=1024", "mode=score", "per_device_eval_batch_size=8"]
+    for name, prompting in (
+        ("0shot", []),
+        ("1shot-random", ["few_shot=1"]),
+        ("4shot-random", ["few_shot=4"]),
+        ("1shot-similar", ["few_shot=1", "few_shot_selection=similar"]),
+    ):
+        for dataset, settings in (("emotion", emotion), ("imdb", imdb)):
+            if dataset == "imdb" and name == "4shot-random":
+                continue  # eight reviews of ~250 words before each one: past what this CPU does in minutes
+            found.append(
+                Recipe(
+                    f"prompted-{dataset}-{name}",
+                    dataset,
+                    "SmolLM2-135M-Instruct, no training",
+                    SMOLLM2[1],
+                    eval_overrides=[*settings, *prompting],
+                    group="prompting",
+                    train=False,
+                    epochs=0,
+                )
+            )
     for rows in CURVE_ROWS[:-1]:
         found.append(Recipe(f"curve-minilm-{rows}", "emotion", *MINILM, group="curve", rows=rows, epochs=3))
     for rows in CURVE_ROWS[:3]:
@@ -128,8 +162,11 @@ def git_commit() -> str:
 def measure(recipe: Recipe) -> dict:
     out = ROOT / recipe.output_dir
     shutil.rmtree(out, ignore_errors=True)
-    wall = {"sft": run(recipe.sft_command()), "generate_eval": run(recipe.eval_command())}
-    train = json.loads((out / "train_results.json").read_text())
+    wall = {"sft": run(recipe.sft_command())} if recipe.train else {}
+    wall["generate_eval"] = run(recipe.eval_command())  # a prompted recipe: the base model, output_dir holds no run
+    train = (
+        json.loads((out / "train_results.json").read_text()) if recipe.train else {"train_rows": 0, "train_seconds": 0}
+    )
     evaluation = json.loads((out / "eval" / "metrics.json").read_text())
     metrics = evaluation["metrics"]
     return {
@@ -149,7 +186,8 @@ def measure(recipe: Recipe) -> dict:
         "train_minutes": round(train["train_seconds"] / 60, 1),
         "predict_examples_per_second": evaluation["examples_per_second"],
         "wall_seconds": wall,
-        "commands": [" ".join(recipe.sft_command()), " ".join(recipe.eval_command())],
+        "eval_rows": metrics["n"],
+        "commands": [" ".join(c) for c in recipe.commands()],
         "note": recipe.note,
         "commit": git_commit(),
         "machine": machine(),
@@ -158,7 +196,7 @@ def measure(recipe: Recipe) -> dict:
 
 
 def table(entries: list[dict]) -> str:
-    columns = ["dataset", "model", "stage_mode", "train_rows", "epochs", "accuracy", "macro_f1", "jaccard"]
+    columns = ["dataset", "model", "stage_mode", "train_rows", "epochs", "eval_rows", "accuracy", "macro_f1", "jaccard"]
     columns += ["train_minutes", "predict_examples_per_second"]
     lines = [
         "| recipe | " + " | ".join(columns) + " |",
@@ -184,6 +222,10 @@ def markdown(result: dict) -> str:
         "## Recipes",
         "",
         table([e for e in entries if e["group"] == "recipes"]),
+        "",
+        "## Prompting the instruct model without training (zero- and few-shot; emotion: first 500 test rows)",
+        "",
+        table([e for e in entries if e["group"] == "prompting"]),
         "",
         "## Learning curve on emotion (test split, 2000 rows)",
         "",
@@ -236,7 +278,7 @@ def curve_plot(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="Comma-separated recipe names.")
-    parser.add_argument("--group", choices=("recipes", "curve", "all"), default="recipes")
+    parser.add_argument("--group", choices=("recipes", "curve", "prompting", "all"), default="recipes")
     parser.add_argument("--list", action="store_true", help="List the recipes and their commands.")
     args = parser.parse_args()
     chosen = recipes()
@@ -250,7 +292,7 @@ def main() -> None:
         chosen = [r for r in chosen if r.group == args.group]
     if args.list:
         for r in chosen:
-            print(r.name, "|", " ".join(r.sft_command()), "|", " ".join(r.eval_command()))
+            print(r.name, "|", " | ".join(" ".join(c) for c in r.commands()))
         return
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"recipes": {}}
     result["benchmark"] = __doc__.split("\n\n")[0]
