@@ -107,10 +107,8 @@ def test_two_process_training_on_cpu(tmp_path, tiny_llama, emotion_dir):
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None, reason="deepspeed not installed")
-@pytest.mark.parametrize("processes", [1, 2])
-def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir, processes):
-    """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2; the adapter evaluates. One process runs under torchrun
-    too: DeepSpeed alone would look for MPI (mpi4py) to set up its process group."""
+def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir):
+    """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2 in two processes; the adapter evaluates."""
     config = tiny_config(
         tmp_path,
         tiny_llama,
@@ -119,7 +117,21 @@ def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir, processes):
         do_eval=True,
         deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json"),
     )
-    assert run_cli("sft", config, *(["--nproc", processes] if processes > 1 else [])) == 0
+    assert run_cli("sft", config, "--nproc", 2) == 0
     run = tmp_path / "run"
-    assert json.loads((run / "train_results.json").read_text())["processes"] == processes
+    assert json.loads((run / "train_results.json").read_text())["processes"] == 2
     assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6
+
+
+def test_deepspeed_in_one_process_still_runs_under_torchrun(tmp_path, tiny_llama, emotion_dir, monkeypatch):
+    """DeepSpeed alone would look for MPI (mpi4py) to set up its process group: one process is launched by
+    torchrun too. (Its run is the two-process test's path with --nproc_per_node=1.)"""
+    from instructemo import launch
+
+    launched = []
+    monkeypatch.setattr(launch, "relaunch", lambda *args: launched.append(args))
+    config = tiny_config(
+        tmp_path, tiny_llama, emotion_dir, deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json")
+    )
+    assert run_cli("sft", config, "lora_rank=8") == 0
+    assert launched == [(1, config, ["lora_rank=8"])]
