@@ -9,6 +9,7 @@ from test_end_to_end import run_cli, tiny_config
 
 from instructemo.config import load_config
 from instructemo.launch import torchrun_command
+from instructemo.tune import tune_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,8 @@ def test_every_example_config_is_valid():
         cfg = load_config(str(path), [])
         if cfg.deepspeed:
             assert (ROOT / cfg.deepspeed).is_file(), path
+        if cfg.tune:
+            assert tune_settings(cfg).space, path  # the search space is valid too
     assert load_config(str(ROOT / "examples/llama3.yaml"), []).flash_attn == "fa2"
     assert load_config(str(ROOT / "examples/mistral_qlora.yaml"), []).finetuning_type == "qlora"
 
