@@ -119,6 +119,17 @@ def test_a_killed_tune_resumes_its_interrupted_trial(tmp_path, tiny_llama, emoti
     assert len(table(out)) == 3
 
 
+def test_a_classification_head_trial_is_scored_on_the_dev_rows(tmp_path, tiny_llama, emotion_dir):
+    space = {"space": {"stage": ["cls"]}, "pruner": "none"}
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, max_steps=2)
+    assert run_cli("tune", config, "--trials", "1") == 0
+    trial = tmp_path / "run" / "trials" / "trial-000"
+    dev = json.loads((trial / "dev_eval" / "metrics.json").read_text())
+    assert dev["eval_dataset"] == "emotion:validation" and dev["mode"] == "cls"
+    assert float(table(tmp_path / "run")[0]["dev_macro_f1"]) == pytest.approx(dev["metrics"]["macro_f1"], abs=1e-4)
+    assert load_config(tmp_path / "run" / "best.yaml").stage == "cls"
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -444,7 +444,7 @@ def _train_and_score(trial_cfg: Config, on_selection) -> tuple[float, list[dict]
             eval_output_dir=str(eval_dir),
         )
         run_generate_eval(dev_cfg)
-    return read_json(eval_dir / METRICS_FILE)[metric], [], None
+    return read_json(eval_dir / METRICS_FILE)["metrics"][metric], [], None
 
 
 # --- what tune writes ---------------------------------------------------------------
