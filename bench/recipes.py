@@ -98,6 +98,7 @@ class Recipe:
         return [self.sft_command(), self.eval_command()] if self.train else [self.eval_command()]
 
 
+IMDB = ["dataset=imdb", "eval_dataset=imdb:test"]
 MINILM = ("all-MiniLM-L6 (22M), full fine-tuning", "examples/minilm_cls_emotion.yaml")
 SMOLLM2_CLS = ("SmolLM2-135M-Instruct, LoRA r16 + score head", "examples/smollm2_cls_emotion.yaml")
 SMOLLM2 = ("SmolLM2-135M-Instruct, LoRA r16 (generative)", "examples/smollm2_emotion.yaml")
@@ -109,6 +110,11 @@ def recipes() -> list[Recipe]:
         Recipe("minilm-cls-16k-5ep-lr2e-4", "emotion", *MINILM, overrides=["learning_rate=2e-4"], epochs=5),
         Recipe("smollm2-cls-16k", "emotion", *SMOLLM2_CLS),
         Recipe("smollm2-sft-16k", "emotion", *SMOLLM2, eval_overrides=["mode=score"]),
+        # IMDB: fast.ai's 1000-review sample, 800 train and 200 test reviews (about 250 words each).
+        Recipe("imdb-minilm-cls-3ep", "imdb", *MINILM, overrides=IMDB, epochs=3),
+        Recipe(
+            "imdb-smollm2-sft", "imdb", *SMOLLM2, overrides=[*IMDB, "cutoff_len=512"], eval_overrides=["mode=score"]
+        ),
     ]
     # The embedded instruct model without training, on the first 500 emotion test rows and the 200 IMDB test reviews.
     emotion = ["max_eval_samples=500", "mode=score"]

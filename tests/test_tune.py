@@ -86,6 +86,20 @@ def test_tune_prunes_below_the_median_and_never_reads_the_test_split(tmp_path, t
     assert read and not any(path.endswith("test.txt") for path in read)  # train and dev only
 
 
+def test_a_study_is_continued_only_with_its_own_settings(tmp_path, tiny_llama, emotion_dir, capsys):
+    space = {"space": {"learning_rate": [5e-2, 2e-2]}, "pruner": "none"}
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, max_steps=2)
+    assert run_cli("tune", config, "--trials", "1") == 0
+    capsys.readouterr()
+    changed = "tune={space: {learning_rate: [0.05, 0.01]}, pruner: none}"
+    assert run_cli("tune", config, changed, "--trials", "2") == 2
+    err = capsys.readouterr().err
+    assert "was run with other settings (tune.space.learning_rate [0.05, 0.02] -> [0.05, 0.01])" in err
+    assert run_cli("tune", config, "lora_rank=8", "--trials", "2") == 2
+    assert "lora_rank 4 -> 8" in capsys.readouterr().err
+    assert len(table(tmp_path / "run")) == 1  # nothing ran
+
+
 def test_a_killed_tune_resumes_its_interrupted_trial(tmp_path, tiny_llama, emotion_dir):
     space = {"space": {"lora_rank": [4, 8]}, "enqueue": [{"lora_rank": 4}, {"lora_rank": 8}], "pruner": "none"}
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, **TRIAL)
