@@ -36,7 +36,9 @@ def table(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_tune_prunes_below_the_median_and_never_reads_the_test_split(tmp_path, tiny_llama, emotion_dir, monkeypatch):
+def test_tune_prunes_below_the_median_and_never_reads_the_test_split(
+    tmp_path, tiny_llama, emotion_dir, monkeypatch, capsys
+):
     import optuna
 
     read = []
@@ -58,6 +60,16 @@ def test_tune_prunes_below_the_median_and_never_reads_the_test_split(tmp_path, t
     report = (out / "report.html").read_text()
     assert "Optimisation history" in report and "data:image/png;base64," in report
     assert json.loads((out / "instructemo_run.json").read_text())["state"] == "complete"
+    # the study goes on only with its own settings: another search space or recipe is refused, with the change
+    capsys.readouterr()
+    changed = "tune={space: {learning_rate: [0.05, 0.01]}, enqueue: [{learning_rate: 0.05}], startup_trials: 1}"
+    assert run_cli("tune", config, changed, "--trials", "2") == 2
+    assert (
+        "was run with other settings (tune.space.learning_rate [0.05, 0.02] -> [0.05, 0.01]" in capsys.readouterr().err
+    )
+    assert run_cli("tune", config, "lora_rank=8", "--trials", "2") == 2
+    assert "lora_rank 4 -> 8" in capsys.readouterr().err
+    assert len(table(out)) == 1  # nothing ran
 
     # An earlier trial that scored 0.95 at every step: the next trial, the same as trial 0, falls below the median
     # of (trial 0, 0.95) at its first evaluation, and its training stops there.
@@ -84,20 +96,6 @@ def test_tune_prunes_below_the_median_and_never_reads_the_test_split(tmp_path, t
     assert (out / "param_importances.png").is_file()  # two finished trials that differ
 
     assert read and not any(path.endswith("test.txt") for path in read)  # train and dev only
-
-
-def test_a_study_is_continued_only_with_its_own_settings(tmp_path, tiny_llama, emotion_dir, capsys):
-    space = {"space": {"learning_rate": [5e-2, 2e-2]}, "pruner": "none"}
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, max_steps=2)
-    assert run_cli("tune", config, "--trials", "1") == 0
-    capsys.readouterr()
-    changed = "tune={space: {learning_rate: [0.05, 0.01]}, pruner: none}"
-    assert run_cli("tune", config, changed, "--trials", "2") == 2
-    err = capsys.readouterr().err
-    assert "was run with other settings (tune.space.learning_rate [0.05, 0.02] -> [0.05, 0.01])" in err
-    assert run_cli("tune", config, "lora_rank=8", "--trials", "2") == 2
-    assert "lora_rank 4 -> 8" in capsys.readouterr().err
-    assert len(table(tmp_path / "run")) == 1  # nothing ran
 
 
 def test_a_killed_tune_resumes_its_interrupted_trial(tmp_path, tiny_llama, emotion_dir):
