@@ -167,6 +167,7 @@ def git_commit() -> str:
 
 def measure(recipe: Recipe) -> dict:
     out = ROOT / recipe.output_dir
+    commit = git_commit()  # the code measured: taken before the run, whatever is committed during it
     shutil.rmtree(out, ignore_errors=True)
     wall = {"sft": run(recipe.sft_command())} if recipe.train else {}
     wall["generate_eval"] = run(recipe.eval_command())  # a prompted recipe: the base model, output_dir holds no run
@@ -195,7 +196,7 @@ def measure(recipe: Recipe) -> dict:
         "eval_rows": metrics["n"],
         "commands": [" ".join(c) for c in recipe.commands()],
         "note": recipe.note,
-        "commit": git_commit(),
+        "commit": commit,
         "machine": machine(),
         "measured": time.strftime("%Y-%m-%d %H:%M"),
     }
