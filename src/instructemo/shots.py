@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EMBED_BATCH = 64
 EMBED_MAX_TOKENS = 256
+QUERY_CHUNK = 256
 
 
 def _key(text: str) -> str:
@@ -67,8 +68,12 @@ class ShotPicker:
         """The shots to show before each text."""
         if self._fixed is not None:
             return [self._fixed for _ in texts]
-        similarity = self._encoder.encode(texts) @ self._pool_vectors.T
-        return [self._nearest(text, row) for text, row in zip(texts, similarity)]
+        shots = []
+        for start in range(0, len(texts), QUERY_CHUNK):  # a chunk's similarities: QUERY_CHUNK x pool floats
+            chunk = texts[start : start + QUERY_CHUNK]
+            similarity = self._encoder.encode(chunk) @ self._pool_vectors.T
+            shots += [self._nearest(text, row) for text, row in zip(chunk, similarity)]
+        return shots
 
     def _nearest(self, text: str, similarity: np.ndarray) -> list[Record]:
         own = _key(text)
