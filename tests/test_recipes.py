@@ -9,7 +9,7 @@ from test_end_to_end import run_cli, tiny_config
 
 from instructemo.config import load_config
 from instructemo.launch import torchrun_command
-from instructemo.tune import tune_settings
+from instructemo.search_space import tune_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
