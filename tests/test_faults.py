@@ -78,7 +78,7 @@ def resume_and_read(config: str, run: Path, capsys) -> None:
 
 def test_kill_at_random_moments(setup, capsys):
     rng = random.Random(20261125)
-    for attempt in range(3):
+    for attempt in range(2):  # with the fixed kill points below; a third moment cost 15 s of the suite's 20 min
         config, run = config_for(setup, f"random-{attempt}")
         worker = start(config)
         deadline = time.time() + 300

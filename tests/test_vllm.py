@@ -128,7 +128,7 @@ def classifier_export(trained, tmp_path_factory):
     return exported, texts, ours.classify(texts)
 
 
-def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, classifier_export, tmp_path):
+def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, classifier_export):
     """`export --format vllm-classify`: vLLM's own classifier (runner pooling, convert classify) on the exported
     directory gives the labels and probabilities of instructemo's score mode with score_method: first_token."""
     from instructemo.config import load_config
@@ -140,8 +140,9 @@ def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, cla
     settings = json.loads((exported / "config.json").read_text())
     assert settings["method"] == "no_post_processing" and len(settings["classifier_from_token"]) == 6
     assert settings["id2label"]["1"] == "joy"
-    assert_same_answers(vllm_offline_classify(exported, texts, tmp_path), ours)  # fp32 on both sides
-    served = vllm_server_classify(exported, texts)  # vLLM's OpenAI server, chat-style requests
+    # vLLM's OpenAI server, chat-style requests, fp32 on both sides (its offline engine classifies the same
+    # export in the Ray test, and a classification head's export below)
+    served = vllm_server_classify(exported, texts)
     assert [(item["label"],) for item in served] == ours.labels
     assert_same_answers([item["probs"] for item in served], ours)
 
@@ -277,8 +278,9 @@ def vllm_server_classify(directory, texts: list[str]) -> list[dict]:
 @pytest.mark.parametrize("name", ["gemma3"])
 def test_model_families_agree_with_hf(tmp_path, name):
     """Gemma 3 ends a turn with <end_of_turn>, and its generation config lists only the eos token: vLLM must stop
-    at the turn end as hf does (no answer runs on to max_new_tokens), and score the same answers.
-    (Llama-3-Instruct's <|eot_id|> passed too; one family keeps the suite's time.)"""
+    at the turn end as hf does (no answer runs on to max_new_tokens). (Llama-3-Instruct's <|eot_id|> passed too,
+    and so did Gemma 3's score mode against hf; one family and generation alone keep the suite's time. Score
+    mode through vLLM is compared with hf in test_score_agrees_with_hf.)"""
     from conftest import EMOTION_ROWS, write_emotion_txt
     from test_families import FAMILIES, build_model
 
@@ -303,17 +305,9 @@ def test_model_families_agree_with_hf(tmp_path, name):
     run = tmp_path / "run"
     for backend in ("hf", "vllm"):
         cli("generate-eval", config, f"backend={backend}", f"eval_output_dir={run}/{backend}")
-        cli("generate-eval", config, f"backend={backend}", "mode=score", f"eval_output_dir={run}/{backend}-score")
     hf, vllm = predictions(run / "hf" / "predictions.jsonl"), predictions(run / "vllm" / "predictions.jsonl")
     assert sum(r["predicted"] is not None for r in hf) >= len(hf) // 2
     assert [r["generation"] for r in vllm] == [r["generation"] for r in hf]
     for backend in ("hf", "vllm"):
         assert json.loads((run / backend / "metrics.json").read_text())["answers_cut_at_max_new_tokens"] == 0
     assert all(family.turn_end not in r["generation"] for r in vllm)
-    hf, vllm = (
-        predictions(run / "hf-score" / "predictions.jsonl"),
-        predictions(run / "vllm-score" / "predictions.jsonl"),
-    )
-    for a, b in zip(hf, vllm):
-        for label, p in a["probabilities"].items():
-            assert b["probabilities"][label] == pytest.approx(p, abs=2e-3)

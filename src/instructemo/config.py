@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .config_checks import check_consistency, check_names, typo_hint
 from .errors import UserError
 from .fileio import read_yaml_file
 
@@ -332,7 +333,7 @@ def make_config(values: dict[str, Any]) -> Config:
             raise UserError(f"unknown config key {key!r}{suggestion}")
     checked = {key: _check_value(key, value) for key, value in values.items()}
     config = Config(**checked)
-    _check_consistency(config)
+    check_consistency(config, FIELDS, DERIVED_TRAINING_ARGS)
     return config
 
 
@@ -386,7 +387,7 @@ def _check_value(key: str, value: Any) -> Any:
         names = " or ".join(t.__name__ for t in allowed if t is not type(None))
         raise UserError(f"config key {key!r} must be {names}, got {value!r}")
     if isinstance(value, list):
-        return _check_names(key, value)
+        return check_names(key, value)
     choices = meta["choices"]
     if choices and isinstance(value, str) and value not in choices:
         extra = " or true/false" if bool in allowed else ""
@@ -396,79 +397,6 @@ def _check_value(key: str, value: Any) -> Any:
         if minimum is not None and value < minimum:
             raise UserError(f"config key {key!r} must be at least {minimum}, got {value!r}")
         if maximum is not None and value > maximum:
-            hint = _typo_hint(value) if maximum <= 1 else ""
+            hint = typo_hint(value) if maximum <= 1 else ""
             raise UserError(f"config key {key!r} must be at most {maximum}, got {value!r}{hint}")
     return value
-
-
-def _typo_hint(value: float) -> str:
-    """For 5e4 typed instead of 5e-4: the number with its exponent's sign flipped."""
-    mantissa, _, exponent = f"{value:e}".partition("e")
-    flipped = float(f"{mantissa}e{-int(exponent)}")
-    return f"; did you mean {flipped:g}?" if int(exponent) > 0 else ""
-
-
-def _check_names(key: str, names: list) -> list[str]:
-    """A list of label names: non-empty strings (numbers become their text), none repeated."""
-    if not names:
-        raise UserError(f"config key {key!r} needs at least one name, e.g. {key}: [negative, positive]")
-    bad = [n for n in names if isinstance(n, (bool, dict, list)) or n is None or not str(n).strip()]
-    if bad:
-        raise UserError(f"config key {key!r} must list label names, got {bad[0]!r} in {names}")
-    names = [str(n).strip() for n in names]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise UserError(f"config key {key!r} repeats {repeated}; list each label once")
-    return names
-
-
-def _check_consistency(config: Config) -> None:
-    if config.learning_rate <= 0 and config.num_train_epochs > 0:
-        raise UserError(f"config key 'learning_rate' must be positive, got {config.learning_rate}")
-    if config.num_train_epochs <= 0 and config.max_steps == -1:
-        raise UserError(
-            f"config key 'num_train_epochs' must be positive (or set max_steps), got {config.num_train_epochs}"
-        )
-    if config.lora_dropout >= 1:
-        raise UserError(f"config key 'lora_dropout' must be below 1, got {config.lora_dropout}")
-    if not 0 < config.top_p <= 1:
-        raise UserError(f"config key 'top_p' must be in (0, 1], got {config.top_p}")
-    if config.max_steps == 0 or config.max_steps < -1:
-        raise UserError(f"config key 'max_steps' must be positive or -1, got {config.max_steps}")
-    if config.do_sample and config.temperature <= 0:
-        raise UserError("config key 'temperature' must be positive when do_sample is true")
-    if not 0 < config.gpu_memory_utilization <= 1:
-        raise UserError(f"config key 'gpu_memory_utilization' must be in (0, 1], got {config.gpu_memory_utilization}")
-    if config.score_threshold is not None and not 0 < config.score_threshold < 1:
-        raise UserError(f"config key 'score_threshold' must be in (0, 1), got {config.score_threshold}")
-    if isinstance(config.class_weights, dict):
-        bad = {
-            k: v
-            for k, v in config.class_weights.items()
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
-        }
-        if bad:
-            raise UserError(f"config key 'class_weights' needs non-negative numbers per label, got {bad}")
-    for key in config.training_args or {}:
-        if key in FIELDS:
-            raise UserError(f"training_args sets {key!r}, a key of this config: set {key} at the top level instead")
-        if key in DERIVED_TRAINING_ARGS:
-            raise UserError(
-                f"training_args sets {key!r}, which instructemo derives from {DERIVED_TRAINING_ARGS[key]}: "
-                f"set {DERIVED_TRAINING_ARGS[key]} instead"
-            )
-    if not config.output_dir.strip():
-        raise UserError("config key 'output_dir' must not be empty")
-    if config.eval_output_dir:
-        # Everything a config makes instructemo write stays inside output_dir.
-        inside = Path(config.eval_output_dir).resolve()
-        if inside == Path(config.output_dir).resolve():
-            raise UserError(
-                f"eval_output_dir {config.eval_output_dir} is output_dir itself; name a folder inside it, "
-                "such as its default, output_dir/eval"
-            )
-        if not inside.is_relative_to(Path(config.output_dir).resolve()):
-            raise UserError(
-                f"eval_output_dir {config.eval_output_dir} is outside output_dir {config.output_dir}; "
-                "put it inside output_dir (or change output_dir)"
-            )
