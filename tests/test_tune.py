@@ -156,6 +156,7 @@ def test_a_classification_head_trial_is_scored_on_the_dev_rows(tmp_path, tiny_ll
         ({"tune": {"space": {"warmup_steps": {"low": 0, "high": 10, "log": True}}}}, "a log range needs low above 0"),
         ({"tune": {"space": {"lora_rank": [4]}, "enqueue": [{"lora_rank": 8}]}}, "lora_rank=8 is outside"),
         ({"tune": {"space": {}}}, "tune.space must map config keys"),
+        ({"tune": {"space": {"class_weights": ["none", {"joy": 2}]}}}, "a choice must be a number, a word"),
         ({"tune": None}, "the config has no tune: section"),
         ({"tune": {"space": {"lora_rank": [4]}}, "nproc_per_node": 2}, "set nproc_per_node: 1"),
     ],

@@ -103,6 +103,10 @@ def _distribution(cfg: Config, key: str, spec: Any):
         if not spec:
             raise UserError(f"tune.space.{key} lists no choices")
         for value in spec:
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise UserError(
+                    f"tune.space.{key}: a choice must be a number, a word, true/false or null, got {value!r}"
+                )
             _check_setting(cfg, key, value)
         if len({json.dumps(v) for v in spec}) != len(spec):
             raise UserError(f"tune.space.{key} repeats a choice: {spec}")
