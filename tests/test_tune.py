@@ -183,3 +183,20 @@ def test_sft_refuses_to_judge_on_its_training_split(tmp_path, tiny_llama, emotio
     assert run_cli("sft", tiny_config(tmp_path, tiny_llama, emotion_dir, **extra)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_split_is_known_by_its_rows_not_by_how_it_is_named(tmp_path, emotion_dir):
+    """`emotion:test` and the test file's path are one split; two splits that filter one file are two."""
+    from instructemo.data import split_location
+
+    named = split_location("emotion:test", emotion_dir, "test")
+    assert named == split_location(str(emotion_dir / "emotion" / "test.txt"), emotion_dir, "test")
+    assert named != split_location("emotion", emotion_dir, "train")
+    (tmp_path / "reviews.csv").write_text("text,label,is_valid\ngood film,positive,False\nbad film,negative,True\n")
+    (tmp_path / "datasets.yaml").write_text(
+        "reviews:\n  format: csv\n  text_column: text\n  label_column: label\n"
+        "  splits:\n    train: {file: reviews.csv, where: {is_valid: 'False'}}\n"
+        "    test: {file: reviews.csv, where: {is_valid: 'True'}}\n"
+        "  labels: {names: [negative, positive]}\n  template: sentiment\n"
+    )
+    assert split_location("reviews:train", tmp_path, "train") != split_location("reviews:test", tmp_path, "test")

@@ -8,6 +8,7 @@ space before any model is loaded, and says where each bad row is.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -190,18 +191,22 @@ def load_split(
 def split_location(
     spec: str, dataset_dir: str | Path, default_split: str, text_column=None, label_column=None, labels=None
 ) -> str:
-    """Where a spec's rows live, found without reading them: the file's resolved path, else the hub id and split.
+    """Where a spec's rows live, found without reading them: the file's resolved path (with the registry's row
+    filter, when a split is part of a file), else the hub id and split.
 
     Two specs with one location are one split, however they are written
-    (`emotion:test`, the test file's path, a relative path).
+    (`emotion:test`, the test file's path, a relative path); two splits that
+    filter one file (IMDB's `is_valid`) are two.
     """
     if _is_path_spec(spec):
         return str(locate_path(spec, dataset_dir).resolve())
     entry, split = _entry_for(spec, dataset_dir, text_column, label_column, labels, default_split)
-    path = find_file(entry.splits[split]["file"], dataset_dir)
-    if path is not None:
-        return str(path.resolve())
-    return f"hub:{entry.hub['id']}:{split}" if entry.hub else f"{entry.name}:{split}"
+    split_spec = entry.splits[split]
+    path = find_file(split_spec["file"], dataset_dir)
+    if path is None:
+        return f"hub:{entry.hub['id']}:{split}" if entry.hub else f"{entry.name}:{split}"
+    where = split_spec.get("where")
+    return str(path.resolve()) + (f" where {json.dumps(where, sort_keys=True)}" if where else "")
 
 
 def held_out_locations(cfg) -> dict[str, str]:
