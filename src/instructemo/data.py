@@ -209,6 +209,16 @@ def split_location(
     return str(path.resolve()) + (f" where {json.dumps(where, sort_keys=True)}" if where else "")
 
 
+def training_location(cfg) -> str:
+    """Where the run's training rows (cfg.dataset) live, as split_location says it."""
+    return split_location(cfg.dataset, cfg.dataset_dir, "train", **spec_options(cfg))
+
+
+def is_training_split(cfg, spec: str, default_split: str) -> bool:
+    """Whether `spec` names the run's training rows, however it is written."""
+    return split_location(spec, cfg.dataset_dir, default_split, **spec_options(cfg)) == training_location(cfg)
+
+
 def held_out_locations(cfg) -> dict[str, str]:
     """The held-out test rows a run is finally judged on: location -> the spec that names them.
 

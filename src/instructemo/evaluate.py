@@ -6,7 +6,7 @@ import logging
 import time
 
 from .config import Config
-from .data import Split, load_run_split, run_spec, spec_options, split_location, split_source
+from .data import Split, is_training_split, load_run_split, run_spec, split_source
 from .errors import UserError
 from .fileio import read_json, read_jsonl
 from .infer.classifier import Classifier
@@ -32,10 +32,7 @@ def tuning_uses(classifier: Classifier, split: Split) -> list[str]:
 
 def check_shots_held_apart(cfg: Config, eval_spec: str) -> None:
     """few_shot examples come from the training split: it may not be the split being judged."""
-    options = spec_options(cfg)
-    if split_location(eval_spec, cfg.dataset_dir, "test", **options) == split_location(
-        cfg.dataset, cfg.dataset_dir, "train", **options
-    ):
+    if is_training_split(cfg, eval_spec, "test"):
         raise UserError(
             f"few_shot draws its examples from dataset {cfg.dataset}, the split being evaluated ({eval_spec}); "
             "evaluate on a test split, or set dataset to the rows the examples may come from"

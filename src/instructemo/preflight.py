@@ -22,7 +22,7 @@ import jinja2
 import torch
 
 from .config import Config
-from .data import Split, load_run_split, run_spec, spec_options, split_location
+from .data import Split, load_run_split, run_spec, spec_options, split_location, training_location
 from .errors import UserError
 from .fileio import json_text
 from .launch import inside_launcher
@@ -102,13 +102,12 @@ def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPl
 
 def check_splits_apart(cfg: Config) -> None:
     """The rows that judge the run (eval with do_eval, dev with select_best) are not its training rows."""
-    options = spec_options(cfg)
-    trained_on = split_location(cfg.dataset, cfg.dataset_dir, "train", **options)
+    trained_on = training_location(cfg)  # first: a missing training file is the error to report
     roles = [("eval_dataset", "eval", "test")] if cfg.do_eval else []
     roles += [("select_dataset", "dev", "dev")] if cfg.select_best else []
     for key, role, default_split in roles:
         spec = run_spec(cfg, role)
-        if split_location(spec, cfg.dataset_dir, default_split, **options) == trained_on:
+        if split_location(spec, cfg.dataset_dir, default_split, **spec_options(cfg)) == trained_on:
             raise UserError(
                 f"{key} {spec} is the training split ({trained_on}): its scores would not be held out; "
                 f"set {key} to a dev or test split, or a file of other rows"

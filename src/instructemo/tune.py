@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .data import held_out_locations, run_spec, spec_options, split_location
+from .data import held_out_locations, run_spec, spec_options, split_location, training_location
 from .errors import UserError
 from .evaluate import run_generate_eval
 from .fileio import json_text, read_json
@@ -77,7 +77,7 @@ def check_dev_is_not_test(cfg: Config) -> str:
             f"tune would score its trials on {spec}, which is the test split {tests[dev]} ({dev}); a search that "
             "reads the test split overstates the result: set select_dataset to a dev split or a held-out file"
         )
-    if dev == split_location(cfg.dataset, cfg.dataset_dir, "train", **options):
+    if dev == training_location(cfg):
         raise UserError(
             f"tune would score its trials on {spec}, the training split itself; set select_dataset to a dev "
             "split or a held-out file"
