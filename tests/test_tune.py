@@ -181,7 +181,7 @@ def test_sft_refuses_to_judge_on_its_training_split(tmp_path, tiny_llama, emotio
 
 def test_a_split_is_known_by_its_rows_not_by_how_it_is_named(tmp_path, emotion_dir):
     """`emotion:test` and the test file's path are one split; two splits that filter one file are two."""
-    from instructemo.data import split_location
+    from instructemo.splits import split_location
 
     named = split_location("emotion:test", emotion_dir, "test")
     assert named == split_location(str(emotion_dir / "emotion" / "test.txt"), emotion_dir, "test")

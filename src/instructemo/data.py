@@ -8,7 +8,6 @@ space before any model is loaded, and says where each bad row is.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -119,7 +118,7 @@ def resolve_label_space(
     spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None
 ) -> tuple[LabelSpace, str]:
     """The label space and default template of a dataset spec, without reading a registry dataset's rows."""
-    entry, _ = _entry_for(spec, dataset_dir, text_column, label_column, labels, default_split="train")
+    entry, _ = entry_for(spec, dataset_dir, text_column, label_column, labels, default_split="train")
     return entry.label_space, entry.template
 
 
@@ -144,7 +143,7 @@ def load_split(
     with on_bad_rows="skip" are left out and reported. Texts that appear again
     with other labels are reported.
     """
-    entry, split = _entry_for(spec, dataset_dir, text_column, label_column, labels, default_split, label_space)
+    entry, split = entry_for(spec, dataset_dir, text_column, label_column, labels, default_split, label_space)
     space = label_space or entry.label_space
     split_spec = entry.splits[split]
     path = find_file(split_spec["file"], dataset_dir)
@@ -188,61 +187,13 @@ def load_split(
     return Split(split, records, space, entry.template, origin, bad, conflicts)
 
 
-def split_location(
-    spec: str, dataset_dir: str | Path, default_split: str, text_column=None, label_column=None, labels=None
-) -> str:
-    """Where a spec's rows live, found without reading them: the file's resolved path (with the registry's row
-    filter, when a split is part of a file), else the hub id and split.
-
-    Two specs with one location are one split, however they are written
-    (`emotion:test`, the test file's path, a relative path); two splits that
-    filter one file (IMDB's `is_valid`) are two.
-    """
-    if _is_path_spec(spec):
-        return str(locate_path(spec, dataset_dir).resolve())
-    entry, split = _entry_for(spec, dataset_dir, text_column, label_column, labels, default_split)
-    split_spec = entry.splits[split]
-    path = find_file(split_spec["file"], dataset_dir)
-    if path is None:
-        return f"hub:{entry.hub['id']}:{split}" if entry.hub else f"{entry.name}:{split}"
-    where = split_spec.get("where")
-    return str(path.resolve()) + (f" where {json.dumps(where, sort_keys=True)}" if where else "")
-
-
-def training_location(cfg) -> str:
-    """Where the run's training rows (cfg.dataset) live, as split_location says it."""
-    return split_location(cfg.dataset, cfg.dataset_dir, "train", **spec_options(cfg))
-
-
-def is_training_split(cfg, spec: str, default_split: str) -> bool:
-    """Whether `spec` names the run's training rows, however it is written."""
-    return split_location(spec, cfg.dataset_dir, default_split, **spec_options(cfg)) == training_location(cfg)
-
-
-def held_out_locations(cfg) -> dict[str, str]:
-    """The held-out test rows a run is finally judged on: location -> the spec that names them.
-
-    The dataset's own test split (a registry dataset with one) and eval_dataset when it is set.
-    """
-    options = spec_options(cfg)
-    found = {}
-    if cfg.eval_dataset:
-        found[split_location(cfg.eval_dataset, cfg.dataset_dir, "test", **options)] = cfg.eval_dataset
-    if not _is_path_spec(cfg.dataset):
-        entry, _ = _entry_for(cfg.dataset, cfg.dataset_dir, **options, default_split="train")
-        if "test" in entry.splits:
-            spec = f"{entry.name}:test"
-            found.setdefault(split_location(spec, cfg.dataset_dir, "test", **options), spec)
-    return found
-
-
 def default_eval_spec(
     train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None
 ) -> str:
     """The evaluation split paired with a training spec: its test split, else dev/validation."""
-    if _is_path_spec(train_spec):
+    if is_path_spec(train_spec):
         raise UserError("set eval_dataset: a file dataset has no test split to evaluate on by default")
-    entry, _ = _entry_for(train_spec, dataset_dir, text_column, label_column, labels, "train")
+    entry, _ = entry_for(train_spec, dataset_dir, text_column, label_column, labels, "train")
     for split in EVAL_SPLIT_PREFERENCE:
         if split in entry.splits:
             return f"{entry.name}:{split}"
@@ -251,9 +202,9 @@ def default_eval_spec(
 
 def default_dev_spec(train_spec: str, dataset_dir: str | Path, text_column=None, label_column=None, labels=None) -> str:
     """The split used to choose checkpoints and thresholds: the dataset's dev/validation split."""
-    if _is_path_spec(train_spec):
+    if is_path_spec(train_spec):
         raise UserError("set select_dataset: a file dataset has no dev split to choose on by default")
-    entry, _ = _entry_for(train_spec, dataset_dir, text_column, label_column, labels, "train")
+    entry, _ = entry_for(train_spec, dataset_dir, text_column, label_column, labels, "train")
     for split in DEV_SPLIT_PREFERENCE:
         if split in entry.splits:
             return f"{entry.name}:{split}"
@@ -265,15 +216,15 @@ def default_dev_spec(train_spec: str, dataset_dir: str | Path, text_column=None,
 # --- resolving a spec ----------------------------------------------------------
 
 
-def _is_path_spec(spec: str) -> bool:
+def is_path_spec(spec: str) -> bool:
     return Path(spec).suffix.lower() in (*PATH_FORMATS, ".txt")
 
 
-def _entry_for(
+def entry_for(
     spec: str, dataset_dir, text_column, label_column, labels, default_split: str, space: LabelSpace | None = None
 ) -> tuple[DatasetEntry, str]:
     """The dataset entry and split a spec names; `space`, the label space a path file is read with (a trained model's)."""
-    if _is_path_spec(spec):
+    if is_path_spec(spec):
         return _path_entry(locate_path(spec, dataset_dir), text_column, label_column, labels, space), "data"
     name, _, split = spec.partition(":")
     registry = load_registry(dataset_dir)

@@ -6,13 +6,14 @@ import logging
 import time
 
 from .config import Config
-from .data import Split, is_training_split, load_run_split, run_spec, split_source
+from .data import Split, load_run_split, run_spec, split_source
 from .errors import UserError
 from .fileio import read_json, read_jsonl
 from .infer.classifier import Classifier
 from .metrics import score
 from .report import check_eval_dir, write_eval_outputs
 from .rundir import SELECTION_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir
+from .splits import is_training_split
 
 log = logging.getLogger(__name__)
 

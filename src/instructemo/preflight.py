@@ -22,12 +22,13 @@ import jinja2
 import torch
 
 from .config import Config
-from .data import Split, load_run_split, run_spec, spec_options, split_location, training_location
+from .data import Split, load_run_split, run_spec, spec_options
 from .errors import UserError
 from .fileio import json_text
 from .launch import inside_launcher
 from .prompts import load_template, render_user_turn
 from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, last_complete_checkpoint
+from .splits import split_location, training_location
 
 log = logging.getLogger(__name__)
 

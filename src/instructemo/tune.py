@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .data import held_out_locations, run_spec, spec_options, split_location, training_location
+from .data import run_spec, spec_options
 from .errors import UserError
 from .evaluate import run_generate_eval
 from .fileio import json_text, read_json
@@ -54,6 +54,7 @@ from .monitor import TrainingDiverged
 from .preflight import differences
 from .rundir import METRICS_FILE, SELECTION_FILE, STUDY_FILE, TRAIN_RESULTS_FILE, TRIALS_DIR, TRIALS_MD_FILE, RunDir
 from .search_space import TuneSettings, trial_config, tune_settings
+from .splits import held_out_locations, split_location, training_location
 from .train import run_sft
 from .tune_report import best_trial, show, write_outputs
 
