@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from instructemo.cli import main
+from instructemo.errors import UserError
 
 
 def run_cli(*args) -> int:
@@ -73,6 +74,22 @@ def test_sft_then_generate_eval(tmp_path, tiny_llama, emotion_dir):
     assert m["invalid"] == sum(r["predicted"] is None for r in rows)
     report = (run / "eval" / "report.md").read_text()
     assert "## Per class" in report and "## Confusion matrix" in report
+    # The live log a watcher reads while training: one line per logged step, the last one at the end.
+    live = [json.loads(line) for line in (run / "instructemo_live.jsonl").read_text().splitlines()]
+    assert [p["loss"] for p in live] == losses and live[-1]["step"] == live[-1]["max_steps"] == 15
+
+    # The run's folder stands for the config it was trained with.
+    from instructemo.config import load_config
+
+    again = load_config(run, ["mode=score"])
+    assert (again.output_dir, again.mode, again.cutoff_len, again.overwrite_output_dir) == (
+        str(run),
+        "score",
+        96,
+        False,
+    )
+    with pytest.raises(UserError, match="without instructemo_config.yaml"):
+        load_config(tmp_path)
 
 
 def test_multi_label_full_finetune_and_eval(tmp_path, tiny_llama):

@@ -21,6 +21,7 @@ import yaml
 from .config_checks import check_consistency, check_names, typo_hint
 from .errors import UserError
 from .fileio import read_yaml_file
+from .rundir import CONFIG_FILE
 
 # The checkout (or installed tree) that holds the project's own templates/ and data/.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -312,7 +313,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply key=value overrides, and validate every key."""
     values: dict[str, Any] = {}
     if path is not None:
-        values = _read_yaml(Path(path))
+        values = _run_values(Path(path)) if Path(path).is_dir() else _read_yaml(Path(path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -335,6 +336,21 @@ def make_config(values: dict[str, Any]) -> Config:
     config = Config(**checked)
     check_consistency(config, FIELDS, DERIVED_TRAINING_ARGS)
     return config
+
+
+# What a run adds to its saved config beside the keys it was trained with.
+RUN_DERIVED_KEYS = ("model_path", "template_resolved")
+
+
+def _run_values(run: Path) -> dict[str, Any]:
+    """A trained run's directory as a config: the keys it was trained with, and the run itself as output_dir."""
+    saved = run / CONFIG_FILE
+    if not saved.is_file():
+        raise UserError(
+            f"{run} is a folder without {CONFIG_FILE}; pass a YAML config, or the output_dir of a finished sft run"
+        )
+    values = {k: v for k, v in read_yaml_file(saved, "run config").items() if k not in RUN_DERIVED_KEYS}
+    return {**values, "output_dir": str(run), "overwrite_output_dir": False}  # never replaces the run it names
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

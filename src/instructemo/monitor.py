@@ -3,6 +3,8 @@
 - A non-finite loss or gradient stops training at once with a one-line error
   that names the step and the likely cause. The weights never take that step,
   no checkpoint is written from it, and nothing is saved as final.
+- Each logging step appends a line to instructemo_live.jsonl (step, of how
+  many, loss, training seconds): what a live view (the webui) shows.
 - Every checkpoint-N is recorded in the run's manifest before the Trainer
   writes it (so overwrite_output_dir removes it), and gets a progress file
   after it: the run's fingerprint (what resume must match) and the training
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from transformers import TrainerCallback
 
 from .errors import UserError
 from .fileio import json_text, write_atomic
-from .rundir import PROGRESS_FILE, RunDir, last_complete_checkpoint
+from .rundir import LIVE_LOG_FILE, PROGRESS_FILE, RunDir, last_complete_checkpoint
 
 
 class TrainingDiverged(UserError):
@@ -77,6 +80,22 @@ class RunMonitor(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
+        if self.main_process:
+            self.run.record(files=[LIVE_LOG_FILE])
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.main_process or not logs or "loss" not in logs:
+            return
+        line = {
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "epoch": round(state.epoch or 0.0, 4),
+            "loss": float(logs["loss"]),
+            "learning_rate": float(logs.get("learning_rate") or 0.0),
+            "train_seconds": round(self.train_seconds, 1),
+        }
+        with open(self.run.path / LIVE_LOG_FILE, "a", encoding="utf-8") as live:  # appended whole, one line a step
+            live.write(json.dumps(line) + "\n")
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = (

@@ -37,6 +37,8 @@ THRESHOLDS_FILE = "thresholds.json"
 SELECTION_FILE = "selection.json"
 TRAIN_RESULTS_FILE = "train_results.json"
 TRAINER_LOG_FILE = "trainer_log.jsonl"
+# While training runs: one JSON line per logging step (step, loss, seconds), for a live view (webui).
+LIVE_LOG_FILE = "instructemo_live.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
 TENSORBOARD_DIR = "runs"
