@@ -1,7 +1,8 @@
 """report.html and predict's page come from jinja2 templates with autoescape.
 
 tests/report_pages/ holds each page's structure as the hand-escaped f-string
-code wrote it before the templates replaced it: the pages must read the same.
+code wrote it before the templates replaced it: the pages must read the same
+(since then a page with probabilities has gained one figure, Calibration).
 """
 
 from pathlib import Path

@@ -116,6 +116,6 @@ def test_html_report_opens_in_a_headless_browser(tmp_path, tiny_llama, emotion_d
     )
     assert browser.returncode == 0
     dom = browser.stdout
-    # confusion matrix, per-class bars, label distribution, loss curve: all decoded and shown
-    assert 'data-figures="4"' in dom and 'data-figures-shown="4"' in dom
+    # confusion matrix, per-class bars, label distribution, calibration, loss curve: all decoded and shown
+    assert 'data-figures="5"' in dom and 'data-figures-shown="5"' in dom
     assert "Uncaught" not in browser.stderr and "Most confident mistakes" in dom

@@ -102,6 +102,16 @@ def _compare(args):
     compare_runs([Path(p) for p in args.runs], Path(args.output))
 
 
+def _webui(args):
+    try:
+        import gradio  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("instructemo webui needs gradio: pip install 'instructemo[webui]'") from None
+    from .webui.app import run_webui
+
+    run_webui(args.host, args.port, args.workdir, args.dataset_dir, args.max_upload_mb)
+
+
 def _predict(cfg, args):
     from pathlib import Path
 
@@ -191,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="compare", help="Folder for compare.md, compare.json, per_class_f1.png (default: compare)."
     )
     compare.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+    webui = verbs.add_parser(
+        "webui", help="Train, evaluate, try and compare classifiers from the browser (Gradio), without YAML."
+    )
+    webui.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only)."
+    )
+    webui.add_argument("--port", type=int, default=7860, help="Port (default 7860).")
+    webui.add_argument("--workdir", default="saves/webui", help="Folder for uploads, configs, runs and jobs' logs.")
+    webui.add_argument("--dataset-dir", default="data", help="Folder with an extra datasets.yaml (default: data).")
+    webui.add_argument("--max-upload-mb", type=int, default=200, help="Largest file the page accepts (default 200 MB).")
+    webui.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     for name, (_, summary) in VERBS.items():
         sub = verbs.add_parser(
             name,
@@ -199,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="config keys (in CONFIG.yaml or as key=value):\n" + describe_keys(),
         )
-        sub.add_argument("config", metavar="CONFIG.yaml", help="YAML config file.")
+        sub.add_argument(
+            "config",
+            metavar="CONFIG.yaml",
+            help="YAML config file, or a finished run's output_dir (the config it was trained with).",
+        )
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="Override config keys.")
         sub.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
         if name == "sft":
@@ -327,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries(args.verbose)
     try:
-        if args.verb in ("datasets", "compare"):
-            (_datasets if args.verb == "datasets" else _compare)(args)
+        if args.verb in ("datasets", "compare", "webui"):
+            {"datasets": _datasets, "compare": _compare, "webui": _webui}[args.verb](args)
             return 0
         run, _ = VERBS[args.verb]
         cfg = load_config(args.config, args.overrides)

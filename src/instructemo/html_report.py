@@ -2,8 +2,9 @@
 
 Summary metrics, a confusion-matrix heatmap (single-label) or per-label
 tp / fp / fn bars (multi-label), per-class precision / recall / F1 bars, gold
-versus predicted label counts, the training loss curve when the run's log is
-at hand, and the most confident mistakes with their texts.
+versus predicted label counts, a calibration diagram where there are
+probabilities, the training loss curve when the run's log is at hand, and the
+most confident mistakes with their texts.
 """
 
 from __future__ import annotations
@@ -83,7 +84,43 @@ def worst_mistakes(rows: list[dict]) -> list[dict]:
     return sorted(wrong, key=confidence, reverse=True)[:WORST_MISTAKES]
 
 
-def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] | None = None) -> str:
+def reliability_figure(rows: list[dict], names: list[str], multi_label: bool) -> str | None:
+    """Confidence against how often it is right, in ten bins (score and head modes; None without probabilities).
+
+    Single-label: the top label's probability against whether it is the gold
+    label. Multi-label: every label's probability against whether it is gold.
+    """
+    pairs = []
+    for row in rows:
+        probs = row.get("probabilities")
+        if not probs or row.get("gold") is None:
+            continue
+        if multi_label:
+            pairs += [(probs[n], n in row["gold"]) for n in names if n in probs]
+        else:
+            top = max(probs, key=probs.get)
+            pairs.append((probs[top], top in row["gold"]))
+    if not pairs:
+        return None
+    bins: dict[int, list[bool]] = {}
+    for confidence, right in pairs:
+        bins.setdefault(min(int(confidence * 10), 9), []).append(right)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    centres = [(b + 0.5) / 10 for b in sorted(bins)]
+    ax.bar(centres, [sum(v) / len(v) for _, v in sorted(bins.items())], width=0.09, label="share right")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    ax.set_xlabel("predicted probability" if multi_label else "top label's probability")
+    ax.set_ylabel("share of them right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Calibration")
+    ax.legend(fontsize=8)
+    return png_data_uri(fig)
+
+
+def report_parts(rows: list[dict], metrics: dict, history: list[dict] | None = None) -> dict:
+    """What report.html shows, for any page that shows it (the webui too): summary, figures, mistakes."""
     names = list(metrics["per_class"])
     figures = []
     if "confusion_matrix" in metrics:
@@ -134,6 +171,9 @@ def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] |
             ),
         )
     )
+    calibration = reliability_figure(rows, names, "label_confusion" in metrics)
+    if calibration:
+        figures.append(("Calibration", calibration))
     loss = loss_image(history or [])
     if loss:
         figures.append(("Training loss", loss))
@@ -151,12 +191,12 @@ def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] |
         }
         for r in worst_mistakes(rows)
     ]
+    return {"summary": {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}, "figures": figures, "mistakes": mistakes}
+
+
+def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] | None = None) -> str:
     return _template("report.html.j2").render(
-        title=f"instructemo report: {context.get('model', '')}",
-        summary={k: metrics[k] for k in SUMMARY_KEYS if k in metrics},
-        context=context,
-        figures=figures,
-        mistakes=mistakes,
+        title=f"instructemo report: {context.get('model', '')}", context=context, **report_parts(rows, metrics, history)
     )
 
 
