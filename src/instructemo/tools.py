@@ -1,15 +1,26 @@
-"""Small verbs for everyday use: `datasets` (what can be trained on), `classify` (a quick answer)."""
+"""Small verbs for everyday use: `datasets` (what can be trained on), `classify` (a quick answer).
+
+Also what the webui asks of a user's file, through the CLI's own checks:
+its columns and label counts (`describe_dataset`), and a test split held out
+of it (`hold_out`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import random
 import sys
+from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Iterable
 
 from .config import Config
-from .data import load_registry, load_split
+from .data import entry_for, is_path_spec, load_registry, load_split
 from .errors import UserError
+from .fileio import write_atomic
 from .infer.classifier import Classifier
 from .readers import find_file
 
@@ -61,11 +72,88 @@ def print_datasets(listing: list[dict], out=None) -> None:
             print(f"  {split:<11} {rows:<26} from {info['from']}", file=out)
 
 
+def describe_dataset(spec: str, dataset_dir: str, text_column=None, label_column=None) -> dict:
+    """What `instructemo sft` would train on from `spec`: its columns, rows and label counts.
+
+    The rows pass the same checks as training's (bad rows, unknown or too-rare
+    labels), so a file that would fail there fails here with the same message.
+    """
+    split = load_split(spec, dataset_dir, text_column=text_column, label_column=label_column)
+    entry, _ = entry_for(spec, dataset_dir, text_column, label_column, None, "train")
+    counts = Counter(label for record in split.records for label in record.labels)
+    space = split.label_space
+    return {
+        "spec": spec,
+        "from": split.origin,
+        "text_column": entry.text_column,
+        "label_column": entry.label_column,
+        "rows": len(split.records),
+        "multi_label": space.multi_label,
+        "label_counts": {name: counts[name] for name in space.names},
+        "texts_with_conflicting_labels": len(split.conflicts),
+        "test_split": None if is_path_spec(spec) else next((s for s in ("test", "dev") if s in entry.splits), None),
+    }
+
+
+def hold_out(spec: str, dataset_dir: str, fraction: float, seed: int, out_dir: Path, **columns) -> tuple[Path, Path]:
+    """Split a file's checked rows into train and test JSONL files, each label set in proportion, seeded.
+
+    The file names carry the source's content hash, the fraction and the seed,
+    so a different file or split never lands on an existing name.
+    """
+    if not 0 < fraction < 1:
+        raise UserError(f"test fraction {fraction} must lie between 0 and 1 (e.g. 0.2 for a fifth)")
+    split = load_split(spec, dataset_dir, **columns)
+    groups: dict[tuple, list] = defaultdict(list)
+    for record in split.records:
+        groups[tuple(sorted(record.labels))].append(record)
+    rng, train, test = random.Random(seed), [], []
+    for key in sorted(groups):
+        rows = groups[key]
+        rng.shuffle(rows)
+        cut = round(len(rows) * fraction) if len(rows) > 1 else 0
+        test += rows[:cut]
+        train += rows[cut:]
+    if not test or not train:
+        raise UserError(f"{spec}: {len(split.records)} rows are too few to hold out {fraction:.0%} as a test split")
+    multi = split.label_space.multi_label
+    digest = hashlib.sha256(Path(split.origin).read_bytes()).hexdigest()[:8]
+    stem = Path(split.origin).stem
+    stem = f"{stem if stem.endswith(digest) else f'{stem}-{digest}'}-{round(fraction * 100)}pct-seed{seed}"
+    order = {id(record): i for i, record in enumerate(split.records)}
+    paths = []
+    for part, rows in (("train", train), ("test", test)):
+        lines = [
+            json.dumps(
+                {
+                    **({"id": r.id} if r.id is not None else {}),
+                    "text": r.text,
+                    "label": list(r.labels) if multi else r.labels[0],
+                },
+                ensure_ascii=False,
+            )
+            for r in sorted(rows, key=lambda r: order[id(r)])  # the file's own order
+        ]
+        path = Path(out_dir) / f"{stem}-{part}.jsonl"
+        write_atomic(path, "\n".join(lines) + "\n")
+        paths.append(path)
+    log.info("held out %d of %d rows of %s as a test split: %s", len(test), len(split.records), spec, paths[1])
+    return paths[0], paths[1]
+
+
 # --- instructemo classify ----------------------------------------------------------
 
 
-def classify_texts(cfg: Config, texts: Iterable[str]) -> list[dict]:
-    """Labels with probabilities (score mode) for each text, in order; an empty text gets no label (labels None)."""
+def load_scorer(cfg: Config) -> Classifier:
+    """The run's classifier in score mode, loaded: what classify answers with (probabilities for every label)."""
+    return Classifier(dataclasses.replace(cfg, mode="score")).load()
+
+
+def classify_texts(cfg: Config, texts: Iterable[str], classifier: Classifier | None = None) -> list[dict]:
+    """Labels with probabilities (score mode) for each text, in order; an empty text gets no label (labels None).
+
+    `classifier`: one load_scorer(cfg) already loaded (a long-lived caller, the webui, keeps it).
+    """
     texts = list(texts)
     todo = [i for i, t in enumerate(texts) if t.strip()]
     if not todo:
@@ -73,7 +161,7 @@ def classify_texts(cfg: Config, texts: Iterable[str]) -> list[dict]:
             'nothing to classify: pass texts after -- (instructemo classify CONFIG.yaml -- "some text"), '
             "with --text, or one per line on stdin"
         )
-    classifier = Classifier(dataclasses.replace(cfg, mode="score")).load()
+    classifier = classifier or load_scorer(cfg)
     result = classifier.classify([texts[i].strip() for i in todo])
     names = classifier.space.names
     out = [{"text": text, "labels": None, "probabilities": {}} for text in texts]

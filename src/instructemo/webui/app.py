@@ -1,0 +1,406 @@
+"""`instructemo webui`: the CLI's verbs behind four tabs (Train, Evaluate, Try, Compare), in Gradio.
+
+Nothing here decides anything about data or models. A training or an
+evaluation is the CLI's command, run as a job (jobs.py) from a YAML file the
+page writes and shows; a file's columns and label counts come from
+tools.describe_dataset, the report from html_report.report_parts, a try from
+tools.classify_texts, the table from compare.compare_runs. Their one-line
+errors are what the page shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import yaml
+
+from ..compare import compare_runs
+from ..config import Config, load_config, make_config
+from ..data import load_registry
+from ..errors import UserError
+from ..fileio import read_json, read_jsonl, write_atomic
+from ..html_report import report_parts
+from ..models import ALIASES, DIRECTORY_ALIASES
+from ..rundir import (
+    COMPARE_MD_FILE,
+    COMPARE_PLOT_FILE,
+    CONFIG_FILE,
+    EVAL_DIR,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    TRAINER_LOG_FILE,
+    RunDir,
+)
+from ..tools import classify_texts, describe_dataset, hold_out, load_scorer
+from .jobs import JobQueue, live_progress
+
+log = logging.getLogger(__name__)
+
+UPLOAD = "(an uploaded file)"
+# The training settings on the page: the YAML's own keys, with the config's defaults and help.
+SETTINGS = (
+    "stage",
+    "finetuning_type",
+    "learning_rate",
+    "num_train_epochs",
+    "max_samples",
+    "max_steps",
+    "per_device_train_batch_size",
+    "lora_rank",
+    "cutoff_len",
+    "logging_steps",
+    "seed",
+    "resume",
+    "overwrite_output_dir",
+)
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def shows_errors(handler):
+    """A handler whose UserError (or any failure) reaches the page as one line, never as a traceback."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            result = handler(*args, **kwargs)
+            if hasattr(result, "__next__"):
+                yield from result
+            else:
+                yield result
+        except UserError as exc:
+            raise gr.Error(f"instructemo: error: {exc}", print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the page shows one line; the server log keeps the traceback
+            log.exception("webui handler %s failed", handler.__name__)
+            raise gr.Error(f"instructemo: error: {type(exc).__name__}: {exc}", print_exception=False) from None
+
+    return wrapped
+
+
+class WebUI:
+    def __init__(self, workdir: Path, dataset_dir: str):
+        self.workdir = Path(workdir)
+        self.dataset_dir = dataset_dir
+        self.jobs = JobQueue(self.workdir / "jobs")
+        self._scorers: dict[str, tuple[float, object]] = {}
+
+    # --- data -----------------------------------------------------------------
+
+    def dataset_choices(self) -> list[str]:
+        return [*load_registry(self.dataset_dir), UPLOAD]
+
+    def keep_upload(self, temp_path: str) -> Path:
+        """The uploaded file, copied under the workdir with its content hash in the name (never over another)."""
+        source = Path(temp_path)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.stem)[:60] or "data"
+        kept = self.workdir / "data" / f"{stem}-{digest}{source.suffix.lower()}"
+        if not kept.is_file():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, kept)
+        return kept
+
+    def describe(self, dataset: str, upload: str | None, text_column: str, label_column: str):
+        spec = self._spec(dataset, upload)
+        info = describe_dataset(spec, self.dataset_dir, text_column or None, label_column or None)
+        counts = pd.DataFrame({"label": list(info["label_counts"]), "rows": list(info["label_counts"].values())})
+        kind = "multi-label" if info["multi_label"] else "single-label"
+        text = (
+            f"**{info['rows']} rows**, {kind}, {len(counts)} labels, from `{info['from']}`  \n"
+            f"text column `{info['text_column']}`, label column `{info['label_column']}`"
+        )
+        if info["texts_with_conflicting_labels"]:
+            text += f"  \n{info['texts_with_conflicting_labels']} text(s) appear again with other labels"
+        return text, counts
+
+    def _spec(self, dataset: str, upload: str | None) -> str:
+        if dataset != UPLOAD:
+            return dataset
+        if not upload:
+            raise UserError("upload a CSV, TSV or JSONL file first, or pick a registered dataset")
+        return str(self.keep_upload(upload))
+
+    # --- train ----------------------------------------------------------------
+
+    def config_values(self, dataset, upload, text_column, label_column, test_fraction, model, run_name, *settings):
+        """The run's YAML keys: the dataset (with a held-out test split for an uploaded file) and the settings."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_name or ""):
+            raise UserError(f"run name {run_name!r}: use letters, digits, '.', '_' or '-' (it names the run's folder)")
+        spec = self._spec(dataset, upload)
+        values = {"model_name_or_path": model, "dataset": spec}
+        columns = {"text_column": text_column or None, "label_column": label_column or None}
+        if dataset == UPLOAD:
+            train, test = hold_out(spec, self.dataset_dir, float(test_fraction), 42, self.workdir / "data", **columns)
+            values.update(dataset=str(train), eval_dataset=str(test))
+        else:
+            values.update({k: v for k, v in columns.items() if v})
+        for key, value in zip(SETTINGS, settings):
+            values[key] = value
+        rows = str(values["max_samples"] or "").strip()
+        if rows and not rows.isdigit():
+            raise UserError(f"max_samples {rows!r}: a whole number of training rows, or blank for all of them")
+        values["max_samples"] = int(rows) if rows else None
+        values["output_dir"] = str(self.workdir / "runs" / run_name)
+        if values["finetuning_type"] not in ("lora", "qlora"):
+            values.pop("lora_rank")
+        return values
+
+    def start(self, *inputs):
+        values = self.config_values(*inputs)
+        run = Path(values["output_dir"])
+        path = self.workdir / "configs" / f"{run.name}.yaml"
+        plain = _plain(values)
+        make_config(yaml.safe_load(yaml.safe_dump(plain)))  # the checks `instructemo sft` makes of its YAML, first
+        text = yaml.safe_dump(plain, sort_keys=False)
+        write_atomic(path, text)
+        job = self.jobs.submit("sft", [str(path)], output_dir=run)
+        return job.id, text, str(path), f"job {job.id} queued: `{job.command}`"
+
+    def progress(self, job_id):
+        jobs = pd.DataFrame([j.summary() for j in reversed(self.jobs.jobs)] or None, columns=list(_SUMMARY))
+        job = self.jobs.get(job_id) if job_id else None
+        if job is None:
+            return "No training started yet.", _loss_frame([]), jobs
+        live = live_progress(job.output_dir)
+        status = f"job {job.id}: **{job.state}**"
+        if live["max_steps"]:
+            status += f", step {live['step']} of {live['max_steps']}"
+            if job.state == "running" and live["eta_seconds"] is not None:
+                status += f", about {_minutes(live['eta_seconds'])} left"
+        if job.state == "failed":
+            status += f"  \ninstructemo: error: {job.error()}"
+        if job.state in ("stopping", "stopped"):
+            status += "  \nstopped: the run is kept incomplete; set resume to auto and Start to continue it"
+        return status, _loss_frame(live["points"]), jobs
+
+    def stop(self, job_id):
+        job = self.jobs.stop(job_id) if job_id else None
+        return f"job {job.id}: stopping" if job else "no job to stop"
+
+    # --- runs, evaluate, try, compare --------------------------------------------
+
+    def runs(self, evaluated: bool = False) -> list[str]:
+        found = []
+        for root in (self.workdir / "runs", Path("saves")):
+            for path in sorted(root.glob("*")) + sorted(root.glob("*/*")):
+                if path.is_dir() and (path / CONFIG_FILE).is_file() and RunDir(path).is_complete():
+                    if not evaluated or (path / EVAL_DIR / METRICS_FILE).is_file():
+                        found.append(str(path))
+        return list(dict.fromkeys(found))
+
+    def evaluate(self, run: str, mode: str):
+        if not run:
+            raise UserError("pick a trained run to evaluate")
+        args = [run] + ([f"mode={mode}"] if mode != "auto" else [])  # a run's folder stands for its config
+        job = self.jobs.submit("generate-eval", args)
+        while not job.finished:
+            yield f"job {job.id}: {job.state} `{job.command}`", None, None, None, None
+            time.sleep(1.0)
+        if job.state != "done":
+            raise UserError(job.error() or f"job {job.id} {job.state}")
+        yield (f"job {job.id}: done", *self.report(run))
+
+    def report(self, run: str):
+        eval_dir = Path(run) / EVAL_DIR
+        evaluation = read_json(eval_dir / METRICS_FILE)
+        history = read_jsonl(Path(run) / TRAINER_LOG_FILE) if (Path(run) / TRAINER_LOG_FILE).is_file() else None
+        parts = report_parts(read_jsonl(eval_dir / PREDICTIONS_FILE), evaluation["metrics"], history)
+        summary = pd.DataFrame(
+            [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in parts["summary"].items()]
+            + [{"metric": "held_out", "value": "yes" if evaluation.get("held_out") else "no"}]
+        )
+        per_class = pd.DataFrame(
+            [
+                {"label": n, **{k: round(v, 4) for k, v in m.items()}}
+                for n, m in evaluation["metrics"]["per_class"].items()
+            ]
+        )
+        figures = "".join(
+            f'<figure><figcaption><b>{title}</b></figcaption><img alt="{title}" src="{uri}" style="max-width:100%"></figure>'
+            for title, uri in parts["figures"]
+        )
+        return summary, per_class, figures, pd.DataFrame(parts["mistakes"])
+
+    def scorer(self, run: str):
+        config = Path(run) / CONFIG_FILE
+        stamp = config.stat().st_mtime
+        if run not in self._scorers or self._scorers[run][0] != stamp:
+            cfg = load_config(run)
+            self._scorers[run] = (stamp, (cfg, load_scorer(cfg)))
+        return self._scorers[run][1]
+
+    def try_text(self, run: str, text: str):
+        if not run:
+            raise UserError("pick a trained run first")
+        cfg, classifier = self.scorer(run)
+        result = classify_texts(cfg, [text], classifier)[0]
+        chosen = ", ".join(result["labels"]) or "(no label)"
+        return result["probabilities"], f"predicted: **{chosen}**"
+
+    def predict_file(self, run: str, upload: str | None):
+        if not run or not upload:
+            raise UserError("pick a trained run and upload a file of texts")
+        source = self.keep_upload(upload)
+        out = self.workdir / "predictions" / f"{source.stem}-{Path(run).name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        args = [run, "--input", str(source), "--output", str(out)]
+        job = self.jobs.submit("predict", args)
+        while not job.finished:
+            yield f"job {job.id}: {job.state} `{job.command}`", None
+            time.sleep(1.0)
+        if job.state != "done":
+            raise UserError(job.error() or f"job {job.id} {job.state}")
+        yield f"job {job.id}: done, {out.name}", str(out)
+
+    def compare(self, runs: list[str]):
+        out = self.workdir / "compare"
+        compare_runs([Path(r) for r in runs or []], out)
+        return (out / COMPARE_MD_FILE).read_text(), str(out / COMPARE_PLOT_FILE)
+
+
+_SUMMARY = {"job": 0, "state": "", "command": "", "minutes": None, "error": ""}
+
+
+def _plain(values: dict) -> dict:
+    return {
+        k: (float(v) if isinstance(v, float) else v) for k, v in values.items() if v is not None or k == "max_samples"
+    }
+
+
+def _loss_frame(points: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame({"step": [p["step"] for p in points], "loss": [p["loss"] for p in points]})
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _setting(key: str):
+    spec = FIELDS[key]
+    default, info = spec.default, spec.metadata.get("help", "")
+    choices = spec.metadata.get("choices")
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, label=key, info=info)
+    if choices and len(choices) > 1:
+        return gr.Dropdown(list(choices), value=default, label=key, info=info)
+    if key == "resume":
+        return gr.Dropdown(["none", "auto"], value=default, label=key, info=info)
+    if key == "max_samples":
+        return gr.Textbox(value="", label=key, info=info, placeholder="all rows")
+    if isinstance(default, (int, float)):
+        return gr.Number(value=default, label=key, info=info, precision=0 if isinstance(default, int) else None)
+    return gr.Textbox(value=str(default), label=key, info=info)
+
+
+def build(ui: WebUI) -> gr.Blocks:
+    models = [*ALIASES, *DIRECTORY_ALIASES]
+    with gr.Blocks(title="instructemo") as page:
+        gr.Markdown("# instructemo\nTrain, evaluate and try an emotion or sentiment classifier.")
+        job_id = gr.State(None)
+        with gr.Tab("Train"):
+            with gr.Row():
+                with gr.Column():
+                    dataset = gr.Dropdown(ui.dataset_choices(), value="emotion", label="dataset")
+                    upload = gr.File(label="CSV, TSV or JSONL file", file_types=[".csv", ".tsv", ".jsonl", ".json"])
+                    with gr.Row():
+                        text_column = gr.Textbox(label="text_column", placeholder="detected")
+                        label_column = gr.Textbox(label="label_column", placeholder="detected")
+                    test_fraction = gr.Slider(0.05, 0.5, 0.2, step=0.05, label="test split held out of a file")
+                    check = gr.Button("Check the data")
+                    data_info = gr.Markdown(elem_id="data-info")
+                    counts = gr.BarPlot(x="label", y="rows", y_lim=[0, None], label="label counts", height=220)
+                with gr.Column():
+                    model = gr.Dropdown(
+                        models,
+                        value=FIELDS["model_name_or_path"].default,
+                        allow_custom_value=True,
+                        label="model_name_or_path",
+                        info=FIELDS["model_name_or_path"].metadata["help"],
+                    )
+                    run_name = gr.Textbox(value="my-run", label="run name (output_dir under the webui's runs/)")
+                    settings = [_setting(key) for key in SETTINGS]
+            with gr.Row():
+                start = gr.Button("Start", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+            status = gr.Markdown("No training started yet.", elem_id="train-status")
+            loss = gr.LinePlot(x="step", y="loss", label="training loss", height=260, elem_id="loss-plot")
+            with gr.Accordion("The run's YAML (instructemo sft FILE reproduces it)", open=False):
+                yaml_text = gr.Code(language="yaml", label="config")
+                yaml_file = gr.File(label="download")
+            jobs = gr.Dataframe(
+                pd.DataFrame(columns=list(_SUMMARY)),
+                label="jobs (one runs at a time; the others wait)",
+                interactive=False,
+            )
+        with gr.Tab("Evaluate"):
+            with gr.Row():
+                eval_run = gr.Dropdown(ui.runs(), label="run", allow_custom_value=True)
+                eval_mode = gr.Dropdown(["auto", "generate", "score"], value="auto", label="mode")
+                refresh = gr.Button("Refresh runs")
+            evaluate = gr.Button("Evaluate", variant="primary")
+            eval_status = gr.Markdown()
+            summary = gr.Dataframe(label="metrics", interactive=False)
+            per_class = gr.Dataframe(label="per class", interactive=False)
+            figures = gr.HTML(elem_id="report-figures")
+            mistakes = gr.Dataframe(label="most confident mistakes", interactive=False, wrap=True)
+        with gr.Tab("Try"):
+            try_run = gr.Dropdown(ui.runs(), label="run", allow_custom_value=True)
+            text = gr.Textbox(label="text", lines=3, placeholder="i feel wonderful today")
+            classify = gr.Button("Classify", variant="primary")
+            chosen = gr.Markdown(elem_id="try-chosen")
+            probabilities = gr.Label(label="probabilities", num_top_classes=10, elem_id="try-label")
+            texts_file = gr.File(label="a file of texts to label (CSV, TSV or JSONL)", elem_id="try-file")
+            predict = gr.Button("Predict the file")
+            predict_status = gr.Markdown(elem_id="predict-status")
+            predictions = gr.File(label="predictions")
+        with gr.Tab("Compare"):
+            compare_runs_choice = gr.Dropdown(ui.runs(evaluated=True), multiselect=True, label="evaluated runs")
+            compare = gr.Button("Compare", variant="primary")
+            table = gr.Markdown()
+            plot = gr.Image(label="per-class F1", type="filepath")
+
+        check.click(shows_errors(ui.describe), [dataset, upload, text_column, label_column], [data_info, counts])
+        inputs = [dataset, upload, text_column, label_column, test_fraction, model, run_name, *settings]
+        start.click(shows_errors(ui.start), inputs, [job_id, yaml_text, yaml_file, status])
+        stop.click(shows_errors(ui.stop), [job_id], [status])
+        gr.Timer(1.0).tick(ui.progress, [job_id], [status, loss, jobs])
+
+        def refreshed():
+            runs, evaluated = ui.runs(), ui.runs(evaluated=True)
+            return gr.update(choices=runs), gr.update(choices=runs), gr.update(choices=evaluated)
+
+        refresh.click(refreshed, None, [eval_run, try_run, compare_runs_choice])
+        page.load(refreshed, None, [eval_run, try_run, compare_runs_choice])
+        evaluate.click(
+            shows_errors(ui.evaluate), [eval_run, eval_mode], [eval_status, summary, per_class, figures, mistakes]
+        )
+        classify.click(shows_errors(ui.try_text), [try_run, text], [probabilities, chosen])
+        predict.click(shows_errors(ui.predict_file), [try_run, texts_file], [predict_status, predictions])
+        compare.click(shows_errors(ui.compare), [compare_runs_choice], [table, plot])
+    return page
+
+
+def run_webui(host: str, port: int, workdir: str, dataset_dir: str, max_upload_mb: int) -> None:
+    ui = WebUI(Path(workdir), dataset_dir)
+    page = build(ui)
+    page.queue(default_concurrency_limit=2)
+    log.info("instructemo webui on http://%s:%d (runs in %s)", host, port, workdir)
+    page.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=f"{max_upload_mb}mb",
+        show_error=True,
+        quiet=True,
+        footer_links=[],
+        allowed_paths=[str(Path(workdir).resolve())],
+    )
