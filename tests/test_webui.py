@@ -199,7 +199,11 @@ def test_a_csv_becomes_a_trained_evaluated_and_tried_model_in_the_browser(tmp_pa
         set_field(page, "run name (output_dir under the webui's runs/)", "bad name/..")
         page.get_by_role("button", name="Start").click()
         expect(page.get_by_text("instructemo: error: run name").first).to_be_visible(timeout=30_000)
+        set_field(page, "run name (output_dir under the webui's runs/)", "tiny")  # the finished run: kept
+        page.get_by_role("button", name="Start").click()
+        expect(page.get_by_text("already holds a finished training run").first).to_be_visible(timeout=30_000)
         assert "Traceback" not in page.content()
+        assert yaml_config(tmp_path / "webui" / "configs" / "tiny.yaml") == config  # its YAML untouched
         browser.close()
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 
-from .config import Config
+from .config import Config, load_config
 from .data import Split, load_run_split, run_spec, split_source
 from .errors import UserError
 from .fileio import read_json, read_jsonl
 from .infer.classifier import Classifier
 from .metrics import score
 from .report import check_eval_dir, write_eval_outputs
-from .rundir import SELECTION_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir
+from .rundir import CONFIG_FILE, SELECTION_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir
 from .splits import is_training_split
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,27 @@ def tuning_uses(classifier: Classifier, split: Split) -> list[str]:
     return uses
 
 
+def training_overlap(classifier: Classifier, split: Split, eval_spec: str) -> dict | None:
+    """How the evaluated rows meet the rows the run was trained on, by the run's own saved config: whether they
+    are its training split, and how many of their texts it trained on (None: a base model, or unreadable)."""
+    adapter = classifier.adapter
+    if adapter is None or not (adapter / CONFIG_FILE).is_file():
+        return None
+    try:
+        trained = load_config(adapter)
+        training = load_run_split(trained, "train", max_samples=trained.max_samples)
+        same_split = is_training_split(trained, eval_spec, "test")
+    except UserError as exc:
+        log.warning("the run's training rows could not be read to check them against the evaluated rows: %s", exc)
+        return None
+    seen = {_normal(r.text) for r in training.records}
+    return {"same_split": same_split, "texts_in_training": sum(_normal(r.text) in seen for r in split.records)}
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
 def check_shots_held_apart(cfg: Config, eval_spec: str) -> None:
     """few_shot examples come from the training split: it may not be the split being judged."""
     if is_training_split(cfg, eval_spec, "test"):
@@ -44,6 +65,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report."""
     classifier = Classifier(cfg)
     space = classifier.space
+    eval_spec_given = split is None  # a split handed in (a cross-validation fold) is held out by construction
     if split is None:
         eval_spec = run_spec(cfg, "eval")
         if classifier.shot_pool is not None:
@@ -80,6 +102,16 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
             cfg.max_new_tokens,
         )
     reused = tuning_uses(classifier, split)
+    overlap = training_overlap(classifier, split, eval_spec) if eval_spec_given else None
+    if overlap and overlap["same_split"]:
+        reused.insert(0, "training")
+    elif overlap and overlap["texts_in_training"]:
+        log.warning(
+            "%d of the %d evaluated texts also appear among the run's training rows: on those the model "
+            "may recall rather than read; their share is in metrics.json (texts_in_training)",
+            overlap["texts_in_training"],
+            len(rows),
+        )
     if reused:
         log.warning(
             "NOT HELD OUT: the evaluated rows (%s) also served for %s, so these figures are optimistic; "
@@ -94,6 +126,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "data_origin": split.origin,
         "held_out": not reused,
         "also_used_for": reused,
+        "texts_in_training": overlap["texts_in_training"] if overlap else None,
         "backend": cfg.backend,
         "mode": classifier.mode,
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",

@@ -138,6 +138,8 @@ class WebUI:
             raise UserError(f"run name {run_name!r}: use letters, digits, '.', '_' or '-' (it names the run's folder)")
         spec = self._spec(dataset, upload)
         values = {"model_name_or_path": model, "dataset": spec}
+        if self.dataset_dir != FIELDS["dataset_dir"].default:
+            values["dataset_dir"] = self.dataset_dir  # --dataset-dir: the job reads the registry the page showed
         columns = {"text_column": text_column or None, "label_column": label_column or None}
         if dataset == UPLOAD:
             train, test = hold_out(spec, self.dataset_dir, float(test_fraction), 42, self.workdir / "data", **columns)
@@ -161,6 +163,8 @@ class WebUI:
         path = self.workdir / "configs" / f"{run.name}.yaml"
         plain = _plain(values)
         make_config(yaml.safe_load(yaml.safe_dump(plain)))  # the checks `instructemo sft` makes of its YAML, first
+        # and of its output_dir: the YAML of a run that exists is never replaced by one that would be refused
+        RunDir(run).check_can_begin("train", replace=values["overwrite_output_dir"], keep=values["resume"] != "none")
         text = yaml.safe_dump(plain, sort_keys=False)
         write_atomic(path, text)
         job = self.jobs.submit("sft", [str(path)], output_dir=run)
