@@ -76,9 +76,7 @@ def test_sft_then_generate_eval(tmp_path, tiny_llama, emotion_dir):
     assert "## Per class" in report and "## Confusion matrix" in report
     # The tiny test split repeats training texts: counted. The training split itself: not held out.
     assert metrics["held_out"] is True and metrics["texts_in_training"] == 6
-    assert (
-        run_cli("generate-eval", config, "eval_dataset=emotion:train", f"eval_output_dir={run / 'on-train'}") == 0
-    )
+    assert run_cli("generate-eval", config, "eval_dataset=emotion:train", f"eval_output_dir={run / 'on-train'}") == 0
     on_train = json.loads((run / "on-train" / "metrics.json").read_text())
     assert (on_train["held_out"], on_train["also_used_for"]) == (False, ["training"])
     # The live log a watcher reads while training: one line per logged step, the last one at the end.

@@ -239,6 +239,7 @@ class WebUI:
         config = Path(run) / CONFIG_FILE
         stamp = config.stat().st_mtime
         if run not in self._scorers or self._scorers[run][0] != stamp:
+            self._scorers.clear()  # one model in memory: the run being tried
             cfg = load_config(run)
             self._scorers[run] = (stamp, (cfg, load_scorer(cfg)))
         return self._scorers[run][1]
@@ -315,7 +316,10 @@ def build(ui: WebUI) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     dataset = gr.Dropdown(ui.dataset_choices(), value="emotion", label="dataset")
-                    upload = gr.File(label="CSV, TSV or JSONL file", file_types=[".csv", ".tsv", ".jsonl", ".json"])
+                    upload = gr.File(
+                        label="CSV, TSV, JSONL or text;label file",
+                        file_types=[".csv", ".tsv", ".jsonl", ".json", ".txt"],
+                    )
                     with gr.Row():
                         text_column = gr.Textbox(label="text_column", placeholder="detected")
                         label_column = gr.Textbox(label="label_column", placeholder="detected")
