@@ -84,7 +84,7 @@ def webui(tmp_path, tiny_llama):
     exe = Path(sys.executable).with_name("instructemo")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [str(exe), "webui", "--port", str(port), "--workdir", str(tmp_path / "webui")],
+        [str(exe), "webui", "--port", str(port), "--workdir", str(tmp_path / "webui"), "--max-upload-mb", "1"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -125,8 +125,12 @@ def set_field(page, label: str, value: str) -> None:
 def test_a_csv_becomes_a_trained_evaluated_and_tried_model_in_the_browser(tmp_path, tiny_llama, webui):
     from playwright.sync_api import expect, sync_playwright
 
+    import httpx
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     csv = write_csv(tmp_path / "my_texts.csv")
+    too_big = httpx.post(webui + "gradio_api/upload", files={"files": ("big.csv", b"x" * (2 << 20))}, timeout=60)
+    assert too_big.status_code == 413 and "maximum allowed size" in too_big.text  # --max-upload-mb 1
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
