@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import EMOTION_ROWS, free_port
 
@@ -93,8 +94,6 @@ def webui(tmp_path, tiny_llama):
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
-    import httpx
-
     while time.monotonic() < deadline:
         try:
             if httpx.get(url, timeout=2).status_code == 200:
@@ -124,8 +123,6 @@ def set_field(page, label: str, value: str) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_a_csv_becomes_a_trained_evaluated_and_tried_model_in_the_browser(tmp_path, tiny_llama, webui):
     from playwright.sync_api import expect, sync_playwright
-
-    import httpx
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     csv = write_csv(tmp_path / "my_texts.csv")

@@ -171,7 +171,7 @@ class WebUI:
         return job.id, text, str(path), f"job {job.id} queued: `{job.command}`"
 
     def progress(self, job_id):
-        jobs = pd.DataFrame([j.summary() for j in reversed(self.jobs.jobs)] or None, columns=list(_SUMMARY))
+        jobs = pd.DataFrame([j.summary() for j in reversed(self.jobs.jobs)] or None, columns=JOB_COLUMNS)
         job = self.jobs.get(job_id) if job_id else None
         if job is None:
             return "No training started yet.", _loss_frame([]), jobs
@@ -221,7 +221,7 @@ class WebUI:
         parts = report_parts(read_jsonl(eval_dir / PREDICTIONS_FILE), evaluation["metrics"], history)
         summary = pd.DataFrame(
             [{"metric": k, "value": round(v, 4) if isinstance(v, float) else v} for k, v in parts["summary"].items()]
-            + [{"metric": "held_out", "value": "yes" if evaluation.get("held_out") else "no"}]
+            + [{"metric": "held_out", "value": _held_out(evaluation)}]
         )
         per_class = pd.DataFrame(
             [
@@ -234,6 +234,12 @@ class WebUI:
             for title, uri in parts["figures"]
         )
         return summary, per_class, figures, pd.DataFrame(parts["mistakes"])
+
+    def last_report(self, run: str):
+        """The run's last evaluation, when it has one (empty otherwise)."""
+        if run and (Path(run) / EVAL_DIR / METRICS_FILE).is_file():
+            return ("the last evaluation of this run", *self.report(run))
+        return ("no evaluation yet: press Evaluate", None, None, "", None)
 
     def scorer(self, run: str):
         config = Path(run) / CONFIG_FILE
@@ -273,7 +279,14 @@ class WebUI:
         return (out / COMPARE_MD_FILE).read_text(), str(out / COMPARE_PLOT_FILE)
 
 
-_SUMMARY = {"job": 0, "state": "", "command": "", "minutes": None, "error": ""}
+JOB_COLUMNS = ["job", "state", "command", "minutes", "error"]
+
+
+def _held_out(evaluation: dict) -> str:
+    """Whether the evaluated rows played no part in training, as metrics.json says it."""
+    said = "yes" if evaluation.get("held_out") else "no: also used for " + ", ".join(evaluation["also_used_for"])
+    seen = evaluation.get("texts_in_training")
+    return said + (f" ({seen} texts also among the training rows)" if seen else "")
 
 
 def _plain(values: dict) -> dict:
@@ -346,7 +359,7 @@ def build(ui: WebUI) -> gr.Blocks:
                 yaml_text = gr.Code(language="yaml", label="config")
                 yaml_file = gr.File(label="download")
             jobs = gr.Dataframe(
-                pd.DataFrame(columns=list(_SUMMARY)),
+                pd.DataFrame(columns=JOB_COLUMNS),
                 label="jobs (one runs at a time; the others wait)",
                 interactive=False,
             )
@@ -389,9 +402,9 @@ def build(ui: WebUI) -> gr.Blocks:
 
         refresh.click(refreshed, None, [eval_run, try_run, compare_runs_choice])
         page.load(refreshed, None, [eval_run, try_run, compare_runs_choice])
-        evaluate.click(
-            shows_errors(ui.evaluate), [eval_run, eval_mode], [eval_status, summary, per_class, figures, mistakes]
-        )
+        report = [eval_status, summary, per_class, figures, mistakes]
+        eval_run.input(shows_errors(ui.last_report), [eval_run], report)
+        evaluate.click(shows_errors(ui.evaluate), [eval_run, eval_mode], report)
         classify.click(shows_errors(ui.try_text), [try_run, text], [probabilities, chosen])
         predict.click(shows_errors(ui.predict_file), [try_run, texts_file], [predict_status, predictions])
         compare.click(shows_errors(ui.compare), [compare_runs_choice], [table, plot])
