@@ -309,3 +309,13 @@ def test_the_vllm_merge_honours_allow_pickle_weights(trained, tmp_path, tiny_lla
     with pytest.raises(UserError, match="only pickled weights"):
         merged_model(str(pickled), run)
     assert (merged_model(str(pickled), run, allow_pickle=True) / "model.safetensors").is_file()
+
+
+def test_jsonl_reads_back_texts_that_hold_unicode_line_separators(tmp_path):
+    """predictions.jsonl keeps texts as they are: U+2028 or U+0085 inside one must not end its line (a GoEmotions row)."""
+    from instructemo.fileio import jsonl_text, read_jsonl
+
+    rows = [{"text": "one\u2028two\u0085three\u2029four"}, {"text": "five"}]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(jsonl_text(rows), encoding="utf-8")
+    assert read_jsonl(path) == rows

@@ -73,7 +73,9 @@ def read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> list[Any]:
     """The rows of a JSONL file a run wrote (trainer_log.jsonl)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split("\n"), not splitlines(): a text may hold U+2028 and other characters splitlines() ends a line at
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -161,7 +161,7 @@ def live_progress(output_dir: Path | None) -> dict:
     path = Path(output_dir) / LIVE_LOG_FILE if output_dir else None
     points = []
     if path is not None and path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
             try:
                 points.append(json.loads(line))
             except json.JSONDecodeError:
