@@ -201,13 +201,21 @@ def measure(recipe: Recipe) -> dict:
         "predict_examples_per_second": evaluation["examples_per_second"],
         "wall_seconds": wall,
         "eval_rows": metrics["n"],
-        "held_out": "yes" if evaluation["held_out"] else "no: also " + " and ".join(evaluation["also_used_for"]),
+        "held_out": held_out(evaluation["held_out"], evaluation["also_used_for"], evaluation["texts_in_training"]),
+        "texts_in_training": evaluation["texts_in_training"],
         "commands": [" ".join(c) for c in recipe.commands()],
         "note": recipe.note,
         "commit": commit,
         "machine": machine(),
         "measured": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def held_out(held: bool, also_used_for: list[str], texts_in_training: int | None) -> str:
+    """The table's cell: whether the judged rows served for nothing else, and how many texts training also saw."""
+    cell = "yes" if held else "no: also " + " and ".join(also_used_for)
+    plural = "s" if texts_in_training != 1 else ""
+    return cell + (f" ({texts_in_training} text{plural} also in training)" if texts_in_training else "")
 
 
 def table(entries: list[dict]) -> str:
@@ -307,6 +315,7 @@ def main() -> None:
     parser.add_argument("--only", help="Comma-separated recipe names.")
     parser.add_argument("--group", choices=("recipes", "curve", "prompting", "all"), default="recipes")
     parser.add_argument("--list", action="store_true", help="List the recipes and their commands.")
+    parser.add_argument("--render", action="store_true", help="Rewrite recipes.md and the plot from recipes.json.")
     args = parser.parse_args()
     chosen = recipes()
     if args.only:
@@ -322,6 +331,12 @@ def main() -> None:
             print(r.name, "|", " | ".join(" ".join(c) for c in r.commands()))
         return
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"recipes": {}}
+    if args.render:
+        result["table_markdown"] = markdown(result)
+        write_result(RESULTS, result)
+        TABLE.write_text(project_relative(result["table_markdown"]))
+        curve_plot(result)
+        return
     result["benchmark"] = __doc__.split("\n\n")[0]
     result["field"] = FIELD
     for recipe in chosen:
