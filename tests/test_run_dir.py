@@ -312,7 +312,7 @@ def test_the_vllm_merge_honours_allow_pickle_weights(trained, tmp_path, tiny_lla
 
 
 def test_jsonl_reads_back_texts_that_hold_unicode_line_separators(tmp_path):
-    """predictions.jsonl keeps texts as they are: U+2028 or U+0085 inside one must not end its line (a GoEmotions row)."""
+    """predictions.jsonl keeps texts as they are: U+2028 or U+0085 inside one must not end its line (IMDB reviews hold them)."""
     from instructemo.fileio import jsonl_text, read_jsonl
 
     rows = [{"text": "one\u2028two\u0085three\u2029four"}, {"text": "five"}]
