@@ -51,7 +51,9 @@ def main() -> None:
             pick(page, "stage", "cls")
             pick(page, "finetuning_type", "full")
             for key, value in {"max_samples": "4000", "per_device_train_batch_size": "16", "cutoff_len": "256"}.items():
-                set_field(page, key, value)
+                field = page.locator(f"#setting-{key} input, #setting-{key} textarea").first
+                field.fill(value)
+                field.press("Tab")
             page.get_by_role("button", name="Start").click()
             expect(page.locator("#train-status")).to_contain_text("step", timeout=300_000)
             time.sleep(20)  # a live view: the loss so far, the time left

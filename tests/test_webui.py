@@ -7,6 +7,7 @@ come from there.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -64,9 +65,14 @@ def test_stop_ends_a_training_job_cleanly_and_its_run_can_resume(tmp_path, tiny_
     from instructemo.rundir import RunDir
     from instructemo.webui.jobs import live_progress
 
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, num_train_epochs=500, save_steps=2)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, num_train_epochs=500)
     queue = JobQueue(tmp_path / "jobs")
-    job = queue.submit("sft", [config], output_dir=tmp_path / "run")
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup or `&`: the job inherits it
+    try:
+        job = queue.submit("sft", [config], output_dir=tmp_path / "run")
+        queue.wait_started(job)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     deadline = time.monotonic() + 120
     while live_progress(job.output_dir)["step"] < 4 and time.monotonic() < deadline:
         time.sleep(0.5)

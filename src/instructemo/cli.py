@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 
 from .config import describe_keys, load_config
@@ -345,6 +347,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # A process started with SIGINT ignored (a script's background job, and so its children) never gets
+        # KeyboardInterrupt: Ctrl-C, and the webui's Stop, must still end a run the clean way.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = parse_arguments(argv)
     except UserError as exc:

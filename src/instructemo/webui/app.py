@@ -308,16 +308,22 @@ def _setting(key: str):
     default, info = spec.default, spec.metadata.get("help", "")
     choices = spec.metadata.get("choices")
     if isinstance(default, bool):
-        return gr.Checkbox(value=default, label=key, info=info)
+        return gr.Checkbox(value=default, label=key, info=info, elem_id=f"setting-{key}")
     if choices and len(choices) > 1:
-        return gr.Dropdown(list(choices), value=default, label=key, info=info)
+        return gr.Dropdown(list(choices), value=default, label=key, info=info, elem_id=f"setting-{key}")
     if key == "resume":
-        return gr.Dropdown(["none", "auto"], value=default, label=key, info=info)
+        return gr.Dropdown(["none", "auto"], value=default, label=key, info=info, elem_id=f"setting-{key}")
     if key == "max_samples":
-        return gr.Textbox(value="", label=key, info=info, placeholder="all rows")
+        return gr.Textbox(value="", label=key, info=info, placeholder="all rows", elem_id="setting-max_samples")
     if isinstance(default, (int, float)):
-        return gr.Number(value=default, label=key, info=info, precision=0 if isinstance(default, int) else None)
-    return gr.Textbox(value=str(default), label=key, info=info)
+        return gr.Number(
+            value=default,
+            label=key,
+            info=info,
+            precision=0 if isinstance(default, int) else None,
+            elem_id=f"setting-{key}",
+        )
+    return gr.Textbox(value=str(default), label=key, info=info, elem_id=f"setting-{key}")
 
 
 def build(ui: WebUI) -> gr.Blocks:

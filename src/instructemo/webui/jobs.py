@@ -108,6 +108,13 @@ class JobQueue:
             threading.Thread(target=self._kill_later, args=(job,), daemon=True).start()
         return job
 
+    def wait_started(self, job: Job, timeout: float = 30.0) -> Job:
+        """Until the job's process exists (or it ended first)."""
+        deadline = time.monotonic() + timeout
+        while job.process is None and not job.finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return job
+
     def wait(self, job: Job, timeout: float | None = None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not job.finished and (deadline is None or time.monotonic() < deadline):
