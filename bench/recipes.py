@@ -261,6 +261,9 @@ def markdown(result: dict) -> str:
         "",
         "Every command is in recipes.json, with the commit and machine each was measured on.",
     ]
+    notes = [f"- {e['name']}: {e['note']}" for e in entries if e.get("note")]
+    if notes:
+        parts += ["", "Notes:", "", *notes]
     return "\n".join(parts) + "\n"
 
 
