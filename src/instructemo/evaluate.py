@@ -65,7 +65,9 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report."""
     classifier = Classifier(cfg)
     space = classifier.space
-    eval_spec_given = split is None  # a split handed in (a cross-validation fold) is held out by construction
+    by_spec = (
+        split is None
+    )  # a split handed in (a cross-validation fold, a tune trial's dev rows) is checked by its caller
     if split is None:
         eval_spec = run_spec(cfg, "eval")
         if classifier.shot_pool is not None:
@@ -102,7 +104,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
             cfg.max_new_tokens,
         )
     reused = tuning_uses(classifier, split)
-    overlap = training_overlap(classifier, split, eval_spec) if eval_spec_given else None
+    overlap = training_overlap(classifier, split, eval_spec) if by_spec else None
     if overlap and overlap["same_split"]:
         reused.insert(0, "training")
     elif overlap and overlap["texts_in_training"]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import Config
-from .data import entry_for, is_path_spec, load_registry, load_split
+from .data import entry_for, load_registry, load_split
 from .errors import UserError
 from .fileio import write_atomic
 from .infer.classifier import Classifier
@@ -91,7 +91,6 @@ def describe_dataset(spec: str, dataset_dir: str, text_column=None, label_column
         "multi_label": space.multi_label,
         "label_counts": {name: counts[name] for name in space.names},
         "texts_with_conflicting_labels": len(split.conflicts),
-        "test_split": None if is_path_spec(spec) else next((s for s in ("test", "dev") if s in entry.splits), None),
     }
 
 

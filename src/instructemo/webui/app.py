@@ -161,11 +161,10 @@ class WebUI:
         values = self.config_values(*inputs)
         run = Path(values["output_dir"])
         path = self.workdir / "configs" / f"{run.name}.yaml"
-        plain = _plain(values)
-        make_config(yaml.safe_load(yaml.safe_dump(plain)))  # the checks `instructemo sft` makes of its YAML, first
+        text = yaml.safe_dump({k: v for k, v in values.items() if v is not None or k == "max_samples"}, sort_keys=False)
+        make_config(yaml.safe_load(text))  # the checks `instructemo sft` makes of this YAML, first
         # and of its output_dir: the YAML of a run that exists is never replaced by one that would be refused
         RunDir(run).check_can_begin("train", replace=values["overwrite_output_dir"], keep=values["resume"] != "none")
-        text = yaml.safe_dump(plain, sort_keys=False)
         write_atomic(path, text)
         job = self.jobs.submit("sft", [str(path)], output_dir=run)
         return job.id, text, str(path), f"job {job.id} queued: `{job.command}`"
@@ -287,12 +286,6 @@ def _held_out(evaluation: dict) -> str:
     said = "yes" if evaluation.get("held_out") else "no: also used for " + ", ".join(evaluation["also_used_for"])
     seen = evaluation.get("texts_in_training")
     return said + (f" ({seen} texts also among the training rows)" if seen else "")
-
-
-def _plain(values: dict) -> dict:
-    return {
-        k: (float(v) if isinstance(v, float) else v) for k, v in values.items() if v is not None or k == "max_samples"
-    }
 
 
 def _loss_frame(points: list[dict]) -> pd.DataFrame:
