@@ -149,7 +149,7 @@ def recipes() -> list[Recipe]:
             )
     for rows in CURVE_ROWS[:-1]:  # 16000: minilm-cls-16k-3ep
         found.append(Recipe(f"curve-minilm-{rows}", "emotion", *MINILM, group="curve", rows=rows, epochs=3))
-    for rows in CURVE_ROWS[:3]:
+    for rows in CURVE_ROWS[:-1]:  # 16000: smollm2-sft-16k
         found.append(
             Recipe(
                 f"curve-smollm2-{rows}", "emotion", *SMOLLM2, eval_overrides=["mode=score"], group="curve", rows=rows
