@@ -104,6 +104,20 @@ def _compare(args):
     compare_runs([Path(p) for p in args.runs], Path(args.output))
 
 
+def _ensemble(args):
+    from pathlib import Path
+
+    from .ensemble import run_ensemble
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise UserError(f"--weights {args.weights!r}: give numbers separated by commas, e.g. 2,1") from None
+    run_ensemble([Path(p) for p in args.runs], Path(args.output), weights)
+
+
 def _webui(args):
     try:
         import gradio  # noqa: F401
@@ -203,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="compare", help="Folder for compare.md, compare.json, per_class_f1.png (default: compare)."
     )
     compare.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
+    ensemble = verbs.add_parser(
+        "ensemble",
+        help="Combine evaluated runs into one classifier on the same rows: averaged probabilities (single-label) "
+        "or a vote (multi-label); writes predictions, metrics and a report.",
+    )
+    ensemble.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="Two or more runs (with eval/ in them) or evaluation directories."
+    )
+    ensemble.add_argument("--output", required=True, help="Folder for the ensemble's evaluation.")
+    ensemble.add_argument(
+        "--weights", help="One positive weight per run, in order, e.g. 2,1 (default: equal). Choose them on dev."
+    )
+    ensemble.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     webui = verbs.add_parser(
         "webui", help="Train, evaluate, try and compare classifiers from the browser (Gradio), without YAML."
     )
@@ -358,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries(args.verbose)
     try:
-        if args.verb in ("datasets", "compare", "webui"):
-            {"datasets": _datasets, "compare": _compare, "webui": _webui}[args.verb](args)
+        if args.verb in ("datasets", "compare", "ensemble", "webui"):
+            {"datasets": _datasets, "compare": _compare, "ensemble": _ensemble, "webui": _webui}[args.verb](args)
             return 0
         run, _ = VERBS[args.verb]
         cfg = load_config(args.config, args.overrides)

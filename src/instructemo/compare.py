@@ -14,11 +14,11 @@ from pathlib import Path
 from .errors import UserError
 from .fileio import json_text, read_json, write_atomic
 from .plots import pyplot, save_figure
+from .report import find_evaluation
 from .rundir import (
     COMPARE_JSON_FILE,
     COMPARE_MD_FILE,
     COMPARE_PLOT_FILE,
-    EVAL_DIR,
     METRICS_FILE,
     TRAIN_RESULTS_FILE,
     RunDir,
@@ -29,13 +29,7 @@ log = logging.getLogger(__name__)
 
 def load_run(path: Path) -> dict:
     """One run's figures: metrics from its evaluation, time and parameters from its training."""
-    is_evaluation = (path / METRICS_FILE).is_file() or (RunDir(path).manifest() or {}).get("kind") == "eval"
-    eval_dir = path if is_evaluation else path / EVAL_DIR
-    RunDir(eval_dir).require_complete()
-    if not (eval_dir / METRICS_FILE).is_file():
-        raise UserError(
-            f"{path}: no metrics.json in it or in {path / EVAL_DIR}; run instructemo generate-eval on it first"
-        )
+    eval_dir = find_evaluation(path)
     evaluation = read_json(eval_dir / METRICS_FILE)
     run_dir = Path(evaluation["adapter"]) if evaluation.get("adapter") else (path if eval_dir != path else path.parent)
     RunDir(run_dir).require_complete()
@@ -47,7 +41,7 @@ def load_run(path: Path) -> dict:
     return {
         "run": str(path),
         "name": path.name if eval_dir != path else f"{path.parent.name}/{path.name}",
-        "stage": train.get("stage", "cls" if evaluation.get("mode") == "cls" else "sft"),
+        "stage": train.get("stage") or {"cls": "cls", "ensemble": "ensemble"}.get(evaluation.get("mode"), "sft"),
         "mode": evaluation.get("mode"),
         "multi_label": multi_label,
         "n": m["n"],

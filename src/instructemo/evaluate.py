@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from .config import Config, load_config
 from .data import Split, load_run_split, run_spec, split_source
@@ -31,10 +32,9 @@ def tuning_uses(classifier: Classifier, split: Split) -> list[str]:
     return uses
 
 
-def training_overlap(classifier: Classifier, split: Split, eval_spec: str) -> dict | None:
-    """How the evaluated rows meet the rows the run was trained on, by the run's own saved config: whether they
-    are its training split, and how many of their texts it trained on (None: a base model, or unreadable)."""
-    adapter = classifier.adapter
+def training_overlap(adapter: Path | None, texts: list[str], eval_spec: str) -> dict | None:
+    """How the evaluated texts meet the rows the run in `adapter` was trained on, by the run's own saved config:
+    whether they are its training split, and which of them it trained on (None: a base model, or unreadable)."""
     if adapter is None or not (adapter / CONFIG_FILE).is_file():
         return None
     try:
@@ -45,7 +45,7 @@ def training_overlap(classifier: Classifier, split: Split, eval_spec: str) -> di
         log.warning("the run's training rows could not be read to check them against the evaluated rows: %s", exc)
         return None
     seen = {_normal(r.text) for r in training.records}
-    return {"same_split": same_split, "texts_in_training": sum(_normal(r.text) in seen for r in split.records)}
+    return {"same_split": same_split, "in_training": [_normal(t) in seen for t in texts]}
 
 
 def _normal(text: str) -> str:
@@ -104,14 +104,16 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
             cfg.max_new_tokens,
         )
     reused = tuning_uses(classifier, split)
-    overlap = training_overlap(classifier, split, eval_spec) if by_spec else None
+    texts = [r.text for r in split.records]
+    overlap = training_overlap(classifier.adapter, texts, eval_spec) if by_spec else None
+    in_training = sum(overlap["in_training"]) if overlap else None
     if overlap and overlap["same_split"]:
         reused.insert(0, "training")
-    elif overlap and overlap["texts_in_training"]:
+    elif in_training:
         log.warning(
             "%d of the %d evaluated texts also appear among the run's training rows: on those the model "
             "may recall rather than read; their share is in metrics.json (texts_in_training)",
-            overlap["texts_in_training"],
+            in_training,
             len(rows),
         )
     if reused:
@@ -128,7 +130,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "data_origin": split.origin,
         "held_out": not reused,
         "also_used_for": reused,
-        "texts_in_training": overlap["texts_in_training"] if overlap else None,
+        "texts_in_training": in_training,
         "backend": cfg.backend,
         "mode": classifier.mode,
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",

@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from .errors import UserError
 from .fileio import json_text, jsonl_text, write_atomic
 from .html_report import SUMMARY_KEYS, render
 from .rundir import (
+    EVAL_DIR,
     METRICS_FILE,
     PREDICTIONS_FILE,
     REPORT_HTML_FILE,
@@ -26,6 +28,18 @@ from .rundir import (
 def check_eval_dir(out_dir: Path) -> None:
     """Raise, before any model loads, if an evaluation may not be written into out_dir."""
     RunDir(out_dir, "eval_output_dir").check_can_begin("eval", replace=True)
+
+
+def find_evaluation(path: Path) -> Path:
+    """The finished evaluation directory that `path` names: itself, or a training run's eval/ folder."""
+    is_evaluation = (path / METRICS_FILE).is_file() or (RunDir(path).manifest() or {}).get("kind") == "eval"
+    eval_dir = path if is_evaluation else path / EVAL_DIR
+    RunDir(eval_dir).require_complete()
+    if not (eval_dir / METRICS_FILE).is_file():
+        raise UserError(
+            f"{path}: no metrics.json in it or in {path / EVAL_DIR}; run instructemo generate-eval on it first"
+        )
+    return eval_dir
 
 
 def write_eval_outputs(
