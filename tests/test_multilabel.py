@@ -347,9 +347,9 @@ def test_calibrate_refuses_single_label_models(tmp_path, tiny_llama, emotion_dir
     assert "per-label thresholds for multi-label models" in capsys.readouterr().err
 
 
-# --- cross-validation -------------------------------------------------------------
+# --- cross-validation and held-out splits ----------------------------------------
 
-from instructemo.cv import fold_indices  # noqa: E402
+from instructemo.stratify import fold_indices, held_out_indices  # noqa: E402
 from instructemo.data import Record, Split  # noqa: E402
 
 
@@ -373,6 +373,22 @@ def test_folds_partition_the_rows_and_keep_label_shares():
     single = make_split([("x",)] * 30 + [("y",)] * 10, multi_label=False)
     for held_out in fold_indices(single, 5, seed=0):
         assert sorted(r.labels[0] for r in np.array(single.records)[held_out]) == ["x"] * 6 + ["y"] * 2
+
+
+def test_a_held_out_part_keeps_each_labels_share_when_label_sets_rarely_repeat():
+    """Most multi-label combinations occur once: the test part still gets its fraction of rows and of each label."""
+    rng = np.random.default_rng(2)
+    labels = "abcdefgh"
+    sets = [tuple(l for l in labels if rng.random() < 0.3) for _ in range(300)]
+    split = make_split(sets, multi_label=True)
+    assert len(set(sets)) > 100  # the combinations that grouping by label set kept out of the test part
+    test = held_out_indices(split, 0.2, seed=42)
+    assert 55 <= len(test) <= 65 and test == sorted(set(test)) and test == held_out_indices(split, 0.2, seed=42)
+    gold = binarize([r.labels for r in split.records], split.label_space)
+    assert np.abs(gold[test].mean(axis=0) - gold.mean(axis=0)).max() < 0.05
+    single = make_split([("x",)] * 30 + [("y",)] * 10 + [("z",)], multi_label=False)
+    test = held_out_indices(single, 0.2, seed=0)
+    assert sorted(single.records[i].labels[0] for i in test) == ["x"] * 6 + ["y"] * 2  # z's one row trains
 
 
 def test_fold_errors_say_what_to_change():

@@ -18,44 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .data import Split, load_run_split
-from .errors import UserError
+from .data import load_run_split
 from .evaluate import run_generate_eval
 from .fileio import json_text, write_atomic
-from .metrics import binarize
 from .rundir import CV_DIR, CV_SUMMARY_FILE, CV_SUMMARY_MD_FILE, RunDir
+from .stratify import fold_indices
 from .train import run_sft
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "jaccard", "exact_match", "invalid_rate", "ece")
-
-
-def fold_indices(split: Split, folds: int, seed: int) -> list[np.ndarray]:
-    """The held-out row indices of each fold."""
-    space = split.label_space
-    if folds < 2:
-        raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
-    if len(split.records) < folds:
-        raise UserError(f"--folds {folds} is more than the {len(split.records)} training rows; use fewer folds")
-    rows = np.zeros(len(split.records))
-    if space.multi_label:
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
-        splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        target = binarize([r.labels for r in split.records], space)
-    else:
-        from sklearn.model_selection import StratifiedKFold
-
-        target = np.array([r.labels[0] for r in split.records])
-        names, counts = np.unique(target, return_counts=True)
-        if counts.min() < folds:
-            raise UserError(
-                f"label {str(names[counts.argmin()])!r} has {counts.min()} row(s), fewer than --folds {folds}; "
-                "use fewer folds or more data"
-            )
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [held_out for _, held_out in splitter.split(rows, target)]
 
 
 def run_cv(cfg: Config, folds: int) -> dict:

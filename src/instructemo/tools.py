@@ -11,9 +11,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +22,7 @@ from .errors import UserError
 from .fileio import write_atomic
 from .infer.classifier import Classifier
 from .readers import find_file
+from .stratify import held_out_indices
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +95,21 @@ def describe_dataset(spec: str, dataset_dir: str, text_column=None, label_column
 
 
 def hold_out(spec: str, dataset_dir: str, fraction: float, seed: int, out_dir: Path, **columns) -> tuple[Path, Path]:
-    """Split a file's checked rows into train and test JSONL files, each label set in proportion, seeded.
+    """Split a file's checked rows into train and test JSONL files, each label in proportion, seeded.
 
     The file names carry the source's content hash, the fraction and the seed,
     so a different file or split never lands on an existing name.
     """
-    if not 0 < fraction < 1:
-        raise UserError(f"test fraction {fraction} must lie between 0 and 1 (e.g. 0.2 for a fifth)")
     split = load_split(spec, dataset_dir, **columns)
-    groups: dict[tuple, list] = defaultdict(list)
-    for record in split.records:
-        groups[tuple(sorted(record.labels))].append(record)
-    rng, train, test = random.Random(seed), [], []
-    for key in sorted(groups):
-        rows = groups[key]
-        rng.shuffle(rows)
-        cut = round(len(rows) * fraction) if len(rows) > 1 else 0
-        test += rows[:cut]
-        train += rows[cut:]
+    chosen = set(held_out_indices(split, fraction, seed))
+    test = [r for i, r in enumerate(split.records) if i in chosen]
+    train = [r for i, r in enumerate(split.records) if i not in chosen]
     if not test or not train:
         raise UserError(f"{spec}: {len(split.records)} rows are too few to hold out {fraction:.0%} as a test split")
     multi = split.label_space.multi_label
     digest = hashlib.sha256(Path(split.origin).read_bytes()).hexdigest()[:8]
     stem = Path(split.origin).stem
     stem = f"{stem if stem.endswith(digest) else f'{stem}-{digest}'}-{round(fraction * 100)}pct-seed{seed}"
-    order = {id(record): i for i, record in enumerate(split.records)}
     paths = []
     for part, rows in (("train", train), ("test", test)):
         lines = [
@@ -131,7 +121,7 @@ def hold_out(spec: str, dataset_dir: str, fraction: float, seed: int, out_dir: P
                 },
                 ensure_ascii=False,
             )
-            for r in sorted(rows, key=lambda r: order[id(r)])  # the file's own order
+            for r in rows  # the file's own order
         ]
         path = Path(out_dir) / f"{stem}-{part}.jsonl"
         write_atomic(path, "\n".join(lines) + "\n")
