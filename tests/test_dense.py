@@ -266,31 +266,6 @@ def test_cls_refuses_vllm_and_qlora(tmp_path, emotion_dir, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_compare_puts_a_cls_run_beside_an_sft_run(tmp_path, emotion_dir, tiny_llama, capsys):
-    encoder = build_tiny_encoder(tmp_path / "bert", "bert")
-    cls_config = tiny_config(tmp_path / "a", encoder, emotion_dir, stage="cls", output_dir=str(tmp_path / "cls-run"))
-    sft_config = tiny_config(
-        tmp_path / "b", tiny_llama, emotion_dir, output_dir=str(tmp_path / "sft-run"), num_train_epochs=1
-    )
-    for config in (cls_config, sft_config):
-        assert run_cli("sft", config, "do_eval=true") == 0
-    capsys.readouterr()
-    out = tmp_path / "cmp"
-    assert run_cli("compare", tmp_path / "cls-run", tmp_path / "sft-run" / "eval", "--output", out) == 0
-    printed = capsys.readouterr().out
-    assert "| run | stage | mode | accuracy | macro F1 |" in printed and "F1 surprise" in printed
-    rows = json.loads((out / "compare.json").read_text())
-    assert [(r["stage"], r["mode"]) for r in rows] == [("cls", "cls"), ("sft", "generate")]
-    for r in rows:
-        metrics = json.loads(
-            (Path(r["run"]) / ("metrics.json" if r["stage"] == "sft" else "eval/metrics.json")).read_text()
-        )
-        assert r["macro_f1"] == metrics["metrics"]["macro_f1"] and r["trainable_parameters"] > 0
-        assert set(r["per_class_f1"]) == set(EMOTIONS)
-    assert (out / "compare.md").read_text().strip() == printed.strip()
-    assert (out / "per_class_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_compare_says_what_is_missing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli("compare", tmp_path / "empty") == 2

@@ -45,8 +45,9 @@ def read(path: Path, name: str):
     return json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines()]
 
 
-def test_a_cls_head_and_a_generative_run_average_their_probabilities(tmp_path, emotion_dir, tiny_llama, capsys, caplog):
-    """Two real runs, trained and evaluated by the CLI: the ensemble's labels are the argmax of their mean."""
+def test_compare_then_ensemble_a_cls_head_and_a_generative_run(tmp_path, emotion_dir, tiny_llama, capsys, caplog):
+    """Two real runs, trained and evaluated by the CLI: compare puts them side by side, and the ensemble's labels
+    are the argmax of their weighted mean probabilities."""
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
     cls_run, sft_run = tmp_path / "cls-run", tmp_path / "sft-run"
     cls = tiny_config(tmp_path / "a", encoder, emotion_dir, stage="cls", output_dir=str(cls_run))
@@ -54,6 +55,21 @@ def test_a_cls_head_and_a_generative_run_average_their_probabilities(tmp_path, e
     assert run_cli("sft", cls, "do_eval=true") == 0
     assert run_cli("sft", sft, "do_eval=true") == 0  # generate mode: answers, no probabilities
     capsys.readouterr()
+    cmp = tmp_path / "cmp"
+    assert run_cli("compare", cls_run, sft_run / "eval", "--output", cmp) == 0
+    printed = capsys.readouterr().out
+    assert "| run | stage | mode | accuracy | macro F1 |" in printed and "F1 surprise" in printed
+    compared = json.loads((cmp / "compare.json").read_text())
+    assert [(r["stage"], r["mode"]) for r in compared] == [("cls", "cls"), ("sft", "generate")]
+    for r in compared:
+        metrics = json.loads(
+            (Path(r["run"]) / ("metrics.json" if r["stage"] == "sft" else "eval/metrics.json")).read_text()
+        )
+        assert r["macro_f1"] == metrics["metrics"]["macro_f1"] and r["trainable_parameters"] > 0
+        assert set(r["per_class_f1"]) == set(EMOTIONS)
+    assert (cmp / "compare.md").read_text().strip() == printed.strip()
+    assert (cmp / "per_class_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     out = tmp_path / "ens"
     assert run_cli("ensemble", cls_run, sft_run, "--output", out) == 2
     assert "has no label probabilities (mode generate)" in capsys.readouterr().err and not out.exists()
@@ -77,8 +93,8 @@ def test_a_cls_head_and_a_generative_run_average_their_probabilities(tmp_path, e
     assert result["texts_in_training"] == 6 and result["held_out"] is True
     assert "weights [2.0, 1.0]: if they were chosen by these rows' scores" in caplog.text
     assert "ensemble of cls-run + eval" in (out / "report.html").read_text()
-    assert run_cli("compare", cls_run, out, "--output", tmp_path / "cmp") == 0
-    assert [r["stage"] for r in json.loads((tmp_path / "cmp" / "compare.json").read_text())] == ["cls", "ensemble"]
+    assert run_cli("compare", cls_run, out, "--output", tmp_path / "cmp2") == 0
+    assert [r["stage"] for r in json.loads((tmp_path / "cmp2" / "compare.json").read_text())] == ["cls", "ensemble"]
 
 
 def test_multi_label_members_vote_and_half_the_weight_names_a_label(tmp_path):

@@ -349,8 +349,8 @@ def test_calibrate_refuses_single_label_models(tmp_path, tiny_llama, emotion_dir
 
 # --- cross-validation and held-out splits ----------------------------------------
 
-from instructemo.stratify import fold_indices, held_out_indices  # noqa: E402
 from instructemo.data import Record, Split  # noqa: E402
+from instructemo.stratify import fold_indices, held_out_indices  # noqa: E402
 
 
 def make_split(label_sets, multi_label):
