@@ -244,8 +244,13 @@ def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):
         "  labels: {names: [anger, fear, joy, sadness], multi_label: true, none_word: none}\n  template: multi_label\n"
     )
     config, metrics, rows_out = _learns_and_evaluates(
-        tmp_path, model_dir, tmp_path, dataset="ml", eval_dataset="ml:dev"
+        tmp_path, model_dir, tmp_path, dataset="ml", eval_dataset="ml:dev", select_best=True, select_metric="jaccard"
     )
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())  # dev scored at 0.5 at each epoch end
+    assert len(selection["history"]) == 10 and selection["best"]["jaccard"] == max(
+        p["jaccard"] for p in selection["history"]
+    )
+    assert metrics["also_used_for"] == ["checkpoint selection (select_best)", "threshold calibration"]
     thresholds = json.loads((tmp_path / "run" / "thresholds.json").read_text())
     assert set(thresholds["thresholds"]) == {"anger", "fear", "joy", "sadness"}
     assert "jaccard" in metrics["metrics"] and metrics["metrics"]["jaccard"] > 0.5
@@ -327,3 +332,45 @@ def test_seed_fixes_the_new_head_and_adapter(tmp_path, emotion_dir):
     assert any("classifier" in k for k in new) and first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not any(torch.equal(first[k], other[k]) for k in new)
+
+
+def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_dir):
+    """select_best on a cls run: each dev score is the checkpoint's, worked out here, and the best one is saved."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from test_multilabel import SELECT
+
+    from instructemo.data import load_split
+    from instructemo.infer.dense import head_probabilities
+    from instructemo.metrics import score
+    from instructemo.models import load_sequence_classifier, load_tokenizer
+
+    encoder = build_tiny_encoder(tmp_path / "bert", "bert")
+    config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", **SELECT)
+    assert run_cli("sft", config) == 0
+    run = tmp_path / "run"
+    selection = json.loads((run / "selection.json").read_text())
+    assert [p["step"] for p in selection["history"]] == [2, 4, 6]
+    dev = load_split("emotion:validation", str(emotion_dir))
+    names, tokenizer = dev.label_space.names, load_tokenizer(str(encoder), chat=False)
+
+    def dev_macro_f1(checkpoint: Path) -> float:
+        model = load_sequence_classifier(str(encoder), list(names), multi_label=False, flash_attn="auto")
+        model = PeftModel.from_pretrained(model, str(checkpoint)).eval()
+        probs = head_probabilities(model, tokenizer, [r.text for r in dev.records], 96, 4, multi_label=False)
+        predicted = [(names[k],) for k in probs.argmax(axis=1)]
+        return score([r.labels for r in dev.records], predicted, dev.label_space)["macro_f1"]
+
+    scores = {step: dev_macro_f1(run / f"checkpoint-{step}") for step in (2, 4, 6)}
+    for point in selection["history"]:
+        assert point["macro_f1"] == pytest.approx(scores[point["step"]])
+    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores
+    assert selection["best"]["step"] == best
+    saved = load_file(run / "adapter_model.safetensors")
+    at_best = load_file(run / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert saved.keys() == at_best.keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], at_best[name], rtol=0, atol=0)
+    if best != 6:  # and not the last weights
+        last = load_file(run / "checkpoint-6" / "adapter_model.safetensors")
+        assert any(not torch.equal(saved[n], last[n]) for n in saved)

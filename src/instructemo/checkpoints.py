@@ -2,10 +2,15 @@
 
 The lowest loss is not the best F1: on imbalanced data a model keeps lowering
 its loss on the frequent labels while its rare-label F1 peaks and falls. So at
-each epoch's end (and every `select_steps` optimizer steps) the model answers
-the first `max_select_samples` dev rows greedily, the parser maps the answers
-to labels, and the trainable weights of the best score so far are kept in
-memory (for LoRA, a few MB). After training they are put back before saving.
+each epoch's end (and every `select_steps` optimizer steps) the model labels
+the first `max_select_samples` dev rows, and the trainable weights of the best
+score so far are kept in memory (for LoRA, a few MB). After training they are
+put back before saving.
+
+A generative model (stage sft) answers greedily and the parser maps the
+answers to labels, as generate-eval does. A classification head (stage cls)
+takes its most probable label, or, multi-label, every label over 0.5: its
+per-label thresholds are chosen on dev only after training.
 """
 
 from __future__ import annotations
@@ -19,30 +24,56 @@ import torch
 from transformers import TrainerCallback
 
 from .config import Config
+from .data import Split, split_source
 from .fileio import json_text, read_json, write_atomic
 from .infer import classify
+from .infer.dense import head_probabilities
 from .infer.hf import HFEngine
 from .labels import LabelSpace
 from .metrics import score
-from .rundir import BEST_WEIGHTS_FILE, SELECTION_STATE_FILE
+from .rundir import BEST_WEIGHTS_FILE, SELECTION_FILE, SELECTION_STATE_FILE
 
 log = logging.getLogger(__name__)
+
+
+Predictor = Callable[[torch.nn.Module], list]  # the model being trained -> labels for each dev row
+
+
+def generative_predictor(cfg: Config, tokenizer, conversations: list[list[dict]], space: LabelSpace) -> Predictor:
+    """Greedy answers parsed into labels, exactly as generate-eval gets them (infer.classify)."""
+    greedy = dataclasses.replace(cfg, mode="generate", do_sample=False)
+
+    def predict(model):
+        return classify(greedy, HFEngine(greedy, model, tokenizer, progress=False), conversations, space).labels
+
+    return predict
+
+
+def head_predictor(cfg: Config, tokenizer, texts: list[str], space: LabelSpace) -> Predictor:
+    """A classification head's labels: the most probable one, or every label over 0.5 (multi-label)."""
+
+    def predict(model):
+        probs = head_probabilities(
+            model, tokenizer, texts, cfg.cutoff_len, cfg.per_device_eval_batch_size, space.multi_label
+        )
+        if space.multi_label:
+            return [tuple(n for n, p in zip(space.names, row) if p > 0.5) for row in probs]
+        return [(space.names[k],) for k in probs.argmax(axis=1)]
+
+    return predict
 
 
 class BestCheckpoint(TrainerCallback):
     def __init__(
         self,
         cfg: Config,
-        tokenizer,
-        conversations: list[list[dict]],
+        predict: Predictor,
         gold: list[tuple[str, ...]],
         space: LabelSpace,
         source: dict | None = None,
         on_point: Callable[[list[dict]], bool] | None = None,
     ):
-        # Greedy answers parsed into labels, exactly as generate-eval gets them (infer.classify).
-        self.cfg = dataclasses.replace(cfg, mode="generate", do_sample=False)
-        self.tokenizer, self.conversations, self.gold, self.space = tokenizer, conversations, gold, space
+        self.predict, self.gold, self.space = predict, gold, space
         self.metric, self.every_steps = cfg.select_metric, cfg.select_steps
         self.source = source
         # Called with the history after each new point; True stops training there (tune prunes a trial this way).
@@ -96,8 +127,7 @@ class BestCheckpoint(TrainerCallback):
             return False
         was_training = model.training
         model.eval()
-        engine = HFEngine(self.cfg, model, self.tokenizer, progress=False)
-        predicted = classify(self.cfg, engine, self.conversations, self.space).labels
+        predicted = self.predict(model)
         model.train(was_training)
         metrics = score(self.gold, predicted, self.space)
         point = {
@@ -133,3 +163,23 @@ class BestCheckpoint(TrainerCallback):
             "data": self.source,
             **({"stopped_early_at": self.stopped_at} if self.stopped_at is not None else {}),
         }
+
+
+def attach_selector(
+    trainer, cfg: Config, predict: Predictor, select: Split, checkpoint: Path | None, on_point=None
+) -> BestCheckpoint:
+    """Checkpoint selection on the `select` rows, added to the trainer (continued from `checkpoint`, if any)."""
+    selector = BestCheckpoint(
+        cfg, predict, [r.labels for r in select.records], select.label_space, split_source(select), on_point
+    )
+    if checkpoint is not None:
+        selector.resume_from(checkpoint)
+    trainer.add_callback(selector)  # before the monitor, whose progress file marks a checkpoint whole
+    return selector
+
+
+def selection_files(selector: BestCheckpoint | None, model, final_step: int) -> dict[str, str]:
+    """The run's selection.json, after the best weights are put back into `model` ({} without selection)."""
+    if selector is None:
+        return {}
+    return {SELECTION_FILE: json_text(selector.restore_best(model, final_step))}

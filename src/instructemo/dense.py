@@ -18,6 +18,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from .calibrate import run_calibrate
+from .checkpoints import attach_selector, head_predictor, selection_files
 from .config import Config
 from .data import Split, run_spec
 from .errors import UserError
@@ -93,15 +94,16 @@ def classification_loss(weights: torch.Tensor | None, multi_label: bool):
     return loss
 
 
-def run_cls(cfg: Config, train: Split | None = None) -> Path:
-    """Train a classification head (with LoRA, IA3 or full fine-tuning) into cfg.output_dir."""
+def run_cls(cfg: Config, train: Split | None = None, on_selection=None) -> Path:
+    """Train a classification head (with LoRA, IA3 or full fine-tuning) into cfg.output_dir.
+
+    With select_best, the head's dev scores pick the weights kept (checkpoints.py); `on_selection` as in run_sft.
+    """
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
     if cfg.finetuning_type == "qlora":
         raise UserError("stage: cls takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
-    if cfg.select_best:
-        raise UserError("select_best is for stage: sft; stage: cls keeps the last weights")
     plan = check_before_training(cfg, train)
     train = plan.train
     space = train.label_space
@@ -157,9 +159,14 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
     run, checkpoint, progress = start_run(
         cfg, plan.fingerprint
     )  # only now: a failure to load leaves output_dir as it was
+    selector = None
+    if plan.select is not None:
+        predict = head_predictor(cfg, tokenizer, [r.text for r in plan.select.records], space)
+        selector = attach_selector(trainer, cfg, predict, plan.select, checkpoint, on_selection)
     monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
     trainer.add_callback(monitor)
     result = train_until_done(trainer, checkpoint, monitor)
+    extra = selection_files(selector, trainer.model, result.global_step)
     finish = (lambda staging: _calibrate_if_dev(cfg, staging)) if space.multi_label else None
     save_run(
         cfg,
@@ -172,6 +179,7 @@ def run_cls(cfg: Config, train: Split | None = None) -> Path:
         monitor=monitor,
         result=result,
         resumed_from=progress.get("global_step"),
+        extra=extra,
         finish=finish,
     )
     return run.path

@@ -154,13 +154,12 @@ def _base_values(cfg: Config) -> dict:
 
 def trial_config(cfg: Config, params: dict, output_dir: Path, resume: bool) -> Config:
     """The config one trial trains: the base config, the trial's values, its own output_dir, never the test split."""
-    stage = params.get("stage", cfg.stage)
     return make_config(
         {
             **_base_values(cfg),
             **params,
             "output_dir": str(output_dir),
-            "select_best": stage == "sft",  # its dev evaluations are the trial's intermediate values
+            "select_best": True,  # its dev evaluations are the trial's intermediate values
             "do_eval": False,
             "eval_output_dir": None,
             "adapter_name_or_path": None,

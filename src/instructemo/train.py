@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Callable
 
 from .balance import balanced_examples
-from .checkpoints import BestCheckpoint
+from .checkpoints import attach_selector, generative_predictor, selection_files
 from .config import Config
-from .data import Split, split_source
+from .data import Split
 from .dense import run_cls
-from .fileio import json_text
 from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
 from .monitor import RunMonitor
 from .preflight import check_before_training, start_run
 from .prompts import PromptBuilder
-from .rundir import SELECTION_FILE
 from .trainer import build_sft_trainer, save_run, train_until_done
 
 log = logging.getLogger(__name__)
@@ -35,7 +33,7 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
     With `stage: cls` the same verb trains a classification head instead (dense.py).
     """
     if cfg.stage == "cls":
-        return run_cls(cfg, train)
+        return run_cls(cfg, train, on_selection)
     plan = check_before_training(cfg, train)
     train = plan.train
     bf16 = use_bf16(cfg.bf16)
@@ -78,24 +76,13 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
     )  # only now: a failure to load leaves output_dir as it was
     selector = None
     if plan.select is not None:
-        select = plan.select
-        selector = BestCheckpoint(
-            cfg,
-            tokenizer,
-            [builder.prompt(r.text) for r in select.records],
-            [r.labels for r in select.records],
-            train.label_space,
-            source=split_source(select),
-            on_point=on_selection,
-        )
-        if checkpoint is not None:
-            selector.resume_from(checkpoint)
-        trainer.add_callback(selector)  # before the monitor, whose progress file marks a checkpoint whole
+        prompts = [builder.prompt(r.text) for r in plan.select.records]
+        predict = generative_predictor(cfg, tokenizer, prompts, train.label_space)
+        selector = attach_selector(trainer, cfg, predict, plan.select, checkpoint, on_selection)
     monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
     trainer.add_callback(monitor)
     result = train_until_done(trainer, checkpoint, monitor)
-    selection = selector.restore_best(trainer.model, result.global_step) if selector is not None else None
-    extra = {SELECTION_FILE: json_text(selection)} if selection is not None else {}
+    extra = selection_files(selector, trainer.model, result.global_step)
     save_run(
         cfg,
         run,

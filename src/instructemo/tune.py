@@ -14,12 +14,13 @@ The config's `tune:` section declares the search space over config keys:
         - {learning_rate: 1.0e-4, lora_rank: 8, num_train_epochs: 1}
 
 Each trial trains the config with its sampled values into
-output_dir/trials/trial-NNN. A `stage: sft` trial trains with select_best on:
-the dev evaluations it makes at each epoch's end (and every select_steps) are
-the trial's intermediate values, and the median pruner stops a trial whose dev
-score falls below the median of earlier trials at the same step. Its value is
-the best dev select_metric, the checkpoint select_best keeps. A `stage: cls`
-trial is scored once, on the same dev rows, after training.
+output_dir/trials/trial-NNN, with select_best on: the dev evaluations it makes
+at each epoch's end (and every select_steps) are the trial's intermediate
+values, and the median pruner stops a trial whose dev score falls below the
+median of earlier trials at the same step. A `stage: sft` trial's value is the
+best dev select_metric, the checkpoint select_best keeps. A `stage: cls` trial
+keeps its best checkpoint the same way, and its value is generate-eval's on the
+same dev rows (for multi-label, with the thresholds calibrated there).
 
 The study lives in output_dir/study.db (SQLite). `tune` run again continues it
 until N trials have finished; a trial a kill interrupted is marked failed and
@@ -261,11 +262,13 @@ def _train_and_score(trial_cfg: Config, on_selection) -> tuple[float, list[dict]
     """Train one trial (or finish it, when resumed): (dev value, the dev evaluations, the step it was pruned at)."""
     run = RunDir(trial_cfg.output_dir)
     if not run.is_complete():
-        run_sft(trial_cfg, on_selection=on_selection if trial_cfg.stage == "sft" else None)
+        run_sft(trial_cfg, on_selection=on_selection)
     metric = trial_cfg.select_metric
-    if trial_cfg.stage == "sft":
-        selection = read_json(run.path / SELECTION_FILE)
-        return selection["best"][metric], selection["history"], selection.get("stopped_early_at")
+    selection = read_json(run.path / SELECTION_FILE)
+    pruned_at = selection.get("stopped_early_at")
+    if trial_cfg.stage == "sft" or pruned_at is not None:
+        return selection["best"][metric], selection["history"], pruned_at
+    # A head's value is generate-eval's on the same dev rows: multi-label, with the thresholds calibrated there.
     eval_dir = run.path / EVAL_DIR_NAME
     if not RunDir(eval_dir).is_complete():
         dev_cfg = dataclasses.replace(
@@ -275,4 +278,4 @@ def _train_and_score(trial_cfg: Config, on_selection) -> tuple[float, list[dict]
             eval_output_dir=str(eval_dir),
         )
         run_generate_eval(dev_cfg)
-    return read_json(eval_dir / METRICS_FILE)["metrics"][metric], [], None
+    return read_json(eval_dir / METRICS_FILE)["metrics"][metric], selection["history"], None

@@ -54,19 +54,25 @@ class DenseEngine:
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # the saved head comes with it
         self.model = model.to(torch.bfloat16 if bf16 else torch.float32).eval()
 
-    @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Rows x labels: softmax over the labels (single-label) or each label's sigmoid (multi-label)."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.cutoff_len)["input_ids"]
-        out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float64)
-        for chunk in tqdm(
-            longest_first([len(ids) for ids in encoded], self.batch_size),
-            desc="classifying",
-            unit="batch",
-            disable=not self.progress,
-        ):
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-            logits = self.model(**batch.to(self.model.device)).logits.float()
-            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-            out[chunk] = probs.cpu().numpy()
-        return out
+        return head_probabilities(
+            self.model, self.tokenizer, texts, self.cutoff_len, self.batch_size, self.multi_label, self.progress
+        )
+
+
+@torch.inference_mode()
+def head_probabilities(
+    model, tokenizer, texts: list[str], cutoff_len: int, batch_size: int, multi_label: bool, progress: bool = False
+) -> np.ndarray:
+    """A sequence classifier's label probabilities for `texts`, in batches of similar lengths."""
+    encoded = tokenizer(texts, truncation=True, max_length=cutoff_len)["input_ids"]
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float64)
+    for chunk in tqdm(
+        longest_first([len(ids) for ids in encoded], batch_size), desc="classifying", unit="batch", disable=not progress
+    ):
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+        logits = model(**batch.to(model.device)).logits.float()
+        probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+        out[chunk] = probs.cpu().numpy()
+    return out
