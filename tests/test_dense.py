@@ -337,8 +337,7 @@ def test_seed_fixes_the_new_head_and_adapter(tmp_path, emotion_dir):
 def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_dir):
     """select_best on a cls run: each dev score is the checkpoint's, worked out here, and the best one is saved."""
     from peft import PeftModel
-    from safetensors.torch import load_file
-    from test_multilabel import SELECT
+    from test_multilabel import SELECT, assert_best_checkpoint_kept
 
     from instructemo.data import load_split
     from instructemo.infer.dense import head_probabilities
@@ -362,15 +361,4 @@ def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_
         return score([r.labels for r in dev.records], predicted, dev.label_space)["macro_f1"]
 
     scores = {step: dev_macro_f1(run / f"checkpoint-{step}") for step in (2, 4, 6)}
-    for point in selection["history"]:
-        assert point["macro_f1"] == pytest.approx(scores[point["step"]])
-    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores
-    assert selection["best"]["step"] == best
-    saved = load_file(run / "adapter_model.safetensors")
-    at_best = load_file(run / f"checkpoint-{best}" / "adapter_model.safetensors")
-    assert saved.keys() == at_best.keys()
-    for name in saved:
-        torch.testing.assert_close(saved[name], at_best[name], rtol=0, atol=0)
-    if best != 6:  # and not the last weights
-        last = load_file(run / "checkpoint-6" / "adapter_model.safetensors")
-        assert any(not torch.equal(saved[n], last[n]) for n in saved)
+    assert_best_checkpoint_kept(run, selection, scores)

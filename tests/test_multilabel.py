@@ -110,9 +110,27 @@ def dev_score(base, adapter_dir, config) -> float:
     ]
 
 
+def assert_best_checkpoint_kept(run: Path, selection: dict, scores: dict[int, float]) -> None:
+    """The selection's points are the dev scores worked out per checkpoint, and the saved weights are the best's."""
+    from safetensors.torch import load_file
+
+    for point in selection["history"]:
+        assert point[selection["metric"]] == pytest.approx(scores[point["step"]])
+    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores
+    assert selection["best"]["step"] == best
+    saved = load_file(run / "adapter_model.safetensors")
+    at_best = load_file(run / f"checkpoint-{best}" / "adapter_model.safetensors")
+    assert saved.keys() == at_best.keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], at_best[name], rtol=0, atol=0)
+    last_step = max(scores)
+    if best != last_step:  # and not the last weights
+        last = load_file(run / f"checkpoint-{last_step}" / "adapter_model.safetensors")
+        assert any(not torch.equal(saved[n], last[n]) for n in saved)
+
+
 def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
     """The saved adapter holds the weights of the step that classifies dev best, scored here for each checkpoint."""
-    from safetensors.torch import load_file
 
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, **SELECT)
     assert run_cli("sft", config) == 0
@@ -120,17 +138,7 @@ def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
     selection = json.loads((run / "selection.json").read_text())
     assert [p["step"] for p in selection["history"]] == [2, 4, 6]  # every 2 steps; the epoch ends fall on them
     scores = {step: dev_score(tiny_llama, run / f"checkpoint-{step}", config) for step in (2, 4, 6)}
-    for point in selection["history"]:
-        assert point["macro_f1"] == pytest.approx(scores[point["step"]])
-    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores
-    saved = load_file(run / "adapter_model.safetensors")
-    at_best = load_file(run / f"checkpoint-{best}" / "adapter_model.safetensors")
-    assert saved.keys() == at_best.keys()
-    for name in saved:
-        torch.testing.assert_close(saved[name], at_best[name], rtol=0, atol=0)
-    if best != 6:  # and not the last weights
-        last = load_file(run / "checkpoint-6" / "adapter_model.safetensors")
-        assert any(not torch.equal(saved[n], last[n]) for n in saved)
+    assert_best_checkpoint_kept(run, selection, scores)
     assert selection["metric"] == "macro_f1" and selection["dev_rows"] == 6
 
 
