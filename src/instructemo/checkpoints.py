@@ -9,7 +9,7 @@ put back before saving.
 
 A generative model (stage sft) answers greedily and the parser maps the
 answers to labels, as generate-eval does. A classification head (stage cls)
-takes its most probable label, or, multi-label, every label over 0.5: its
+takes its most probable label, or, multi-label, every label at 0.5 or above: its
 per-label thresholds are chosen on dev only after training.
 """
 
@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from .config import Config
 from .data import Split, split_source
 from .fileio import json_text, read_json, write_atomic
-from .infer import classify
+from .infer import classify, decide
 from .infer.dense import head_probabilities
 from .infer.hf import HFEngine
 from .labels import LabelSpace
@@ -50,15 +50,15 @@ def generative_predictor(cfg: Config, tokenizer, conversations: list[list[dict]]
 
 
 def head_predictor(cfg: Config, tokenizer, texts: list[str], space: LabelSpace) -> Predictor:
-    """A classification head's labels: the most probable one, or every label over 0.5 (multi-label)."""
+    """A classification head's labels: the most probable one, or every label at 0.5 or above (multi-label)."""
 
     def predict(model):
-        probs = head_probabilities(
-            model, tokenizer, texts, cfg.cutoff_len, cfg.per_device_eval_batch_size, space.multi_label
+        return decide(
+            head_probabilities(
+                model, tokenizer, texts, cfg.cutoff_len, cfg.per_device_eval_batch_size, space.multi_label
+            ),
+            space,
         )
-        if space.multi_label:
-            return [tuple(n for n, p in zip(space.names, row) if p > 0.5) for row in probs]
-        return [(space.names[k],) for k in probs.argmax(axis=1)]
 
     return predict
 

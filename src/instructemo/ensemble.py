@@ -28,6 +28,7 @@ import numpy as np
 from .errors import UserError
 from .evaluate import training_overlap
 from .fileio import read_json, read_jsonl
+from .infer import decide
 from .labels import LabelSpace
 from .metrics import score
 from .report import check_eval_dir, find_evaluation, write_eval_outputs
@@ -112,7 +113,7 @@ def combine(members: list[Member], space: LabelSpace) -> tuple[list[tuple[str, .
                 )
         mean = sum(m.weight * np.array([[r["probabilities"][n] for n in space.names] for r in m.rows]) for m in members)
         mean = mean / total
-        return [(space.names[k],) for k in mean.argmax(axis=1)], mean
+        return decide(mean, space), mean
     predicted = []
     for i in range(len(members[0].rows)):
         answers = [(m.weight, m.rows[i]["predicted"]) for m in members]
@@ -160,7 +161,8 @@ def run_ensemble(paths: list[Path], output: Path, weights: list[float] | None = 
             raise UserError(f"--output {output} is the evaluation of {m.path}; choose a new folder for the ensemble")
     check_same_rows(members)
     check_eval_dir(output)
-    if len({m.weight for m in members}) > 1:
+    equal_weights = len({m.weight for m in members}) == 1
+    if not equal_weights:
         log.warning(
             "weights %s: if they were chosen by these rows' scores, the figures are optimistic; choose them on "
             "a dev split's evaluations",
@@ -212,7 +214,7 @@ def run_ensemble(paths: list[Path], output: Path, weights: list[float] | None = 
             }
             for m in members
         ],
-        "weights": "equal" if len({m.weight for m in members}) == 1 else "given by the user (--weights)",
+        "weights": "equal" if equal_weights else "given by the user (--weights)",
         "inference_seconds": round(seconds, 1),  # every member's, one after another
         "examples_per_second": round(len(rows) / seconds, 2) if seconds else None,
     }

@@ -65,9 +65,8 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report."""
     classifier = Classifier(cfg)
     space = classifier.space
-    by_spec = (
-        split is None
-    )  # a split handed in (a cross-validation fold, a tune trial's dev rows) is checked by its caller
+    # A split handed in (a cross-validation fold, a tune trial's dev rows) is checked by its caller.
+    by_spec = split is None
     if split is None:
         eval_spec = run_spec(cfg, "eval")
         if classifier.shot_pool is not None:
@@ -79,7 +78,8 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     check_eval_dir(out_dir)
     classifier.load()
     started = time.perf_counter()
-    result = classifier.classify([r.text for r in split.records])
+    texts = [r.text for r in split.records]
+    result = classifier.classify(texts)
     seconds = time.perf_counter() - started
     metrics = score([r.labels for r in split.records], result.labels, space, result.probabilities)
     rows = []
@@ -104,7 +104,6 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
             cfg.max_new_tokens,
         )
     reused = tuning_uses(classifier, split)
-    texts = [r.text for r in split.records]
     overlap = training_overlap(classifier.adapter, texts, eval_spec) if by_spec else None
     in_training = sum(overlap["in_training"]) if overlap else None
     if overlap and overlap["same_split"]:

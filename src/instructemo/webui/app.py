@@ -300,23 +300,18 @@ def _setting(key: str):
     spec = FIELDS[key]
     default, info = spec.default, spec.metadata.get("help", "")
     choices = spec.metadata.get("choices")
+    common = {"label": key, "info": info, "elem_id": f"setting-{key}"}
     if isinstance(default, bool):
-        return gr.Checkbox(value=default, label=key, info=info, elem_id=f"setting-{key}")
+        return gr.Checkbox(value=default, **common)
     if choices and len(choices) > 1:
-        return gr.Dropdown(list(choices), value=default, label=key, info=info, elem_id=f"setting-{key}")
+        return gr.Dropdown(list(choices), value=default, **common)
     if key == "resume":
-        return gr.Dropdown(["none", "auto"], value=default, label=key, info=info, elem_id=f"setting-{key}")
+        return gr.Dropdown(["none", "auto"], value=default, **common)
     if key == "max_samples":
-        return gr.Textbox(value="", label=key, info=info, placeholder="all rows", elem_id="setting-max_samples")
+        return gr.Textbox(value="", placeholder="all rows", **common)
     if isinstance(default, (int, float)):
-        return gr.Number(
-            value=default,
-            label=key,
-            info=info,
-            precision=0 if isinstance(default, int) else None,
-            elem_id=f"setting-{key}",
-        )
-    return gr.Textbox(value=str(default), label=key, info=info, elem_id=f"setting-{key}")
+        return gr.Number(value=default, precision=0 if isinstance(default, int) else None, **common)
+    return gr.Textbox(value=str(default), **common)
 
 
 def build(ui: WebUI) -> gr.Blocks:
