@@ -251,14 +251,47 @@ def measure_ensemble(recipe: Recipe, commit: str) -> dict:
     members = [measured[m] for m in recipe.members]
     wall = {"ensemble": run(recipe.ensemble_command())}
     evaluation = json.loads((ROOT / recipe.output_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (ROOT / recipe.output_dir / "predictions.jsonl").read_text().splitlines()]
     cost = {
         "members": list(recipe.members),
+        "agreement": agreement(rows),
         "train_rows": max(m["train_rows"] for m in members),
         "epochs": " + ".join(f"{m['epochs']:g}" for m in members),
         "train_minutes": round(sum(m["train_minutes"] for m in members), 1),
         "predict_examples_per_second": round(1 / sum(1 / m["predict_examples_per_second"] for m in members), 2),
     }
     return entry(recipe, commit, evaluation, cost, wall)
+
+
+def agreement(rows: list[dict]) -> dict:
+    """Where an ensemble can gain: the rows its members disagree on, and how many of those it gets right.
+
+    A row is contested when some members are right and some wrong; a perfect chooser would get every
+    contested row right (oracle_accuracy). Rows every member gets wrong with the same label are beyond
+    any combination of these members: on hashtag-labelled data they are often the label's error.
+    """
+    n = len(rows)
+    right = [[m == r["gold"] for m in r["members"]] for r in rows]
+    all_wrong = [r for r, ok in zip(rows, right) if not any(ok)]
+    same_label = [r for r in all_wrong if all(m == r["members"][0] for m in r["members"])]
+    contested = [r for r, ok in zip(rows, right) if any(ok) and not all(ok)]
+    won = sum(r["predicted"] == r["gold"] for r in contested)
+    return {
+        "all_right": round(sum(all(ok) for ok in right) / n, 4),
+        "all_wrong": round(len(all_wrong) / n, 4),
+        "all_wrong_same_label": round(len(same_label) / n, 4),
+        "contested_rows": len(contested),
+        "contested_won": won,
+        "oracle_accuracy": round(1 - len(all_wrong) / n, 4),
+    }
+
+
+def agreement_note(a: dict) -> str:
+    return (
+        f"every member is wrong on {a['all_wrong']:.2%} of the rows ({a['all_wrong_same_label']:.2%} with the same "
+        f"label); on {a['contested_rows']} rows some are right and some wrong, and averaging gets {a['contested_won']} "
+        f"of those right: a perfect chooser would reach {a['oracle_accuracy']}"
+    )
 
 
 def entry(recipe: Recipe, commit: str, evaluation: dict, cost: dict, wall: dict) -> dict:
@@ -284,7 +317,9 @@ def entry(recipe: Recipe, commit: str, evaluation: dict, cost: dict, wall: dict)
         "held_out": held_out(evaluation["held_out"], evaluation["also_used_for"], evaluation["texts_in_training"]),
         "texts_in_training": evaluation["texts_in_training"],
         "commands": [" ".join(c) for c in recipe.commands()],
-        "note": recipe.note,
+        "note": "; ".join(
+            filter(None, [recipe.note, agreement_note(cost["agreement"]) if "agreement" in cost else ""])
+        ),
         "commit": commit,
         "machine": machine(),
         "measured": time.strftime("%Y-%m-%d %H:%M"),
