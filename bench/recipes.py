@@ -213,6 +213,10 @@ def run(command: list[str]) -> float:
     return round(time.perf_counter() - started, 1)
 
 
+def read_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"recipes": {}}
+
+
 def git_commit() -> str:
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -242,7 +246,7 @@ def measure(recipe: Recipe) -> dict:
 
 def measure_ensemble(recipe: Recipe, commit: str) -> dict:
     """An ensemble of recipes measured before: its cost is theirs (training, and every member's inference)."""
-    measured = json.loads(RESULTS.read_text())["recipes"]
+    measured = read_results()["recipes"]
     missing = [m for m in recipe.members if m not in measured]
     if missing:
         raise SystemExit(
@@ -448,18 +452,20 @@ def main() -> None:
         for r in chosen:
             print(r.name, "|", " | ".join(" ".join(c) for c in r.commands()))
         return
-    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"recipes": {}}
     if args.render:
+        result = read_results()
         result["table_markdown"] = markdown(result)
         write_result(RESULTS, result)
         TABLE.write_text(project_relative(result["table_markdown"]))
         curve_plot(result)
         return
-    result["benchmark"] = __doc__.split("\n\n")[0]
-    result["field"] = FIELD
     for recipe in chosen:
         entry = measure(recipe)
         entry["bench_command"] = "python bench/recipes.py " + (f"--only {recipe.name}")
+        # Read again: another recipes.py may have written its entries while this one trained.
+        result = read_results()
+        result["benchmark"] = __doc__.split("\n\n")[0]
+        result["field"] = FIELD
         result["recipes"][recipe.name] = entry
         result["table_markdown"] = markdown(result)
         write_result(RESULTS, result)  # after each recipe: a long run keeps what it measured
