@@ -17,12 +17,10 @@ import itertools
 import json
 import math
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from recipes import ROOT, SAVES, git_commit, recipes
+from recipes import ROOT, SAVES, git_commit, recipes, run
 from result_file import machine, write_result
 
 from instructemo.ensemble import check_same_rows, combine, read_members
@@ -33,12 +31,6 @@ MEMBERS = ("minilm-cls-16k-3ep", "smollm2-sft-16k", "gemma3-sft-16k")
 GRID = (0, 1, 2, 3)
 RESULT = ROOT / "bench" / "results" / "ensemble_weights_emotion.json"
 OUTPUT = f"{SAVES}/ensemble-dev-weights"
-
-
-def run(command: list[str]) -> None:
-    exe = str(Path(sys.executable).with_name("instructemo"))
-    print("$", " ".join(command), flush=True)
-    subprocess.run([exe, *command[1:]], cwd=ROOT, check=True)
 
 
 def dev_command(name: str) -> list[str]:
