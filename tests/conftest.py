@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from instructemo.models import bf16_supported
 from instructemo.readers import shared_data_dir
 
 CHATML = (
@@ -31,6 +32,19 @@ EMOTION_ROWS = [
     ("i was shocked by the sudden news", "surprise"),
     ("wow i did not expect that at all", "surprise"),
 ]
+
+
+# Figures that depend on the dtype are tested in both, whatever `bf16: auto` picks on this host: float32 always,
+# bfloat16 where the host computes it natively (elsewhere torch emulates it, hundreds of times slower).
+BOTH_DTYPES = pytest.mark.parametrize(
+    "bf16",
+    [
+        pytest.param(False, id="fp32"),
+        pytest.param(
+            True, id="bf16", marks=pytest.mark.skipif(not bf16_supported(), reason="this host has no native bfloat16")
+        ),
+    ],
+)
 
 
 def write_emotion_txt(path: Path, rows=EMOTION_ROWS, header: bool = True) -> Path:

@@ -132,6 +132,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "texts_in_training": in_training,
         "backend": cfg.backend,
         "mode": classifier.mode,
+        "dtype": classifier.dtype,
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
         "thresholds": classifier.threshold_record(),
         "prompting": classifier.prompting_record(),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import UserError
-from .fileio import json_text
+from .fileio import json_text, read_json
 from .infer import first_answer_tokens
 from .infer.classifier import find_adapter, trained_label_space
 from .infer.dense import DenseEngine
@@ -35,7 +35,7 @@ from .infer.hf import load_for_inference
 from .labels import LabelSpace
 from .models import resolve_model_path, save_atomically
 from .prompts import PromptBuilder, load_template
-from .rundir import LABEL_SPACE_FILE, MODEL_CONFIG_FILE, THRESHOLDS_FILE, saved_stage
+from .rundir import LABEL_SPACE_FILE, METRICS_FILE, MODEL_CONFIG_FILE, THRESHOLDS_FILE, saved_stage
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,24 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
             template = load_template(cfg.template, default_template)
             classifier_config = label_token_classifier(tokenizer, template, space, cfg.cutoff_len)
 
+    # The export is float32 whatever dtype scored the run: a bfloat16 copy would lose precision for good and run
+    # hundreds of times slower on CPUs without bf16. Loading it in the dtype that scored gives the same numbers.
+    scored_in = evaluation_dtype(cfg)
+
     def write(staging: Path) -> None:
         model.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
         for extra in (LABEL_SPACE_FILE, THRESHOLDS_FILE):
             if (adapter / extra).is_file():
                 (staging / extra).write_text((adapter / extra).read_text())
-        record = {"format": fmt, "stage": stage, "from_run": str(adapter), "base_model": cfg.model_name_or_path}
+        record = {
+            "format": fmt,
+            "stage": stage,
+            "from_run": str(adapter),
+            "base_model": cfg.model_name_or_path,
+            "dtype": "float32",
+            "scored_in": scored_in,
+        }
         if classifier_config is not None:
             config_path = staging / MODEL_CONFIG_FILE
             config = json.loads(config_path.read_text())
@@ -105,8 +116,19 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
     if output.exists():
         output.rmdir()
     save_atomically(output, write)
-    log.info("exported %s (%s, %s) to %s", adapter, stage, fmt, output)
+    log.info("exported %s (%s, %s) to %s, weights in float32", adapter, stage, fmt, output)
+    if scored_in == "bfloat16":
+        log.info(
+            "the run's evaluation scored in bfloat16 (bf16 on this host): load the export with dtype=torch.bfloat16 "
+            "for the same probabilities, or evaluate with bf16: false for the float32 ones"
+        )
     return output
+
+
+def evaluation_dtype(cfg: Config) -> str | None:
+    """The dtype the run's last generate-eval scored in (None: not evaluated, or before it was recorded)."""
+    metrics = cfg.resolved_eval_output_dir / METRICS_FILE
+    return read_json(metrics).get("dtype") if metrics.is_file() else None
 
 
 def label_token_classifier(tokenizer, template, space: LabelSpace, cutoff_len: int) -> dict:

@@ -92,6 +92,7 @@ def run_predict(
         "adapter": str(classifier.adapter),
         "mode": classifier.mode,
         "backend": cfg.backend,
+        "dtype": classifier.dtype,
         "fields": fields,
     }
     state = _resume_state(partial, progress_path, fingerprint)
@@ -124,6 +125,7 @@ def run_predict(
         "output": str(output_path),
         "backend": cfg.backend,
         "mode": classifier.mode,
+        "dtype": classifier.dtype,
     }
     write_atomic(report_path, summary.render(list(space.names), context))
     os.replace(partial, output_path)

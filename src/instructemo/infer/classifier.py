@@ -76,6 +76,8 @@ class Classifier:
         self.space, default_template = trained_label_space(cfg, self.adapter)
         self.template = load_template(cfg.template, default_template)
         self.bf16 = use_bf16(cfg.bf16)
+        # Scores depend on it (bf16 rounds each probability by about 1e-3): metrics.json and export record it.
+        self.dtype = "bfloat16" if self.bf16 else "float32"
         self.thresholds = load_thresholds(self.adapter, self.space)
         if self.thresholds is not None and cfg.score_threshold is not None:
             log.warning(
