@@ -1,10 +1,11 @@
 """GPU-scale recipes, checked here: every seed architecture, PEFT methods, DeepSpeed configs, torchrun."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_causal_lm
+from conftest import BOTH_DTYPES, build_tiny_causal_lm
 from test_end_to_end import run_cli, tiny_config
 
 from instructemo.config import load_config
@@ -110,20 +111,63 @@ def test_two_process_training_on_cpu(tmp_path, tiny_llama, emotion_dir):
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None, reason="deepspeed not installed")
-def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir):
-    """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2 in two processes; the adapter evaluates."""
+@BOTH_DTYPES
+def test_deepspeed_zero2_on_cpu(tmp_path, tiny_llama, emotion_dir, bf16, capfd):
+    """DeepSpeed's CPU accelerator (gloo) runs ZeRO-2 in two processes; the adapter evaluates, and both workers
+    leave the process group and exit cleanly (left to interpreter exit, one aborted on a bf16 host)."""
     config = tiny_config(
         tmp_path,
         tiny_llama,
         emotion_dir,
         max_steps=2,
         do_eval=True,
+        bf16=bf16,
         deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json"),
     )
     assert run_cli("sft", config, "--nproc", 2) == 0
     run = tmp_path / "run"
     assert json.loads((run / "train_results.json").read_text())["processes"] == 2
     assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6
+    output = capfd.readouterr()
+    assert "terminate called" not in output.err and "crashed while shutting down" not in output.err
+
+
+def _workers_abort(tmp_path, monkeypatch, when: str) -> None:
+    """Every torchrun worker of this test aborts (SIGABRT, as a C++ std::terminate does) at `when`:
+    "exit" (after the run is saved) or "save" (as the final save begins)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if 'LOCAL_RANK' in os.environ:\n"
+        + (
+            "    import atexit\n    atexit.register(os.abort)\n"
+            if when == "exit"
+            else "    import instructemo.trainer as t\n    t.save_run = lambda *a, **k: os.abort()\n"
+        )
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+
+
+def test_a_worker_crash_after_the_final_save_is_not_a_failed_run(
+    tmp_path, tiny_llama, emotion_dir, monkeypatch, caplog
+):
+    _workers_abort(tmp_path, monkeypatch, "exit")
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1, do_eval=True)
+    assert run_cli("sft", config, "--nproc", 2) == 0
+    assert "crashed while shutting down, not while training" in caplog.text
+    run = tmp_path / "run"
+    assert json.loads((run / "instructemo_run.json").read_text())["state"] == "complete"
+    assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6
+
+
+def test_a_worker_crash_before_the_final_save_fails_the_run(tmp_path, tiny_llama, emotion_dir, monkeypatch, capsys):
+    _workers_abort(tmp_path, monkeypatch, "save")
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1, do_eval=True)
+    assert run_cli("sft", config, "--nproc", 2) == 2
+    assert "distributed training failed (torchrun exit status 1)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "instructemo_run.json").read_text())["state"] == "incomplete"
+    assert not (tmp_path / "run" / "eval").exists()
 
 
 def test_deepspeed_in_one_process_still_runs_under_torchrun(tmp_path, tiny_llama, emotion_dir, monkeypatch):
@@ -137,4 +181,4 @@ def test_deepspeed_in_one_process_still_runs_under_torchrun(tmp_path, tiny_llama
         tmp_path, tiny_llama, emotion_dir, deepspeed=str(ROOT / "examples" / "deepspeed" / "ds_z2.json")
     )
     assert run_cli("sft", config, "lora_rank=8") == 0
-    assert launched == [(1, config, ["lora_rank=8"])]
+    assert launched == [(1, config, ["lora_rank=8"], str(tmp_path / "run"))]

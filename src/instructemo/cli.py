@@ -18,7 +18,7 @@ from .errors import UserError
 def _sft(cfg, args=None):
     import dataclasses
 
-    from .launch import inside_launcher, relaunch
+    from .launch import inside_launcher, leave_process_group, relaunch
 
     if args is not None and args.nproc:
         cfg = dataclasses.replace(cfg, nproc_per_node=args.nproc)
@@ -30,11 +30,14 @@ def _sft(cfg, args=None):
         plan = check_before_training(cfg)  # config and data errors surface once, before any worker starts
         start_run(cfg, plan.fingerprint)
         resolve_model_path(cfg.model_name_or_path)  # materialise an alias once, not once per worker
-        relaunch(cfg.nproc_per_node, args.config, [o for o in args.overrides if not o.startswith("nproc_per_node=")])
+        overrides = [o for o in args.overrides if not o.startswith("nproc_per_node=")]
+        relaunch(cfg.nproc_per_node, args.config, overrides, cfg.output_dir)
     else:
         from .train import run_sft
 
         run_sft(cfg)
+        if inside_launcher():
+            leave_process_group()
     if cfg.do_eval and not inside_launcher():
         _generate_eval(cfg)
 

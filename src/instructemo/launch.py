@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from .errors import UserError
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,42 @@ def torchrun_command(nproc: int, config: str, overrides: list[str]) -> list[str]
     return command + ["-m", "instructemo.cli", "sft", config, *overrides, f"nproc_per_node={nproc}", "do_eval=false"]
 
 
-def relaunch(nproc: int, config: str, overrides: list[str]) -> None:
+def relaunch(nproc: int, config: str, overrides: list[str], output_dir: str) -> None:
+    """Train in `nproc` processes under torchrun; return once the run in `output_dir` is saved whole."""
     command = torchrun_command(nproc, config, overrides)
     log.info("launching %d training processes: %s", nproc, " ".join(command))
     # The workers find output_dir prepared by this process (see preflight.starts_the_run).
     completed = subprocess.run(command, env={**os.environ, "INSTRUCTEMO_RUN_STARTED": "1"})
-    if completed.returncode != 0:
-        raise UserError(
-            f"distributed training failed (torchrun exit status {completed.returncode}); the workers' messages are above"
+    if completed.returncode == 0:
+        return
+    # This process marked the run unfinished before the launch, and only the first worker's final save marks it
+    # complete again: a worker that fails after that failed while shutting down, and the run is whole.
+    if RunDir(output_dir).is_complete():
+        log.warning(
+            "a training process exited with status %d after the run was saved whole (it crashed while shutting "
+            "down, not while training); %s is complete",
+            completed.returncode,
+            output_dir,
         )
+        return
+    raise UserError(
+        f"distributed training failed (torchrun exit status {completed.returncode}); the workers' messages are above"
+    )
+
+
+def leave_process_group() -> None:
+    """A worker's last step after a finished run: wait for the others, then leave the process group.
+
+    The first worker writes the run after the others are done with it; a worker that exited first would have
+    torchrun stop it part-way if the exit failed. And left to interpreter exit, the process group is torn down
+    in no set order while its communication threads still run: a worker could abort ("terminate called without
+    an active exception") after a complete run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _free_port() -> str:
