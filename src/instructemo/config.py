@@ -23,9 +23,6 @@ from .errors import UserError
 from .fileio import read_yaml_file
 from .rundir import CONFIG_FILE
 
-# The checkout (or installed tree) that holds the project's own templates/ and data/.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 
 def _key(
     default: Any,

@@ -11,10 +11,10 @@ import difflib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT
 from .errors import UserError
 from .fileio import read_yaml_file
 from .labels import LabelSpace
@@ -35,7 +35,8 @@ from .records import PATH_FORMATS, BadRow, DatasetEntry, RawRow, Record, cell_pa
 
 log = logging.getLogger(__name__)
 
-REGISTRY_FILE = PROJECT_ROOT / "data" / "datasets.yaml"
+# The top-level data/datasets.yaml of the checkout, shipped in the package (pyproject.toml maps it there).
+REGISTRY_FILE = Path(str(resources.files("instructemo.registry"))) / "datasets.yaml"
 EVAL_SPLIT_PREFERENCE = ("test", "dev", "validation", "val")
 DEV_SPLIT_PREFERENCE = ("dev", "validation", "val")
 # An inferred label with this few rows, beside one with 50 times as many, is taken for a typo.

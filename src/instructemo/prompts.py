@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .config import PROJECT_ROOT
 from .errors import UserError
 from .labels import LabelSpace
 from .records import Record
 
-TEMPLATE_DIR = PROJECT_ROOT / "templates"
+# The top-level templates/ of the checkout, shipped in the package (pyproject.toml maps it there).
+TEMPLATE_DIR = Path(str(resources.files("instructemo.templates")))
 # Templates may come from strangers: the sandbox keeps them from reaching Python internals.
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
 

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .config import PROJECT_ROOT
 from .errors import UserError
 from .records import PATH_FORMATS, BadRow, DatasetEntry, RawRow, Record, labels_of
 
@@ -31,8 +30,9 @@ csv.field_size_limit(2**31 - 1)
 
 
 def shared_data_dir() -> Path:
-    """The team's shared datasets folder (../shared/data beside the checkout)."""
-    return Path(os.environ.get("INSTRUCTEMO_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+    """The team's shared datasets folder: INSTRUCTEMO_SHARED_DATA, else shared/data beside a checkout's folder."""
+    checkout = Path(__file__).resolve().parents[2]  # an installed package's is site-packages' parent: no such folder
+    return Path(os.environ.get("INSTRUCTEMO_SHARED_DATA", checkout.parent / "shared" / "data"))
 
 
 def find_file(relative: str, dataset_dir: str | Path) -> Path | None:

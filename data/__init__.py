@@ -1,0 +1,1 @@
+"""The dataset registry, shipped inside the installed package as instructemo.registry (see pyproject.toml)."""
