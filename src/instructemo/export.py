@@ -29,13 +29,20 @@ from .config import Config
 from .errors import UserError
 from .fileio import json_text, read_json
 from .infer import first_answer_tokens
-from .infer.classifier import find_adapter, trained_label_space
+from .infer.classifier import find_adapter, trained_prompt
 from .infer.dense import DenseEngine
 from .infer.hf import load_for_inference
 from .labels import LabelSpace
 from .models import resolve_model_path, save_atomically
-from .prompts import PromptBuilder, load_template
-from .rundir import LABEL_SPACE_FILE, METRICS_FILE, MODEL_CONFIG_FILE, THRESHOLDS_FILE, saved_stage
+from .prompts import PromptBuilder
+from .rundir import (
+    LABEL_SPACE_FILE,
+    METRICS_FILE,
+    MODEL_CONFIG_FILE,
+    PROMPT_TEMPLATE_FILE,
+    THRESHOLDS_FILE,
+    saved_stage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,8 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
         raise UserError(f"--output {output} is not empty; choose a new directory")
     base = resolve_model_path(cfg.model_name_or_path)
     stage = saved_stage(adapter, cfg.stage)
-    space, default_template = trained_label_space(cfg, adapter)
+    prompt = trained_prompt(cfg, adapter)
+    space = prompt.space
     classifier_config = None
     if stage == "cls":
         engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, space, bf16=False)
@@ -84,8 +92,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
             allow_pickle=cfg.allow_pickle_weights,
         )
         if fmt == "vllm-classify":
-            template = load_template(cfg.template, default_template)
-            classifier_config = label_token_classifier(tokenizer, template, space, cfg.cutoff_len)
+            classifier_config = label_token_classifier(tokenizer, prompt.template, space, cfg.cutoff_len)
 
     # The export is float32 whatever dtype scored the run: a bfloat16 copy would lose precision for good and run
     # hundreds of times slower on CPUs without bf16. Loading it in the dtype that scored gives the same numbers.
@@ -94,7 +101,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
     def write(staging: Path) -> None:
         model.save_pretrained(staging)  # safetensors
         tokenizer.save_pretrained(staging)
-        for extra in (LABEL_SPACE_FILE, THRESHOLDS_FILE):
+        for extra in (LABEL_SPACE_FILE, PROMPT_TEMPLATE_FILE, THRESHOLDS_FILE):
             if (adapter / extra).is_file():
                 (staging / extra).write_text((adapter / extra).read_text())
         record = {

@@ -26,7 +26,7 @@ from .data import Split, load_run_split, run_spec, spec_options
 from .errors import UserError
 from .fileio import json_text
 from .launch import inside_launcher
-from .prompts import load_template, render_user_turn
+from .prompts import compile_template, render_user_turn, template_source
 from .rundir import COMPLETE, TENSORBOARD_DIR, RunDir, checkpoint_progress, last_complete_checkpoint
 from .splits import split_location, training_location
 
@@ -71,6 +71,7 @@ class TrainingPlan:
 
     train: Split
     template: jinja2.Template
+    template_text: str  # kept in the run, so it prompts the same way wherever it is copied
     select: Split | None
     fingerprint: dict
 
@@ -85,7 +86,8 @@ def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPl
     if train is None:
         check_splits_apart(cfg)
         train = load_run_split(cfg, "train", max_samples=cfg.max_samples)
-    template = load_template(cfg.template, train.template)
+    template_text, origin = template_source(cfg.template, train.template)
+    template = compile_template(template_text, origin)
     if cfg.stage == "sft":
         render_user_turn(template, train.records[0].text, train.label_space)  # a template error surfaces now
     if cfg.do_eval:
@@ -95,7 +97,7 @@ def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPl
         raise UserError(f"report_to: {cfg.report_to} needs its package: pip install {cfg.report_to}")
     check_engines(cfg)
     check_training_args(cfg)
-    plan = TrainingPlan(train, template, select, fingerprint(cfg, train))
+    plan = TrainingPlan(train, template, template_text, select, fingerprint(cfg, train))
     if starts_the_run():
         resume_point(cfg, plan.fingerprint, check_only=True)
     return plan

@@ -25,16 +25,25 @@ def builtin_templates() -> list[str]:
 
 def load_template(name_or_path: str, dataset_default: str) -> jinja2.Template:
     """A template by name (templates/NAME.jinja), by path, or the dataset's default for 'auto'."""
+    return compile_template(*template_source(name_or_path, dataset_default))
+
+
+def template_source(name_or_path: str, dataset_default: str) -> tuple[str, Path]:
+    """The text of the template load_template would compile, and its file (a run keeps the text it trained with)."""
     name = dataset_default if name_or_path == "auto" else name_or_path
     path = Path(name) if name.endswith(".jinja") else TEMPLATE_DIR / f"{name}.jinja"
     if not path.is_file():
         raise UserError(
             f"template {name!r} not found; use one of {', '.join(builtin_templates())} or a .jinja file path"
         )
+    return path.read_text(encoding="utf-8"), path
+
+
+def compile_template(text: str, origin: Path) -> jinja2.Template:
     try:
-        return _ENV.from_string(path.read_text(encoding="utf-8").strip())
+        return _ENV.from_string(text.strip())
     except jinja2.TemplateSyntaxError as exc:
-        raise UserError(f"template {path}:{exc.lineno}: {exc.message}; fix the jinja2 syntax") from None
+        raise UserError(f"template {origin}:{exc.lineno}: {exc.message}; fix the jinja2 syntax") from None
 
 
 def render_user_turn(template: jinja2.Template, text: str, label_space: LabelSpace) -> str:

@@ -33,6 +33,7 @@ MANIFEST_FILE = "instructemo_run.json"
 # Files of a training run.
 CONFIG_FILE = "instructemo_config.yaml"
 LABEL_SPACE_FILE = "label_space.json"
+PROMPT_TEMPLATE_FILE = "prompt_template.jinja"  # the prompt template's text as trained (stage: sft)
 THRESHOLDS_FILE = "thresholds.json"
 SELECTION_FILE = "selection.json"
 TRAIN_RESULTS_FILE = "train_results.json"

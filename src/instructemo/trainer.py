@@ -33,6 +33,7 @@ from .rundir import (
     CONFIG_FILE,
     LABEL_SPACE_FILE,
     LOSS_PLOT_FILE,
+    PROMPT_TEMPLATE_FILE,
     SKIPPED_ROWS_FILE,
     STAGING_DIR,
     TRAIN_RESULTS_FILE,
@@ -277,6 +278,7 @@ def save_run(
             TRAIN_RESULTS_FILE: json_text(
                 train_results(cfg, trainer, result, rows, monitor.train_seconds, resumed_from)
             ),
+            **({PROMPT_TEMPLATE_FILE: plan.template_text} if cfg.stage == "sft" else {}),
             **extra_files(train),
             **(extra or {}),
         }

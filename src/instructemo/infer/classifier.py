@@ -8,6 +8,7 @@ engine, and classifies; generate-eval, predict and calibrate all go through it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,19 @@ import numpy as np
 from ..config import Config
 from ..data import Split, load_run_split, resolve_label_space, spec_options, split_source
 from ..errors import UserError
-from ..fileio import read_json
+from ..fileio import read_json, read_yaml_file
 from ..labels import LabelSpace
 from ..models import resolve_model_path, use_bf16
-from ..prompts import PromptBuilder, load_template, render_user_turn
-from ..rundir import LABEL_SPACE_FILE, THRESHOLDS_FILE, RunDir, saved_model_kind, saved_stage
+from ..prompts import PromptBuilder, compile_template, render_user_turn, template_source
+from ..rundir import (
+    CONFIG_FILE,
+    LABEL_SPACE_FILE,
+    PROMPT_TEMPLATE_FILE,
+    THRESHOLDS_FILE,
+    RunDir,
+    saved_model_kind,
+    saved_stage,
+)
 from ..shots import ShotPicker
 from . import classify, classify_dense, load_engine, threshold_rule
 from .dense import DenseEngine
@@ -48,12 +57,41 @@ def find_adapter(cfg: Config) -> Path | None:
     return None
 
 
-def trained_label_space(cfg: Config, adapter: Path | None) -> tuple[LabelSpace, str]:
-    """The label space the model was trained on, else the training dataset's; and the default template."""
-    space, template = resolve_label_space(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
-    if adapter is not None and (adapter / LABEL_SPACE_FILE).is_file():
-        space = LabelSpace.from_dict(read_json(adapter / LABEL_SPACE_FILE), str(adapter / LABEL_SPACE_FILE))
-    return space, template
+@dataclass
+class TrainedPrompt:
+    """What a run classifies with besides its weights: its label space and its prompt template."""
+
+    space: LabelSpace
+    template_text: str
+    template_origin: Path
+
+    @property
+    def template(self):
+        return compile_template(self.template_text, self.template_origin)
+
+
+def trained_prompt(cfg: Config, adapter: Path | None) -> TrainedPrompt:
+    """The label space and template the run was trained with, read from the run itself, so a run copied to
+    another machine without its data classifies as it did; the dataset's, for a base model (zero-shot)."""
+    space_file = adapter / LABEL_SPACE_FILE if adapter is not None else None
+    if space_file is None or not space_file.is_file():
+        space, default = resolve_label_space(cfg.dataset, cfg.dataset_dir, **spec_options(cfg))
+        return TrainedPrompt(space, *template_source(cfg.template, default))
+    space = LabelSpace.from_dict(read_json(space_file), str(space_file))
+    trained = read_yaml_file(adapter / CONFIG_FILE, "run config") if (adapter / CONFIG_FILE).is_file() else {}
+    saved = adapter / PROMPT_TEMPLATE_FILE
+    if saved.is_file() and cfg.template in ("auto", trained.get("template")):
+        return TrainedPrompt(space, saved.read_text(encoding="utf-8"), saved)
+    if saved.is_file():
+        log.warning(
+            "template %s is not the one the run in %s was trained with (%s); classifying with %s",
+            cfg.template,
+            adapter,
+            trained.get("template_resolved"),
+            cfg.template,
+        )
+    default = trained.get("template_resolved") or ("multi_label" if space.multi_label else "single_label")
+    return TrainedPrompt(space, *template_source(cfg.template, default))
 
 
 def load_thresholds(adapter: Path | None, space: LabelSpace):
@@ -73,8 +111,8 @@ class Classifier:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.adapter = find_adapter(cfg)
-        self.space, default_template = trained_label_space(cfg, self.adapter)
-        self.template = load_template(cfg.template, default_template)
+        self.prompt = trained_prompt(cfg, self.adapter)
+        self.space, self.template = self.prompt.space, self.prompt.template
         self.bf16 = use_bf16(cfg.bf16)
         # Scores depend on it (bf16 rounds each probability by about 1e-3): metrics.json and export record it.
         self.dtype = "bfloat16" if self.bf16 else "float32"
