@@ -110,21 +110,51 @@ def test_a_process_killed_with_sigkill_resumes_to_the_same_file(config, referenc
 def test_a_changed_input_is_not_resumed_into_an_old_partial_file(config, tmp_path, monkeypatch):
     source = write_table(tmp_path / "in.csv", 40)
     out = tmp_path / "out.csv"
+    stopped_after_first_checkpoint(monkeypatch, config, source, out)
+    write_table(source, 41)
+    with pytest.raises(UserError, match=r"unfinished run of another job \(input_bytes.*delete out.csv.partial"):
+        run_predict(load_config(config, []), source, out, chunk_rows=10)
+
+
+def stopped_after_first_checkpoint(monkeypatch, config: str, source, out) -> None:
+    """A predict interrupted (Ctrl-C) once its first chunk is written and checkpointed."""
     import instructemo.predict as predict
 
     write = predict.write_atomic
 
-    def stop_after_first_checkpoint(path, text):
+    def stop(path, text):
         write(path, text)
         if path.name.endswith(".progress.json"):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict, "write_atomic", stop_after_first_checkpoint)
+    monkeypatch.setattr(predict, "write_atomic", stop)
     with pytest.raises(KeyboardInterrupt):
         run_predict(load_config(config, []), source, out, chunk_rows=10)
     monkeypatch.setattr(predict, "write_atomic", write)
-    write_table(source, 41)
-    with pytest.raises(UserError, match=r"unfinished run of another job \(input_bytes.*delete out.csv.partial"):
+
+
+def test_a_run_retrained_in_place_or_recalibrated_is_not_resumed_into_the_old_models_file(
+    tmp_path, tiny_llama, monkeypatch
+):
+    rows = [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("ok", [])] * 2
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
+    config = tiny_config(
+        tmp_path, tiny_llama, tmp_path, dataset=str(tmp_path / "train.jsonl"), max_steps=2, bf16=False, mode="score"
+    )
+    assert run_cli("sft", config) == 0
+    source, out = write_table(tmp_path / "in.csv", 40), tmp_path / "out.csv"
+    stopped_after_first_checkpoint(monkeypatch, config, source, out)
+    assert run_cli("sft", config, "overwrite_output_dir=true", "seed=7") == 0  # the same paths, other weights
+    with pytest.raises(UserError, match=r"unfinished run of another job \(weights differ\)"):
+        run_predict(load_config(config, []), source, out, chunk_rows=10)
+    with pytest.raises(UserError, match=r"\(weights, template, score_method differ\)"):
+        run_predict(load_config(config, ["template=sentiment", "score_method=first_token"]), source, out)
+    for leftover in ("out.csv.partial", "out.csv.progress.json"):
+        (tmp_path / leftover).unlink()
+    stopped_after_first_checkpoint(monkeypatch, config, source, out)
+    names = json.loads((tmp_path / "run" / "label_space.json").read_text())["names"]
+    (tmp_path / "run" / "thresholds.json").write_text(json.dumps({"thresholds": {n: 0.3 for n in names}}))
+    with pytest.raises(UserError, match=r"\(thresholds differ\)"):
         run_predict(load_config(config, []), source, out, chunk_rows=10)
 
 

@@ -9,6 +9,7 @@ refuses a key given twice instead of letting the last one win silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -39,6 +40,15 @@ def json_text(value: Any, indent: int | None = 2) -> str:
 
 def jsonl_text(rows: Iterable[Any]) -> str:
     return "".join(json_text(row, indent=None) + "\n" for row in rows)
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:

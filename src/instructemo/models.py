@@ -7,7 +7,6 @@ refuses to train it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -20,6 +19,7 @@ import torch
 
 from .chat import fallback_template
 from .errors import UserError
+from .fileio import file_digest
 from .rundir import ADAPTER_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,9 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path  # a hub id; loading reports if it cannot be fetched
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def materialise_gguf(gguf_path: Path) -> Path:
     """Dequantize a GGUF model into a dense safetensors directory, once per file content."""
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{file_digest(gguf_path)}"
 
     def dequantize(staging: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -88,11 +88,7 @@ def run_predict(
         "rows": [first, stop],
         "text_column": text_column,
         "id_column": id_column,
-        "model": cfg.model_name_or_path,
-        "adapter": str(classifier.adapter),
-        "mode": classifier.mode,
-        "backend": cfg.backend,
-        "dtype": classifier.dtype,
+        **classifier.fingerprint(),
         "fields": fields,
     }
     state = _resume_state(partial, progress_path, fingerprint)

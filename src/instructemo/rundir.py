@@ -16,6 +16,7 @@ wrote, and it says whether the run is complete:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import UserError
-from .fileio import json_text, jsonl_text, read_json, write_atomic
+from .fileio import file_digest, json_text, jsonl_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +386,12 @@ def saved_model_kind(directory: Path | None) -> str | None:
     if (directory / ADAPTER_CONFIG_FILE).is_file():
         return "adapter"
     return None
+
+
+def weights_digest(directory: Path) -> str:
+    """One digest of a saved model's weight files (adapter, full model or head): it changes when a run is retrained."""
+    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
+    return hashlib.sha256(" ".join(f"{f.name}:{file_digest(f)}" for f in files).encode()).hexdigest()[:16]
 
 
 def adapter_settings(directory: Path) -> dict:

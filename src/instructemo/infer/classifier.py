@@ -7,6 +7,7 @@ engine, and classifies; generate-eval, predict and calibrate all go through it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..rundir import (
     RunDir,
     saved_model_kind,
     saved_stage,
+    weights_digest,
 )
 from ..shots import ShotPicker
 from . import classify, classify_dense, load_engine, threshold_rule
@@ -160,6 +162,27 @@ class Classifier:
             return None
         source, values = threshold_rule(self.space, self.thresholds, self.cfg.score_threshold)
         return {"source": source, "values": {n: float(t) for n, t in zip(self.space.names, values)}}
+
+    def fingerprint(self) -> dict:
+        """Everything that decides this classifier's answers: what predict's resume must find unchanged, so that
+        one output file never holds two models' answers (a run retrained in place, new thresholds, another prompt)."""
+        cfg = self.cfg
+        return {
+            "model": cfg.model_name_or_path,
+            "adapter": str(self.adapter),
+            "weights": weights_digest(self.adapter) if self.adapter is not None else None,
+            "mode": self.mode,
+            "backend": cfg.backend,
+            "dtype": self.dtype,
+            "label_space": self.space.to_dict(),
+            "template": hashlib.sha256(self.prompt.template_text.encode()).hexdigest()[:16],
+            "thresholds": self.threshold_record(),
+            "score_method": cfg.score_method,
+            "few_shot": [cfg.few_shot, cfg.few_shot_selection, cfg.few_shot_retriever, cfg.seed] if cfg.few_shot else 0,
+            "cutoff_len": cfg.cutoff_len,
+            "max_new_tokens": cfg.max_new_tokens,
+            "decoding": [cfg.temperature, cfg.top_p, cfg.seed] if cfg.do_sample else "greedy",
+        }
 
     @property
     def mode(self) -> str:
