@@ -10,6 +10,9 @@ machine is recorded as skipped with the reason, never as passed:
 - score_mode            generate-eval mode=score (hf): a probability for every label
 - vllm_cuda_lora        generate-eval backend=vllm with the LoRA served by vLLM (vllm_merge_lora=false)
 - deepspeed_zero3       ZeRO-3 sft with 2 processes when 2 GPUs exist, else 1
+- placement             where each inference path put its model (device: auto), and rows/s against device=cpu
+                        for the same run: generate-eval (metrics.json's device), predict, serve (/health's
+                        device) and a classification head (stage: cls)
 
     python bench/gpu_check.py --out DIR     (writes DIR/gpu_check.json and bench/results/gpu_check.json)
     python bench/gpu_check.py --out DIR --rehearse-on-cpu
@@ -53,6 +56,75 @@ def metrics(path: Path) -> dict:
         "mode": m["mode"],
         "examples_per_second": m["examples_per_second"],
     }
+
+
+def placement(lora: str, model: Path, work: Path, log: list[str], gpus: int, rehearse: bool) -> dict:
+    """Each inference path with device: auto, then device=cpu: the device it reports, and its rows per second."""
+    from conftest import EMOTION_ROWS, free_port
+    from test_end_to_end import tiny_config
+
+    if not gpus and not rehearse:
+        return {"skipped": "no CUDA GPU"}
+    expected = "cuda:0" if gpus else "cpu"
+    table = work / "predict.csv"
+    table.write_text("text\n" + "".join(f"{t} {i}\n" for i in range(50) for t, _ in EMOTION_ROWS))  # 600 rows
+    rows = 600
+    found: dict = {"expected": expected}
+    head = tiny_config(work / "head", model, work / "data", stage="cls", max_steps=20)
+    if run("head", ["sft", head], work, log)["rc"] != 0:
+        found["head"] = {"error": "stage: cls training failed"}
+    for device in ("auto", "cpu"):
+        for name, config in (("generate_eval", lora), ("head", head)):
+            out = Path(config).parent / "run" / f"placement-{device}"
+            step = run(name, ["generate-eval", config, f"device={device}", f"eval_output_dir={out}"], work, log)
+            if step["rc"] == 0:
+                m = json.loads((out / "metrics.json").read_text())
+                step.update(device=m.get("device"), examples_per_second=m["examples_per_second"])
+            found.setdefault(name, {})[device] = step
+        output = work / f"predict-{device}.csv"
+        step = run(
+            "predict", ["predict", lora, f"device={device}", "--input", str(table), "--output", str(output)], work, log
+        )
+        step["rows_per_second_with_start_up"] = round(rows / step["seconds"], 1)
+        found.setdefault("predict", {})[device] = step
+        found.setdefault("serve", {})[device] = serve_once(lora, device, free_port())
+    found["ok"] = all(
+        found[path]["auto"].get("device") == expected and found[path]["cpu"].get("device") == "cpu"
+        for path in ("generate_eval", "head", "serve")
+    ) and all(found["predict"][d]["rc"] == 0 for d in ("auto", "cpu"))
+    return found
+
+
+def serve_once(config: str, device: str, port: int) -> dict:
+    """Start `instructemo serve`, ask /health for its device, time 20 requests of 30 texts, stop it."""
+    import httpx
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "instructemo.cli", "serve", config, f"device={device}", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and server.poll() is None:
+            try:
+                health = httpx.get(f"{url}/health", timeout=2).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            return {"error": (server.stderr.read() if server.poll() is not None else "did not start")[-400:]}
+        texts = [f"i feel fine number {i}" for i in range(30)]
+        started = time.perf_counter()
+        for _ in range(20):
+            httpx.post(f"{url}/v1/classify", json={"input": texts}, timeout=120).raise_for_status()
+        return {"device": health.get("device"), "texts_per_second": round(600 / (time.perf_counter() - started), 1)}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def missing(*modules: str) -> str | None:
@@ -152,6 +224,8 @@ def main() -> None:
             checks["vllm_cuda_lora"] = {**step, "ok": step["rc"] == 0}
             if step["rc"] == 0:
                 checks["vllm_cuda_lora"]["metrics"] = metrics(out / "metrics.json")
+    if lora:
+        checks["placement"] = placement(lora, model, work, log, gpus, args.rehearse_on_cpu)
     nproc = 2 if gpus >= 2 else 1
     sft_then_eval(
         "deepspeed_zero3",

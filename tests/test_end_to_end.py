@@ -161,7 +161,7 @@ def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path, emotion_dir, monke
 
     from instructemo import models
 
-    monkeypatch.setattr(models, "bf16_supported", lambda: True)  # CPUs without native bf16 emulate it: slow, not wrong
+    monkeypatch.setattr(models, "bf16_supported", lambda device=None: True)  # without native bf16: emulated, slow
     base = build_tiny_causal_lm(tmp_path / "base")
     config = tiny_config(
         tmp_path, base, emotion_dir, finetuning_type="full", bf16=True, learning_rate=1e-5, max_steps=1

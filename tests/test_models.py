@@ -42,7 +42,7 @@ def test_unreachable_hub_model_is_a_user_error(monkeypatch):
 def test_attention_and_dtype_choices():
     if not torch.cuda.is_available():
         assert models.pick_attention("auto") == "sdpa"
-        with pytest.raises(UserError, match="fa2 needs the flash-attn package and a CUDA GPU"):
+        with pytest.raises(UserError, match="fa2 needs the flash-attn package and a model on a CUDA GPU"):
             models.pick_attention("fa2")
     assert models.pick_attention("eager") == "eager"
     assert models.use_bf16(False) is False

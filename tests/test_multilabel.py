@@ -90,13 +90,16 @@ def dev_score(base, adapter_dir, config) -> float:
     """The dev split's macro-F1 for the weights in adapter_dir, worked out here: greedy answers, parsed, scored."""
     from instructemo.config import load_config
     from instructemo.data import load_split
-    from instructemo.infer.hf import decode_answers, generate_ids, load_for_inference
+    from instructemo.infer.hf import decode_answers, generate_ids
+    from instructemo.infer.loading import load_causal_run
     from instructemo.metrics import score
     from instructemo.parse import parse_labels
     from instructemo.prompts import PromptBuilder, load_template
 
     cfg = load_config(config)
-    model, tokenizer = load_for_inference(str(base), adapter_dir, flash_attn="auto", bf16=False)
+    model, tokenizer = load_causal_run(
+        str(base), adapter_dir, device=torch.device("cpu"), flash_attn="auto", bf16=False
+    )
     dev = load_split("emotion:validation", cfg.dataset_dir)
     builder = PromptBuilder(tokenizer, load_template("auto", dev.template), dev.label_space, cfg.cutoff_len)
     ids, stops = generate_ids(

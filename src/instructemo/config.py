@@ -53,6 +53,12 @@ class Config:
         "Attention: auto (fa2 on CUDA when installed, else sdpa), fa2, sdpa or eager.",
         choices=("auto", "fa2", "sdpa", "eager"),
     )
+    device: str = _key(
+        "auto",
+        "Where inference runs (generate-eval, predict, calibrate, classify, serve, webui): auto (a CUDA GPU when "
+        "torch sees one, else the CPU; predict --shard i takes GPU i % count), cpu, cuda or cuda:N. Training uses "
+        "the GPUs accelerate finds (CUDA_VISIBLE_DEVICES chooses), or the CPU with device: cpu.",
+    )
     bf16: bool | str = _key(
         "auto",
         "bfloat16 weights and autocast: auto (when the hardware has it), true or false.",

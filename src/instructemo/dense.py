@@ -23,7 +23,7 @@ from .config import Config
 from .data import Split, run_spec
 from .errors import UserError
 from .labels import LabelSpace
-from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, use_bf16
+from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, training_device, use_bf16
 from .monitor import RunMonitor
 from .preflight import check_before_training, start_run
 from .trainer import ClassifierTrainer, adapter_config, save_run, train_until_done, trainer_arguments
@@ -107,7 +107,8 @@ def run_cls(cfg: Config, train: Split | None = None, on_selection=None) -> Path:
     plan = check_before_training(cfg, train)
     train = plan.train
     space = train.label_space
-    bf16 = use_bf16(cfg.bf16)
+    device = training_device(cfg.device)
+    bf16 = use_bf16(cfg.bf16, device)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code, chat=False)
     log.info(
@@ -139,6 +140,7 @@ def run_cls(cfg: Config, train: Split | None = None, on_selection=None) -> Path:
         flash_attn=cfg.flash_attn,
         trust_remote_code=cfg.trust_remote_code,
         allow_pickle=cfg.allow_pickle_weights,
+        device=device,
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # decoders find each row's last real token by it

@@ -133,6 +133,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "backend": cfg.backend,
         "mode": classifier.mode,
         "dtype": classifier.dtype,
+        "device": str(classifier.device),
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
         "thresholds": classifier.threshold_record(),
         "prompting": classifier.prompting_record(),

@@ -20,18 +20,18 @@ per label cannot represent them; a `stage: cls` head can.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
+
+import torch
 
 from .config import Config
 from .errors import UserError
 from .fileio import json_text, read_json
 from .infer import first_answer_tokens
 from .infer.classifier import find_adapter, trained_prompt
-from .infer.dense import DenseEngine
-from .infer.hf import load_for_inference
+from .infer.loading import load_causal_run, load_head_run
 from .labels import LabelSpace
 from .models import resolve_model_path, save_atomically
 from .prompts import PromptBuilder
@@ -79,18 +79,17 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
     prompt = trained_prompt(cfg, adapter)
     space = prompt.space
     classifier_config = None
+    # Saved from the CPU, in float32.
+    options = dict(
+        device=torch.device("cpu"),
+        bf16=False,
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle_weights,
+    )
     if stage == "cls":
-        engine = DenseEngine(dataclasses.replace(cfg, backend="hf"), base, adapter, space, bf16=False)
-        model, tokenizer = engine.model, engine.tokenizer
+        model, tokenizer = load_head_run(base, adapter, space, flash_attn=cfg.flash_attn, **options)
     else:
-        model, tokenizer = load_for_inference(
-            base,
-            adapter,
-            flash_attn="eager",
-            bf16=False,
-            trust_remote_code=cfg.trust_remote_code,
-            allow_pickle=cfg.allow_pickle_weights,
-        )
+        model, tokenizer = load_causal_run(base, adapter, flash_attn="eager", **options)
         if fmt == "vllm-classify":
             classifier_config = label_token_classifier(tokenizer, prompt.template, space, cfg.cutoff_len)
 

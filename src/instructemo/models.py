@@ -134,32 +134,43 @@ def save_atomically(target: Path, write) -> Path:
     return target
 
 
-def pick_attention(flash_attn: str, training: bool = False) -> str:
-    """FlashAttention-2 when asked or when auto finds it with CUDA, else SDPA (or eager when asked).
+def pick_attention(flash_attn: str, training: bool = False, device: torch.device | None = None) -> str:
+    """FlashAttention-2 when asked or when auto finds it for a model on CUDA, else SDPA (or eager when asked).
 
+    `device`: where the model will run (None: training, on CUDA when there is one). A model that stays on the CPU
+    of a GPU machine never gets FlashAttention-2: its first forward would fail.
     Training on a CPU, auto picks eager: for rows of classification length,
     PyTorch's CPU SDPA backward kernel costs more than the plain matmuls
     (a SmolLM2 LoRA step on 16 emotion rows: 2.58 s with SDPA, 2.17 s eager).
     """
-    has_fa2 = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None and on_cuda
     if flash_attn == "fa2" and not has_fa2:
-        raise UserError("flash_attn: fa2 needs the flash-attn package and a CUDA GPU; use flash_attn: auto")
-    auto = "flash_attention_2" if has_fa2 else "eager" if training and not torch.cuda.is_available() else "sdpa"
+        raise UserError("flash_attn: fa2 needs the flash-attn package and a model on a CUDA GPU; use flash_attn: auto")
+    auto = "flash_attention_2" if has_fa2 else "eager" if training and not on_cuda else "sdpa"
     choice = {"auto": auto, "fa2": "flash_attention_2"}.get(flash_attn, flash_attn)
     log.info("attention implementation: %s", choice)
     return choice
 
 
-def bf16_supported() -> bool:
-    if torch.cuda.is_available():
+def training_device(setting: str) -> torch.device | None:
+    """Where training runs, as loading needs to know it: the CPU for device: cpu, else None (accelerate's choice,
+    CUDA when there is one)."""
+    return torch.device("cpu") if setting == "cpu" else None
+
+
+def bf16_supported(device: torch.device | None = None) -> bool:
+    """Whether `device` computes bfloat16 natively (None: the training device, CUDA when there is one)."""
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda:
         return torch.cuda.is_bf16_supported()
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def use_bf16(setting: bool | str) -> bool:
+def use_bf16(setting: bool | str, device: torch.device | None = None) -> bool:
     if setting == "auto":
-        return bf16_supported()
-    if setting and not bf16_supported():
+        return bf16_supported(device)
+    if setting and not bf16_supported(device):
         raise UserError("bf16: true but this hardware has no bfloat16 support; set bf16: auto or false")
     return bool(setting)
 
@@ -211,8 +222,10 @@ def load_sequence_classifier(
     flash_attn: str,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device: torch.device | None = None,
 ):
     """AutoModelForSequenceClassification with a new head for `names`, in float32 (training autocasts to bf16).
+    `device`: where it will run, for the attention choice (None: training).
 
     Decoders (Llama, Qwen, Gemma) classify from the last token that is not
     padding, so their config needs the pad token id; the caller sets it.
@@ -220,7 +233,7 @@ def load_sequence_classifier(
     from transformers import AutoModelForSequenceClassification
 
     refuse_pickles(path, allow_pickle)
-    attention = pick_attention(flash_attn)
+    attention = pick_attention(flash_attn, device=device)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -255,8 +268,10 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     training: bool = False,
+    device: torch.device | None = None,
 ):
     """A causal LM in bf16 or fp32; with four_bit, quantized to NF4 by bitsandbytes (QLoRA, CUDA only).
+    `device`: where it will run, for the attention choice (None: training).
 
     Safe by default: weights come from safetensors only (a pickled .bin can run
     code when loaded) and code shipped with the model is not run.
@@ -280,7 +295,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=dtype,
-            attn_implementation=pick_attention(flash_attn, training),
+            attn_implementation=pick_attention(flash_attn, training, device),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
             **extra,

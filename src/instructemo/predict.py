@@ -32,6 +32,7 @@ from .errors import UserError
 from .fileio import json_text, read_json, write_atomic
 from .html_report import PredictionSummary
 from .infer.classifier import Classifier
+from .infer.loading import pick_device
 from .readers import ID_COLUMN_GUESSES, TEXT_COLUMN_GUESSES, TableFile, pick_column
 from .records import PATH_FORMATS
 
@@ -76,7 +77,7 @@ def run_predict(
         raise UserError(f"{input_path}: no id column {id_column!r}; the columns are {columns}")
     first, stop = total * shard[0] // shard[1], total * (shard[0] + 1) // shard[1]
 
-    classifier = Classifier(cfg)
+    classifier = Classifier(cfg, pick_device(cfg.device, shard=shard[0]))  # shards spread over the GPUs
     space = classifier.space
     key = id_column or "row"
     scored = classifier.mode != "generate" and not space.multi_label
@@ -122,6 +123,7 @@ def run_predict(
         "backend": cfg.backend,
         "mode": classifier.mode,
         "dtype": classifier.dtype,
+        "device": str(classifier.device),
     }
     write_atomic(report_path, summary.render(list(space.names), context))
     os.replace(partial, output_path)

@@ -61,6 +61,7 @@ RESUME_NEUTRAL_KEYS = frozenset(
         "temperature",
         "top_p",
         "tune",
+        "device",
     }
 )
 

@@ -41,6 +41,7 @@ FIXED_KEYS = frozenset(
         "tune",
         "nproc_per_node",
         "deepspeed",
+        "device",
     }
 )
 SETTINGS_KEYS = ("trials", "space", "pruner", "startup_trials", "enqueue")

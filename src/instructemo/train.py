@@ -16,7 +16,7 @@ from .checkpoints import attach_selector, generative_predictor, selection_files
 from .config import Config
 from .data import Split
 from .dense import run_cls
-from .models import load_causal_lm, load_tokenizer, resolve_model_path, use_bf16
+from .models import load_causal_lm, load_tokenizer, resolve_model_path, training_device, use_bf16
 from .monitor import RunMonitor
 from .preflight import check_before_training, start_run
 from .prompts import PromptBuilder
@@ -36,7 +36,8 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
         return run_cls(cfg, train, on_selection)
     plan = check_before_training(cfg, train)
     train = plan.train
-    bf16 = use_bf16(cfg.bf16)
+    device = training_device(cfg.device)
+    bf16 = use_bf16(cfg.bf16, device)
     model_path = resolve_model_path(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.trust_remote_code)
     log.info("training on %d rows of %s (%s)", len(train.records), cfg.dataset, train.origin)
@@ -58,6 +59,7 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
         trust_remote_code=cfg.trust_remote_code,
         allow_pickle=cfg.allow_pickle_weights,
         training=True,
+        device=device,
     )
     if cfg.finetuning_type == "qlora":
         from peft import prepare_model_for_kbit_training

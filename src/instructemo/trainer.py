@@ -80,7 +80,7 @@ def trainer_arguments(cfg: Config, bf16: bool, packed: bool = False) -> dict:
     return {
         **{name: getattr(cfg, name) for name in TRAINER_KEYS},
         "bf16": bf16,
-        "use_cpu": not torch.cuda.is_available(),
+        "use_cpu": cfg.device == "cpu" or not torch.cuda.is_available(),
         "data_seed": cfg.seed,
         "disable_tqdm": False,  # the progress bar with ETA, even with library logs quiet
         "save_strategy": "steps" if cfg.save_steps else "no",

@@ -33,15 +33,15 @@ class Classified:
     unfinished: int = 0  # generated answers cut by max_new_tokens before the model ended its turn
 
 
-def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool):
-    """The configured engine, with the base model plus adapter (or the fine-tuned model) loaded."""
+def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool, device):
+    """The configured engine, with the base model plus adapter (or the fine-tuned model) loaded on `device`."""
     if cfg.backend == "vllm":
         from .vllm import VLLMEngine
 
-        return VLLMEngine(cfg, base_path, adapter, bf16)
+        return VLLMEngine(cfg, base_path, adapter, bf16, device)
     from .hf import HFEngine
 
-    return HFEngine.load(cfg, base_path, adapter, bf16)
+    return HFEngine.load(cfg, base_path, adapter, bf16, device)
 
 
 def classify(

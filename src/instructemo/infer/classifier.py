@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import Config
 from ..data import Split, load_run_split, resolve_label_space, spec_options, split_source
@@ -34,6 +35,7 @@ from ..rundir import (
 from ..shots import ShotPicker
 from . import classify, classify_dense, load_engine, threshold_rule
 from .dense import DenseEngine
+from .loading import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +112,14 @@ def load_thresholds(adapter: Path | None, space: LabelSpace):
 class Classifier:
     """A loaded model with its prompts and label space: texts in, labels (and probabilities) out."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, device: torch.device | None = None):
+        """`device`: where the model will run (default: cfg.device's choice)."""
         self.cfg = cfg
+        self.device = device if device is not None else pick_device(cfg.device)
         self.adapter = find_adapter(cfg)
         self.prompt = trained_prompt(cfg, self.adapter)
         self.space, self.template = self.prompt.space, self.prompt.template
-        self.bf16 = use_bf16(cfg.bf16)
+        self.bf16 = use_bf16(cfg.bf16, self.device)
         # Scores depend on it (bf16 rounds each probability by about 1e-3): metrics.json and export record it.
         self.dtype = "bfloat16" if self.bf16 else "float32"
         self.thresholds = load_thresholds(self.adapter, self.space)
@@ -193,11 +197,11 @@ class Classifier:
         """Load the model; separate from __init__ so input checks run first. progress: a bar per classify call."""
         base = resolve_model_path(self.cfg.model_name_or_path)
         if self.stage == "cls":
-            self.engine = DenseEngine(self.cfg, base, self.adapter, self.space, self.bf16)
+            self.engine = DenseEngine(self.cfg, base, self.adapter, self.space, self.bf16, self.device)
         else:
             if self.adapter is None:
                 log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
-            self.engine = load_engine(self.cfg, base, self.adapter, self.bf16)
+            self.engine = load_engine(self.cfg, base, self.adapter, self.bf16, self.device)
             self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
             if self.shot_pool is not None:
                 cfg = self.cfg

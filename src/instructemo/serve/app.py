@@ -3,7 +3,7 @@
     POST /classify, /v1/classify   vLLM's classify request and response
     POST /v1/chat/completions      OpenAI's chat completions: the answer is the label
     GET  /v1/models                the one model served
-    GET  /health                   200 once the model is loaded
+    GET  /health                   200 once the model is loaded (with its mode and device)
     GET  /metrics                  Prometheus: requests, latency, batch sizes, texts
 
 Every refusal is a JSON error in OpenAI's shape with a 4xx status; only a
@@ -212,7 +212,7 @@ def create_app(classifier: Classifier, settings: ServeSettings, executor: Thread
     async def health():
         if app.state.draining:
             return JSONResponse({"status": "draining", "model": name}, status_code=503)
-        return {"status": "ok", "model": name, "mode": classifier.mode}
+        return {"status": "ok", "model": name, "mode": classifier.mode, "device": str(classifier.device)}
 
     @app.get("/metrics")
     async def prometheus():
