@@ -22,6 +22,7 @@ from instructemo.tools import describe_dataset, hold_out
 from instructemo.webui.jobs import JobQueue
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "webui"
+UPLOAD_CHOICE = "(an uploaded file)"
 CHROMIUM = shutil.which("chromium")
 
 
@@ -85,13 +86,13 @@ def test_stop_ends_a_training_job_cleanly_and_its_run_can_resume(tmp_path, tiny_
     assert not RunDir(tmp_path / "run").is_complete()  # nothing passes as finished; resume: auto continues it
 
 
-@pytest.fixture()
-def webui(tmp_path, tiny_llama):
+def start_webui(tmp_path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`instructemo webui` in tmp_path (its workdir tmp_path/webui), once it answers: (process, url)."""
     port = free_port()
     exe = Path(sys.executable).with_name("instructemo")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(
-        [str(exe), "webui", "--port", str(port), "--workdir", str(tmp_path / "webui"), "--max-upload-mb", "1"],
+        [str(exe), "webui", "--port", str(port), "--workdir", str(tmp_path / "webui"), *options],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -103,15 +104,158 @@ def webui(tmp_path, tiny_llama):
     while time.monotonic() < deadline:
         try:
             if httpx.get(url, timeout=2).status_code == 200:
-                break
+                return server, url
         except httpx.HTTPError:
             time.sleep(1)
-    else:
-        server.kill()
-        pytest.fail("the webui did not answer within 120 s:\n" + server.communicate()[0][-3000:])
+    server.kill()
+    pytest.fail("the webui did not answer within 120 s:\n" + server.communicate()[0][-3000:])
+
+
+@pytest.fixture()
+def webui(tmp_path, tiny_llama):
+    server, url = start_webui(tmp_path, "--max-upload-mb", "1")
     yield url
     server.terminate()
     server.wait(30)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--host", "0.0.0.0"], "--host 0.0.0.0 opens the page to other machines"),
+        (["--auth", "admin"], "--auth takes USER:PASSWORD"),
+        (["--port", "99999"], "--port 99999 is not a port number"),
+        (["--max-upload-mb", "-5"], "--max-upload-mb -5: give at least 1"),
+        (["--workdir"], "is a file; name a folder"),
+    ],
+)
+def test_the_page_refuses_unsafe_or_impossible_settings_in_one_line(tmp_path, capsys, options, message):
+    from test_end_to_end import run_cli
+
+    (tmp_path / "file").write_text("x")
+    workdir = tmp_path / ("file" if options == ["--workdir"] else "w")
+    assert run_cli("webui", "--workdir", workdir, *options[1:] if options == ["--workdir"] else options) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_login_guards_the_page_and_its_api(tmp_path):
+    from gradio_client import Client
+
+    server, url = start_webui(tmp_path, "--auth", "ann:s3cret")
+    try:
+        assert httpx.get(url + "config").status_code == 401 and httpx.get(url + "gradio_api/info").status_code == 401
+        with pytest.raises(Exception, match="credentials were not provided"):
+            Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        assert (
+            "/evaluate"
+            in Client(url, auth=("ann", "s3cret"), verbose=False).view_api(return_format="dict", print_info=False)[
+                "named_endpoints"
+            ]
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_the_page_takes_only_its_own_runs_data_files_and_folder_names(tmp_path):
+    """Over HTTP, as any client of the page could send it: typed paths, a YAML upload, run names that escape."""
+    from gradio_client import Client, handle_file
+
+    from instructemo.webui.app import FIELDS, SETTINGS
+
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (tmp_path / "evil.yaml").write_text("trust_remote_code: true\n")
+    (tmp_path / "evil.py").write_text("print('hi')\n")
+    server, url = start_webui(tmp_path)
+    try:
+        client = Client(url, verbose=False)
+        for run in (str(secret), "../elsewhere", str(tmp_path / "evil.yaml")):
+            for endpoint, args in (("/evaluate", (run, "auto")), ("/try_text", (run, "hi"))):
+                with pytest.raises(Exception, match="is not a finished run of this page"):
+                    client.predict(*args, api_name=endpoint)
+        with pytest.raises(Exception, match="is not a finished run of this page"):
+            client.predict(str(secret), handle_file(write_csv(tmp_path / "texts.csv")), api_name="/predict_file")
+        with pytest.raises(Exception, match="Invalid file type|upload a data file"):
+            client.predict(str(secret), handle_file(tmp_path / "evil.yaml"), api_name="/predict_file")
+        for upload in ("evil.yaml", "evil.py"):
+            with pytest.raises(Exception, match="Invalid file type|upload a data file"):
+                client.predict(UPLOAD_CHOICE, handle_file(tmp_path / upload), "", "", api_name="/describe")
+        settings = ["" if k == "max_samples" else FIELDS[k].default for k in SETTINGS]
+        for name in (".", "..", "a/b", ".hidden", "../up"):
+            with pytest.raises(Exception, match="run name"):
+                client.predict(
+                    "emotion", None, "", "", 0.2, "smollm2-135m-instruct", name, *settings, api_name="/start"
+                )
+        assert not (tmp_path / "webui" / "data").exists() and not (tmp_path / "webui" / "configs").exists()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_an_upload_of_another_type_is_refused_and_kept_names_cannot_be_guessed(tmp_path):
+    from instructemo.webui.app import WebUI
+
+    (tmp_path / "notes.yaml").write_text("trust_remote_code: true\n")
+    data = write_csv(tmp_path / "mine.csv")
+    one, other = WebUI(tmp_path / "a", "data"), WebUI(tmp_path / "b", "data")
+    with pytest.raises(UserError, match="upload a data file"):
+        one.keep_upload(str(tmp_path / "notes.yaml"))
+    assert one.keep_upload(str(data)) == one.keep_upload(str(data))  # the same file twice: one copy
+    assert one.keep_upload(str(data)).name != other.keep_upload(str(data)).name  # salted per server
+
+
+def test_a_job_that_cannot_start_fails_alone_and_the_queue_goes_on(tmp_path, monkeypatch):
+    queue = JobQueue(tmp_path / "jobs")
+    real = subprocess.Popen
+    calls = []
+
+    def popen_fails_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen_fails_once)
+    broken = queue.submit("datasets", [])
+    after = queue.submit("datasets", [])
+    assert queue.wait(broken, timeout=60).state == "failed" and "Too many open files" in broken.error()
+    assert queue.wait(after, timeout=120).state == "done"
+
+
+def test_stop_reaches_every_process_of_the_job(tmp_path):
+    """A job whose process started another (torchrun's workers): Stop ends both."""
+    queue = JobQueue(tmp_path / "jobs")
+    child_pid = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time, pathlib; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"pathlib.Path({str(child_pid)!r}).write_text(str(child.pid)); time.sleep(300)"
+    )
+    queue.command_line = lambda job: [sys.executable, "-c", script]
+    job = queue.submit("sft", ["a.yaml"])
+    deadline = time.monotonic() + 60
+    while not child_pid.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(child_pid.read_text())
+    queue.stop(job.id)
+    assert queue.wait(job, timeout=60).state == "stopped"
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.is_file() and status.read_text().split()[2] == "Z")  # a zombie has ended
 
 
 def pick(page, label: str, option: str) -> None:

@@ -128,7 +128,8 @@ def _webui(args):
         raise UserError("instructemo webui needs gradio: pip install 'instructemo[webui]'") from None
     from .webui.app import run_webui
 
-    run_webui(args.host, args.port, args.workdir, args.dataset_dir, args.max_upload_mb)
+    auth = args.auth if args.auth is not None else os.environ.get("INSTRUCTEMO_WEBUI_AUTH")
+    run_webui(args.host, args.port, args.workdir, args.dataset_dir, args.max_upload_mb, auth, args.insecure_no_auth)
 
 
 def _predict(cfg, args):
@@ -243,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     webui.add_argument("--workdir", default="saves/webui", help="Folder for uploads, configs, runs and jobs' logs.")
     webui.add_argument("--dataset-dir", default="data", help="Folder with an extra datasets.yaml (default: data).")
     webui.add_argument("--max-upload-mb", type=int, default=200, help="Largest file the page accepts (default 200 MB).")
+    webui.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="Ask for this login (or set INSTRUCTEMO_WEBUI_AUTH); needed beyond 127.0.0.1.",
+    )
+    webui.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="Listen beyond 127.0.0.1 without a login: anyone who reaches the page can train and run models.",
+    )
     webui.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     for name, (_, summary) in VERBS.items():
         sub = verbs.add_parser(

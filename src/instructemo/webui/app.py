@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import re
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,10 @@ from .jobs import JobQueue, live_progress
 log = logging.getLogger(__name__)
 
 UPLOAD = "(an uploaded file)"
+# What an upload may be: data, never a config (a YAML can set trust_remote_code) or anything else.
+DATA_FILE_TYPES = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a folder name: not ., .., hidden, nor a path
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The training settings on the page: the YAML's own keys, with the config's defaults and help.
 SETTINGS = (
     "stage",
@@ -93,6 +98,7 @@ class WebUI:
         self.dataset_dir = dataset_dir
         self.jobs = JobQueue(self.workdir / "jobs")
         self._scorers: dict[str, tuple[float, object]] = {}
+        self._upload_salt = secrets.token_bytes(16)  # kept uploads' names: the same file twice, one name no one guesses
 
     # --- data -----------------------------------------------------------------
 
@@ -100,9 +106,14 @@ class WebUI:
         return [*load_registry(self.dataset_dir), UPLOAD]
 
     def keep_upload(self, temp_path: str) -> Path:
-        """The uploaded file, copied under the workdir with its content hash in the name (never over another)."""
+        """The uploaded data file, copied under the workdir with a salted hash of its content in the name (never
+        over another, and never at a name the uploader can compute)."""
         source = Path(temp_path)
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+        if source.suffix.lower() not in DATA_FILE_TYPES:
+            raise UserError(
+                f"{source.name}: upload a data file ({', '.join(DATA_FILE_TYPES)}), not {source.suffix or 'a file without a type'}"
+            )
+        digest = hashlib.sha256(self._upload_salt + source.read_bytes()).hexdigest()[:16]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.stem)[:60] or "data"
         kept = self.workdir / "data" / f"{stem}-{digest}{source.suffix.lower()}"
         if not kept.is_file():
@@ -134,8 +145,11 @@ class WebUI:
 
     def config_values(self, dataset, upload, text_column, label_column, test_fraction, model, run_name, *settings):
         """The run's YAML keys: the dataset (with a held-out test split for an uploaded file) and the settings."""
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_name or ""):
-            raise UserError(f"run name {run_name!r}: use letters, digits, '.', '_' or '-' (it names the run's folder)")
+        if not RUN_NAME.fullmatch(run_name or ""):
+            raise UserError(
+                f"run name {run_name!r}: use letters, digits, '.', '_' or '-', not starting with '.' "
+                "(it names the run's folder under runs/)"
+            )
         spec = self._spec(dataset, upload)
         values = {"model_name_or_path": model, "dataset": spec}
         if self.dataset_dir != FIELDS["dataset_dir"].default:
@@ -201,9 +215,18 @@ class WebUI:
                         found.append(str(path))
         return list(dict.fromkeys(found))
 
-    def evaluate(self, run: str, mode: str):
+    def listed_run(self, run: str | None, purpose: str) -> str:
+        """`run`, when it is one of the finished runs the page lists; a typed path to anything else is refused."""
         if not run:
-            raise UserError("pick a trained run to evaluate")
+            raise UserError(f"pick a trained run to {purpose}")
+        if run not in self.runs():
+            raise UserError(
+                f"{run!r} is not a finished run of this page (under {self.workdir / 'runs'} or saves/); pick one from the list"
+            )
+        return run
+
+    def evaluate(self, run: str, mode: str):
+        run = self.listed_run(run, "evaluate")
         args = [run] + ([f"mode={mode}"] if mode != "auto" else [])  # a run's folder stands for its config
         job = self.jobs.submit("generate-eval", args)
         while not job.finished:
@@ -236,7 +259,7 @@ class WebUI:
 
     def last_report(self, run: str):
         """The run's last evaluation, when it has one (empty otherwise)."""
-        if run and (Path(run) / EVAL_DIR / METRICS_FILE).is_file():
+        if run and self.listed_run(run, "show") and (Path(run) / EVAL_DIR / METRICS_FILE).is_file():
             return ("the last evaluation of this run", *self.report(run))
         return ("no evaluation yet: press Evaluate", None, None, "", None)
 
@@ -250,16 +273,15 @@ class WebUI:
         return self._scorers[run][1]
 
     def try_text(self, run: str, text: str):
-        if not run:
-            raise UserError("pick a trained run first")
-        cfg, classifier = self.scorer(run)
+        cfg, classifier = self.scorer(self.listed_run(run, "try"))
         result = classify_texts(cfg, [text], classifier)[0]
         chosen = ", ".join(result["labels"]) or "(no label)"
         return result["probabilities"], f"predicted: **{chosen}**"
 
     def predict_file(self, run: str, upload: str | None):
-        if not run or not upload:
-            raise UserError("pick a trained run and upload a file of texts")
+        run = self.listed_run(run, "label the file with")
+        if not upload:
+            raise UserError("upload a file of texts to label")
         source = self.keep_upload(upload)
         out = self.workdir / "predictions" / f"{source.stem}-{Path(run).name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +295,8 @@ class WebUI:
         yield f"job {job.id}: done, {out.name}", str(out)
 
     def compare(self, runs: list[str]):
+        for run in runs or []:
+            self.listed_run(run, "compare")
         out = self.workdir / "compare"
         compare_runs([Path(r) for r in runs or []], out)
         return (out / COMPARE_MD_FILE).read_text(), str(out / COMPARE_PLOT_FILE)
@@ -325,7 +349,7 @@ def build(ui: WebUI) -> gr.Blocks:
                     dataset = gr.Dropdown(ui.dataset_choices(), value="emotion", label="dataset")
                     upload = gr.File(
                         label="CSV, TSV, JSONL or text;label file",
-                        file_types=[".csv", ".tsv", ".jsonl", ".json", ".txt"],
+                        file_types=list(DATA_FILE_TYPES),
                     )
                     with gr.Row():
                         text_column = gr.Textbox(label="text_column", placeholder="detected")
@@ -374,7 +398,11 @@ def build(ui: WebUI) -> gr.Blocks:
             classify = gr.Button("Classify", variant="primary")
             chosen = gr.Markdown(elem_id="try-chosen")
             probabilities = gr.Label(label="probabilities", num_top_classes=10, elem_id="try-label")
-            texts_file = gr.File(label="a file of texts to label (CSV, TSV or JSONL)", elem_id="try-file")
+            texts_file = gr.File(
+                label="a file of texts to label (CSV, TSV or JSONL)",
+                file_types=list(DATA_FILE_TYPES),
+                elem_id="try-file",
+            )
             predict = gr.Button("Predict the file")
             predict_status = gr.Markdown(elem_id="predict-status")
             predictions = gr.File(label="predictions")
@@ -405,7 +433,40 @@ def build(ui: WebUI) -> gr.Blocks:
     return page
 
 
-def run_webui(host: str, port: int, workdir: str, dataset_dir: str, max_upload_mb: int) -> None:
+def check_launch(host: str, port: int, workdir: str, max_upload_mb: int, auth: str | None, insecure_no_auth: bool):
+    """The page's settings, checked before anything starts: (user, password) or None."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number (0-65535)")
+    if max_upload_mb < 1:
+        raise UserError(f"--max-upload-mb {max_upload_mb}: give at least 1")
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise UserError(f"--workdir {workdir} is a file; name a folder for the page's uploads, runs and logs")
+    credentials = None
+    if auth is not None:
+        user, _, password = auth.partition(":")
+        if not user or not password:
+            raise UserError("--auth takes USER:PASSWORD (or set INSTRUCTEMO_WEBUI_AUTH), both non-empty")
+        credentials = (user, password)
+    if host not in LOOPBACK and credentials is None and not insecure_no_auth:
+        raise UserError(
+            f"--host {host} opens the page to other machines, and anyone who reaches it can train and run models "
+            "here: give --auth USER:PASSWORD (or INSTRUCTEMO_WEBUI_AUTH), or --insecure-no-auth on a network you trust"
+        )
+    return credentials
+
+
+def run_webui(
+    host: str,
+    port: int,
+    workdir: str,
+    dataset_dir: str,
+    max_upload_mb: int,
+    auth: str | None = None,
+    insecure_no_auth: bool = False,
+) -> None:
+    credentials = check_launch(host, port, workdir, max_upload_mb, auth, insecure_no_auth)
+    if host not in LOOPBACK and credentials is None:
+        log.warning("webui on %s without a password (--insecure-no-auth): anyone who reaches it can use it", host)
     ui = WebUI(Path(workdir), dataset_dir)
     page = build(ui)
     page.queue(default_concurrency_limit=2)
@@ -413,6 +474,7 @@ def run_webui(host: str, port: int, workdir: str, dataset_dir: str, max_upload_m
     page.launch(
         server_name=host,
         server_port=port,
+        auth=[credentials] if credentials else None,
         max_file_size=f"{max_upload_mb}mb",
         show_error=True,
         quiet=True,

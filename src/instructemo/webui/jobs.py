@@ -2,15 +2,18 @@
 
 A job is exactly a command line (`instructemo sft CONFIG.yaml`), so what the
 page starts the CLI reproduces. Its output goes to a log file; a failed job
-reports the CLI's own one-line error. Stop sends SIGINT, which the CLI turns
-into a clean exit (the run stays incomplete and resumable), then SIGKILL if
-the process has not ended in time.
+reports the CLI's own one-line error. Each job is its own process group. Stop
+sends that group SIGINT (the CLI, and the training processes torchrun started
+for it), which the CLI turns into a clean exit (the run stays incomplete and
+resumable), then SIGKILL if the group has not ended in time.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..rundir import LIVE_LOG_FILE
+
+log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 30
 ERROR_PREFIX = "instructemo: error: "
@@ -39,6 +44,7 @@ class Job:
     started: float | None = None
     ended: float | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+    failure: str | None = None  # why the queue could not run it (its log may not exist)
 
     @property
     def command(self) -> str:
@@ -52,6 +58,8 @@ class Job:
         """The CLI's one-line error for a failed job (else the log's last line)."""
         if self.state != "failed":
             return None
+        if self.failure:
+            return self.failure
         lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.is_file() else []
         errors = [line[len(ERROR_PREFIX) :] for line in lines if line.startswith(ERROR_PREFIX)]
         if errors:
@@ -80,6 +88,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         threading.Thread(target=self._work, name="instructemo-webui-jobs", daemon=True).start()
+        atexit.register(self.stop_all)  # a job outlives the page only as a run marked incomplete
 
     def submit(self, verb: str, args: list[str], output_dir: Path | None = None) -> Job:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -104,9 +113,14 @@ class JobQueue:
                 return job
             job.state = "stopping"  # "stopped" once the process has ended
         if job.process is not None and job.process.poll() is None:
-            job.process.send_signal(signal.SIGINT)
+            _signal_group(job.process, signal.SIGINT)
             threading.Thread(target=self._kill_later, args=(job,), daemon=True).start()
         return job
+
+    def stop_all(self) -> None:
+        for job in list(self.jobs):
+            if job.process is not None and job.process.poll() is None:
+                _signal_group(job.process, signal.SIGINT)
 
     def wait_started(self, job: Job, timeout: float = 30.0) -> Job:
         """Until the job's process exists (or it ended first)."""
@@ -125,7 +139,7 @@ class JobQueue:
         try:
             job.process.wait(STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            job.process.kill()
+            _signal_group(job.process, signal.SIGKILL)
 
     def _next(self) -> Job | None:
         with self._lock:
@@ -141,26 +155,42 @@ class JobQueue:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except Exception as exc:  # noqa: BLE001 - one job that cannot start never stalls the jobs behind it
+                log.exception("webui job %d (%s) could not run", job.id, job.command)
+                job.failure = f"the job could not run: {type(exc).__name__}: {exc}"
+                job.ended, job.state = time.time(), "failed"
+
+    def command_line(self, job: Job) -> list[str]:
+        return [sys.executable, "-m", "instructemo.cli", job.verb, *job.args]  # the `instructemo` command
 
     def _run(self, job: Job) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(job.log_path, "w", encoding="utf-8") as log:
-            log.write(f"$ {job.command}\n")
-            log.flush()
+        with open(job.log_path, "w", encoding="utf-8") as output:
+            output.write(f"$ {job.command}\n")
+            output.flush()
             job.process = subprocess.Popen(
-                [sys.executable, "-m", "instructemo.cli", job.verb, *job.args],  # the `instructemo` command,
-                stdout=log,
+                self.command_line(job),
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.cwd,
                 env=env,
+                start_new_session=True,  # its own process group: Stop reaches every process the job starts
             )
             if job.state == "stopping":  # Stop came between the queue and the start
-                job.process.send_signal(signal.SIGINT)
+                _signal_group(job.process, signal.SIGINT)
             job.returncode = job.process.wait()
         job.ended = time.time()
         job.state = "stopped" if job.state == "stopping" else "done" if job.returncode == 0 else "failed"
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
 
 
 def live_progress(output_dir: Path | None) -> dict:
