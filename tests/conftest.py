@@ -34,6 +34,16 @@ EMOTION_ROWS = [
 ]
 
 
+# A small multi-label dataset: label sets of zero, one and two labels.
+MULTI_LABEL_ROWS = [
+    ("i feel happy and scared", ["joy", "fear"]),
+    ("so sad", ["sadness"]),
+    ("here", []),
+    ("happy happy", ["joy"]),
+    ("scared and sad", ["fear", "sadness"]),
+    ("ok", []),
+]
+
 # Figures that depend on the dtype are tested in both, whatever `bf16: auto` picks on this host: float32 always,
 # bfloat16 where the host computes it natively (elsewhere torch emulates it, hundreds of times slower).
 BOTH_DTYPES = pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MULTI_LABEL_ROWS
 from test_end_to_end import run_cli, tiny_config
 
 from instructemo.balance import balanced_examples, oversample_counts, rarest_label_weights
@@ -247,16 +248,10 @@ def test_best_thresholds_maximise_each_labels_f1():
 
 
 def multi_label_files(tmp_path):
-    rows = [
-        ("i feel happy and scared", ["joy", "fear"]),
-        ("so sad", ["sadness"]),
-        ("here", []),
-        ("happy happy", ["joy"]),
-        ("scared and sad", ["fear", "sadness"]),
-        ("ok", []),
-    ]
     for name in ("train", "dev"):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in MULTI_LABEL_ROWS)
+        )
     return tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
 
 

@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from conftest import EMOTION_ROWS
+from conftest import EMOTION_ROWS, MULTI_LABEL_ROWS
 from fastapi.testclient import TestClient
 from test_end_to_end import run_cli, tiny_config
 
@@ -14,20 +14,12 @@ from instructemo.infer.classifier import Classifier
 from instructemo.serve.app import ServeSettings, create_app
 
 TEXTS = ["i feel so happy and cheerful today", "i am scared of the dark house", "what a wonderful day"]
-MULTI_ROWS = [
-    ("i feel happy and scared", ["joy", "fear"]),
-    ("so sad", ["sadness"]),
-    ("here", []),
-    ("happy happy", ["joy"]),
-    ("scared and sad", ["fear", "sadness"]),
-    ("ok", []),
-]
 
 
 def write_data(folder, multi_label: bool) -> None:
     folder.mkdir(parents=True)
     if multi_label:
-        lines = "".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in MULTI_ROWS)
+        lines = "".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in MULTI_LABEL_ROWS)
         for name in ("train", "dev", "test"):
             (folder / f"{name}.jsonl").write_text(lines)
     else:
@@ -89,4 +81,4 @@ def test_a_copied_run_without_its_data_serves_predicts_classifies_exports_and_ev
     assert (elsewhere / "exported" / "label_space.json").is_file()
     assert run_cli("generate-eval", run, f"eval_dataset=test.{suffix}") == 0
     metrics = json.loads((elsewhere / "run" / "eval" / "metrics.json").read_text())
-    assert metrics["metrics"]["n"] == (len(MULTI_ROWS) if multi_label else len(EMOTION_ROWS))
+    assert metrics["metrics"]["n"] == (len(MULTI_LABEL_ROWS) if multi_label else len(EMOTION_ROWS))

@@ -42,15 +42,12 @@ from ..rundir import (
     RunDir,
 )
 from ..tools import classify_texts, describe_dataset, hold_out, load_scorer
+from .access import DATA_FILE_TYPES, check_launch, check_run_name, check_upload
 from .jobs import JobQueue, live_progress
 
 log = logging.getLogger(__name__)
 
 UPLOAD = "(an uploaded file)"
-# What an upload may be: data, never a config (a YAML can set trust_remote_code) or anything else.
-DATA_FILE_TYPES = (".csv", ".tsv", ".jsonl", ".json", ".txt")
-RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a folder name: not ., .., hidden, nor a path
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The training settings on the page: the YAML's own keys, with the config's defaults and help.
 SETTINGS = (
     "stage",
@@ -109,10 +106,7 @@ class WebUI:
         """The uploaded data file, copied under the workdir with a salted hash of its content in the name (never
         over another, and never at a name the uploader can compute)."""
         source = Path(temp_path)
-        if source.suffix.lower() not in DATA_FILE_TYPES:
-            raise UserError(
-                f"{source.name}: upload a data file ({', '.join(DATA_FILE_TYPES)}), not {source.suffix or 'a file without a type'}"
-            )
+        check_upload(source)
         digest = hashlib.sha256(self._upload_salt + source.read_bytes()).hexdigest()[:16]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.stem)[:60] or "data"
         kept = self.workdir / "data" / f"{stem}-{digest}{source.suffix.lower()}"
@@ -145,11 +139,7 @@ class WebUI:
 
     def config_values(self, dataset, upload, text_column, label_column, test_fraction, model, run_name, *settings):
         """The run's YAML keys: the dataset (with a held-out test split for an uploaded file) and the settings."""
-        if not RUN_NAME.fullmatch(run_name or ""):
-            raise UserError(
-                f"run name {run_name!r}: use letters, digits, '.', '_' or '-', not starting with '.' "
-                "(it names the run's folder under runs/)"
-            )
+        check_run_name(run_name)
         spec = self._spec(dataset, upload)
         values = {"model_name_or_path": model, "dataset": spec}
         if self.dataset_dir != FIELDS["dataset_dir"].default:
@@ -433,28 +423,6 @@ def build(ui: WebUI) -> gr.Blocks:
     return page
 
 
-def check_launch(host: str, port: int, workdir: str, max_upload_mb: int, auth: str | None, insecure_no_auth: bool):
-    """The page's settings, checked before anything starts: (user, password) or None."""
-    if not 0 <= port <= 65535:
-        raise UserError(f"--port {port} is not a port number (0-65535)")
-    if max_upload_mb < 1:
-        raise UserError(f"--max-upload-mb {max_upload_mb}: give at least 1")
-    if Path(workdir).exists() and not Path(workdir).is_dir():
-        raise UserError(f"--workdir {workdir} is a file; name a folder for the page's uploads, runs and logs")
-    credentials = None
-    if auth is not None:
-        user, _, password = auth.partition(":")
-        if not user or not password:
-            raise UserError("--auth takes USER:PASSWORD (or set INSTRUCTEMO_WEBUI_AUTH), both non-empty")
-        credentials = (user, password)
-    if host not in LOOPBACK and credentials is None and not insecure_no_auth:
-        raise UserError(
-            f"--host {host} opens the page to other machines, and anyone who reaches it can train and run models "
-            "here: give --auth USER:PASSWORD (or INSTRUCTEMO_WEBUI_AUTH), or --insecure-no-auth on a network you trust"
-        )
-    return credentials
-
-
 def run_webui(
     host: str,
     port: int,
@@ -465,8 +433,6 @@ def run_webui(
     insecure_no_auth: bool = False,
 ) -> None:
     credentials = check_launch(host, port, workdir, max_upload_mb, auth, insecure_no_auth)
-    if host not in LOOPBACK and credentials is None:
-        log.warning("webui on %s without a password (--insecure-no-auth): anyone who reaches it can use it", host)
     ui = WebUI(Path(workdir), dataset_dir)
     page = build(ui)
     page.queue(default_concurrency_limit=2)
