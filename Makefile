@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q --durations=25 $(ARGS)
+
+# Everything but the tests marked slow (processes, servers, real models): a few minutes at most on 2 cores.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow" --durations=10 $(ARGS)
 
 clean:
 	rm -rf $(VENV) saves .pytest_cache

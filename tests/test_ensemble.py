@@ -45,6 +45,7 @@ def read(path: Path, name: str):
     return json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines()]
 
 
+@pytest.mark.slow
 def test_compare_then_ensemble_a_cls_head_and_a_generative_run(tmp_path, emotion_dir, tiny_llama, capsys, caplog):
     """Two real runs, trained and evaluated by the CLI: compare puts them side by side, and the ensemble's labels
     are the argmax of their weighted mean probabilities."""
@@ -126,6 +127,7 @@ def test_multi_label_members_vote_and_half_the_weight_names_a_label(tmp_path):
     assert "jaccard" in result["metrics"] and "probabilities" not in read(tmp_path / "abc", "predictions.jsonl")[0]
 
 
+@pytest.mark.slow
 def test_what_an_ensemble_refuses_in_one_line(tmp_path, capsys):
     gold = [("joy",), ("sadness",), ("fear",), ("anger",)]
     labels = [g[0] for g in gold]

@@ -311,6 +311,7 @@ def trained(loaded, tmp_path_factory):
     return family, root / "run", config
 
 
+@pytest.mark.slow
 def test_generation_stops_at_the_turn_end(trained):
     """Each answer ends at the family's turn end: never the tokens the model would write after it."""
     from transformers import AutoModelForCausalLM
@@ -440,6 +441,7 @@ def _embedded_tokenizer(alias: str):
     return tokenizer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alias, turn_end", [("smollm2-135m-instruct", "<|im_end|>"), ("gemma3-270m", "<end_of_turn>")])
 def test_embedded_models_real_tokenizers(alias, turn_end, tmp_path):
     """With real BPE vocabularies the answer's tokens are the ones trl trains, through the turn end."""

@@ -19,6 +19,8 @@ from test_end_to_end import run_cli, tiny_config
 
 from instructemo.rundir import MANIFEST_FILE, RunDir
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 HARNESS = Path(__file__).parent / "fault_harness.py"
 SETTINGS = dict(max_steps=12, save_steps=4, learning_rate=1e-3, logging_steps=1, max_eval_samples=2)
 

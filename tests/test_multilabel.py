@@ -40,6 +40,7 @@ def test_collator_passes_loss_weights():
     assert batch["weights"].tolist() == [2.0, 0.5]
 
 
+@pytest.mark.slow
 def test_sft_with_label_balancing(tmp_path, tiny_llama):
     """On imbalanced rows, oversample trains on more rows and loss_weight changes the loss: neither is ignored."""
     from conftest import write_emotion_txt
@@ -149,6 +150,7 @@ def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
     assert selection["metric"] == "macro_f1" and selection["dev_rows"] == 6
 
 
+@pytest.mark.slow
 def test_select_best_after_a_resume_chooses_among_the_whole_run(tmp_path, tiny_llama, emotion_dir):
     """Killed after checkpoint-4 and resumed: the selection still knows steps 2 and 4."""
     import os
@@ -281,6 +283,7 @@ def test_calibrate_then_score_mode_uses_the_thresholds(tmp_path, tiny_llama):
         assert row["generation"] is not None  # the greedy answer the probabilities condition on
 
 
+@pytest.mark.slow
 def test_calibrated_thresholds_take_precedence_over_score_threshold(tmp_path, tiny_llama, caplog):
     """One rule: thresholds.json when the run has it, else score_threshold, else 0.5; metrics.json says which."""
     train, dev = multi_label_files(tmp_path)
@@ -319,6 +322,7 @@ def test_calibrated_thresholds_take_precedence_over_score_threshold(tmp_path, ti
         assert sorted(row["predicted"]) == sorted(k for k, p in row["probabilities"].items() if p >= stored[k] - 1e-6)
 
 
+@pytest.mark.slow
 def test_an_evaluation_on_the_rows_that_tuned_the_run_is_marked_not_held_out(tmp_path, tiny_llama, caplog):
     """Selection and calibration on dev, then evaluated on dev: said loudly, and recorded in metrics.json."""
     train, dev = multi_label_files(tmp_path)
@@ -409,6 +413,7 @@ def test_fold_errors_say_what_to_change():
         fold_indices(make_split([("x",)] * 5, multi_label=False), 1, seed=0)
 
 
+@pytest.mark.slow
 def test_cv_runs_every_fold_and_summarises(tmp_path, tiny_llama, emotion_dir, capsys):
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, num_train_epochs=1)
     assert run_cli("cv", config, "--folds", 2) == 0
@@ -428,6 +433,7 @@ def test_cv_runs_every_fold_and_summarises(tmp_path, tiny_llama, emotion_dir, ca
 # --- the real multi-label datasets, end to end on the tiny model -------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset, eval_split, labels", [("semeval2018_ec", "dev", 11), ("goemotions", "dev", 28)])
 def test_real_multi_label_datasets_end_to_end(tmp_path, tiny_llama, shared_data, dataset, eval_split, labels):
     config = tiny_config(

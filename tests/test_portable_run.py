@@ -13,6 +13,8 @@ from instructemo.config import load_config
 from instructemo.infer.classifier import Classifier
 from instructemo.serve.app import ServeSettings, create_app
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 TEXTS = ["i feel so happy and cheerful today", "i am scared of the dark house", "what a wonderful day"]
 
 

@@ -15,6 +15,8 @@ from instructemo.config import load_config
 from instructemo.errors import UserError
 from instructemo.predict import parse_shard, run_predict
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 WORDS = ["happy", "sad", "scared", "angry", "surprised", "loved", "calm", "tired"]
 
 

@@ -12,6 +12,8 @@ from instructemo.config import load_config
 from instructemo.launch import torchrun_command
 from instructemo.search_space import tune_settings
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,8 @@ from test_end_to_end import run_cli, tiny_config
 from instructemo.errors import UserError
 from instructemo.prompts import load_template
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 
 def losses(run: Path) -> dict[int, float]:
     return {

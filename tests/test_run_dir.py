@@ -57,6 +57,7 @@ def test_sft_never_writes_into_a_directory_it_did_not_make(tmp_path, tiny_llama,
     assert {p.name: p.read_text() for p in mine.iterdir()} == files
 
 
+@pytest.mark.slow
 def test_overwrite_removes_only_what_the_run_wrote(tmp_path, tiny_llama, emotion_dir):
     parent = tmp_path / "saves"
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=2, save_steps=1, output_dir=str(parent / "run"))

@@ -178,6 +178,7 @@ def test_multi_label_and_generate_results_carry_labels_and_invalid():
     assert bad["invalid"] and bad["label"] is None and bad["answer"] == "no idea"
 
 
+@pytest.mark.slow
 def test_a_real_server_answers_concurrent_clients_and_drains_on_sigterm(run):
     port = free_port()
     server = subprocess.Popen(

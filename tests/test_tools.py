@@ -90,6 +90,7 @@ def test_report_to_tensorboard_writes_the_loss(tmp_path, tiny_llama, emotion_dir
     assert len(events.Scalars("train/loss")) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_html_report_opens_in_a_headless_browser(tmp_path, tiny_llama, emotion_dir):
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=3, mode="score")

@@ -14,6 +14,8 @@ from test_multilabel import SELECT
 from instructemo import data as data_module
 from instructemo.config import load_config
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 # select_best's settings: six optimizer steps, dev scored every two, so a trial reports steps 2, 4 and 6
 # (tune turns select_best on for every trial anyway).
 TRIAL = SELECT

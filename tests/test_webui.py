@@ -21,6 +21,8 @@ from instructemo.errors import UserError
 from instructemo.tools import describe_dataset, hold_out
 from instructemo.webui.jobs import JobQueue
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "webui"
 UPLOAD_CHOICE = "(an uploaded file)"
 CHROMIUM = shutil.which("chromium")

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from conftest import EMOTION_ROWS, free_port, wait_for_health, write_emotion_txt
 
+pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
