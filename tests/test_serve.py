@@ -4,7 +4,6 @@ The classifier is a tiny Llama with a LoRA adapter trained in the test, so every
 answer below comes from a real model through the same path `predict` uses.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -12,10 +11,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 from conftest import EMOTION_ROWS, free_port, wait_for_health, write_emotion_txt
 from fastapi.testclient import TestClient
 from test_end_to_end import run_cli, tiny_config
@@ -88,36 +89,91 @@ def test_chat_completions_models_health_and_metrics(client):
     assert "instructemo_texts_total 1.0" in metrics
 
 
-BAD_REQUESTS = [
-    ("/v1/classify", b"{not json", 400, "not valid JSON"),
-    ("/v1/classify", b"\xff\xfe", 400, "not UTF-8"),
-    ("/v1/classify", b'["a list"]', 400, "must be a JSON object"),
-    ("/v1/classify", b"{}", 400, "either input"),
-    ("/v1/classify", b'{"input": "a", "messages": []}', 400, "either input"),
-    ("/v1/classify", b'{"input": 3}', 400, "string or a list of strings"),
-    ("/v1/classify", b'{"input": [[1, 2, 3]]}', 400, "not token ids"),
-    ("/v1/classify", b'{"input": []}', 400, "empty list"),
-    ("/v1/classify", b'{"input": "   "}', 400, "input is empty"),
-    ("/v1/classify", b'{"input": ["ok", ""]}', 400, "input[1] is empty"),
-    ("/v1/classify", json.dumps({"input": ["x"] * 9}).encode(), 413, "the limit is 8"),
-    ("/v1/classify", b'{"input": "hi", "model": "other"}', 404, "not served here"),
-    ("/v1/classify", b'{"messages": "hi"}', 400, "non-empty list"),
-    ("/v1/classify", b'{"messages": [{"role": "system", "content": "x"}]}', 400, "no user message"),
-    ("/v1/classify", b'{"messages": [{"role": "user", "content": 5}]}', 400, "must be text"),
-    ("/v1/classify", b'{"messages": [7]}', 400, "messages[0]"),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "stream": true}', 400, "stream"),
-    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', 400, "n must be 1"),
-    ("/v1/chat/completions", b'{"input": "hi"}', 400, "needs messages"),
-    ("/v1/nothing", b"{}", 404, "no endpoint"),
-]
+BAD_REQUESTS = yaml.safe_load((Path(__file__).parent / "bad_inputs" / "requests.yaml").read_text())
 
 
-@pytest.mark.parametrize("path, body, status, message", BAD_REQUESTS)
-def test_bad_requests_get_a_4xx_json_error_that_says_why(client, path, body, status, message):
-    response = client.post(path, content=body, headers={"content-type": "application/json"})
-    assert response.status_code == status
+def request_body(case: dict) -> bytes:
+    if "nest" in case:
+        return b'{"input": ' + b"[" * case["nest"] + b"]" * case["nest"] + b"}"
+    return bytes.fromhex(case["body_hex"]) if "body_hex" in case else case["body"].encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=lambda case: case["message"][:40])
+def test_bad_requests_get_a_4xx_json_error_that_says_why(client, case):
+    response = client.post(case["path"], content=request_body(case), headers={"content-type": "application/json"})
+    assert response.status_code == case["status"]
     error = response.json()["error"]
-    assert message in error["message"] and error["code"] == status
+    assert case["message"] in error["message"] and error["code"] == case["status"]
+
+
+def test_one_clients_bad_request_never_changes_the_answers_of_the_clients_beside_it(classifier):
+    """Every bad request of the corpus, sent among six concurrent good ones that share model calls."""
+    alone = {t: item for t, item in zip(TEXTS, results(classifier.classify(TEXTS), classifier.space))}
+    settings = ServeSettings(max_batch_size=16, max_wait_ms=200, max_texts=8, served_model_name="emo")
+    with TestClient(create_app(classifier, settings)) as client:
+
+        def send(job):
+            if isinstance(job, dict):
+                headers = {"content-type": "application/json"}
+                return client.post(job["path"], content=request_body(job), headers=headers)
+            return client.post("/v1/classify", json={"input": job})
+
+        for case in BAD_REQUESTS:
+            jobs = [TEXTS[0], TEXTS[1], TEXTS[2], case, TEXTS[3], TEXTS[0], TEXTS[1]]
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                answers = list(pool.map(send, jobs))
+            for job, response in zip(jobs, answers):
+                if isinstance(job, dict):
+                    assert response.status_code == case["status"], case
+                else:
+                    assert response.status_code == 200, (case, response.text)
+                    assert np.allclose(response.json()["data"][0]["probs"], alone[job]["probs"], atol=1e-5)
+
+
+class SlowModel:
+    """The classifier, a little slow (so requests queue into shared batches), failing on texts holding 'poison',
+    and noting the size of every model call."""
+
+    def __init__(self, classifier):
+        self.real, self.calls = classifier, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def classify(self, texts):
+        self.calls.append(len(texts))
+        time.sleep(0.2)
+        if any("poison" in t for t in texts):
+            raise RuntimeError("secret path /srv/models/x failed")
+        return self.real.classify(texts)
+
+
+def test_a_batch_that_fails_is_retried_request_by_request_so_only_the_bad_one_fails(classifier, caplog):
+    model = SlowModel(classifier)
+    alone = {t: item for t, item in zip(TEXTS, results(classifier.classify(TEXTS), classifier.space))}
+    settings = ServeSettings(max_batch_size=32, max_wait_ms=500)
+    with TestClient(create_app(model, settings), raise_server_exceptions=False) as client:
+        jobs = TEXTS + ["the poison text"] + TEXTS
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda t: client.post("/v1/classify", json={"input": t}), jobs))
+    assert max(model.calls) > 1  # requests did share a model call
+    for text, response in zip(jobs, answers):
+        if "poison" in text:
+            error = response.json()["error"]
+            assert response.status_code == 500 and "error id" in error["message"] and "/srv" not in error["message"]
+            assert error["message"].split("error id ")[1][:12] in caplog.text  # the log holds what happened
+        else:
+            assert response.status_code == 200
+            assert np.allclose(response.json()["data"][0]["probs"], alone[text]["probs"], atol=1e-5)
+    assert "secret path /srv/models/x failed" in caplog.text
+
+
+def test_max_batch_size_caps_every_model_call(classifier):
+    model = SlowModel(classifier)
+    with TestClient(create_app(model, ServeSettings(max_batch_size=4))) as client:
+        response = client.post("/v1/classify", json={"input": [f"i feel fine {i}" for i in range(10)]})
+    assert response.status_code == 200 and len(response.json()["data"]) == 10
+    assert model.calls == [4, 4, 2]
 
 
 def test_size_limits_and_wrong_methods(classifier):
@@ -161,7 +217,8 @@ def test_a_failing_model_answers_500_in_the_error_shape_and_the_server_lives_on(
         real = classifier.classify
         monkeypatch.setattr(classifier, "classify", lambda texts: (_ for _ in ()).throw(RuntimeError("weights gone")))
         failed = client.post("/v1/classify", json={"input": "hi"})
-        assert failed.status_code == 500 and "weights gone" in failed.json()["error"]["message"]
+        message = failed.json()["error"]["message"]
+        assert failed.status_code == 500 and "error id" in message and "weights gone" not in message
         monkeypatch.setattr(classifier, "classify", real)
         assert client.post("/v1/classify", json={"input": "hi"}).status_code == 200
 
@@ -171,7 +228,9 @@ def test_multi_label_and_generate_results_carry_labels_and_invalid():
     scored = Classified([("joy", "fear"), ()], None, np.array([[0.1, 0.9, 0.6], [0.2, 0.3, 0.1]]))
     first, second = results(scored, space)
     assert first["label"] == "joy" and first["labels"] == ["joy", "fear"] and "invalid" not in first
-    assert second["labels"] == [] and second["label"] == "joy"  # the likeliest label, as vLLM reports it
+    assert second["labels"] == [] and second["label"] is None  # no label passed its threshold: none is named
+    below = Classified([("fear",)], None, np.array([[0.1, 0.9, 0.6]]))  # joy likelier, but under its threshold
+    assert results(below, space)[0]["label"] == "fear"
     generated = Classified([("joy",), None], ["joy", "no idea"], None)
     ok, bad = results(generated, LabelSpace(("anger", "joy")))
     assert ok == {"label": "joy", "probs": None, "num_classes": 2, "invalid": False, "answer": "joy"}

@@ -43,6 +43,17 @@ def test_classify_arguments_and_stdin(tmp_path, tiny_llama, emotion_dir, capsys,
     assert len(lines) == 4 and lines[1].startswith("(empty text") and lines[3].endswith("i adore you")  # 1:1 with stdin
     monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
     assert run_cli("classify", config) == 2
+    # Text that is not text is refused at the door, in one line (it was a traceback from the tokenizer).
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"fine\nbad \xff byte\n")))
+    assert run_cli("classify", config) == 2
+    assert "line 2 of standard input is not UTF-8 (byte 0xff)" in capsys.readouterr().err
+    assert run_cli("classify", config, "--", "ok", "bad \udcff") == 2  # how Python hands over a non-UTF-8 argument
+    assert "text 2 holds '\\udcff' at character 4, half of a surrogate pair" in capsys.readouterr().err
+    table = tmp_path / "in.jsonl"
+    table.write_text('{"text": "i am happy"}\n{"text": "bad \\ud800"}\n')
+    assert run_cli("predict", config, "--input", table, "--output", tmp_path / "out.csv") == 2
+    assert "in.jsonl:2: 'text' holds '\\ud800'" in capsys.readouterr().err
+    assert not any(p.name.startswith("out.") for p in tmp_path.iterdir())  # nothing written, not even a .partial
 
 
 def test_export_writes_a_standalone_model(tmp_path, tiny_llama, emotion_dir, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import UserError
-from .records import PATH_FORMATS, BadRow, DatasetEntry, RawRow, Record, labels_of
+from .records import PATH_FORMATS, BadRow, DatasetEntry, RawRow, Record, labels_of, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class TableFile:
                     numbered = ((n, text.rstrip("\r\n")) for n, text in enumerate(handle, start=1))
                     for line, row, problem in _json_lines((n, t) for n, t in numbered if t.strip()):
                         if problem is not None:
-                            raise UserError(f"{self.path}:{line}: {problem}; write one JSON object per line")
+                            raise UserError(f"{self.path}:{line}: {problem}")
                         yield line, row
                     return
                 reader = csv.DictReader(handle, delimiter=self._delimiter())
@@ -212,10 +212,16 @@ def _json_lines(numbered: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield number, None, f"not valid JSON ({exc.msg})"
+            yield number, None, f"not valid JSON ({exc.msg}); write one JSON object per line"
             continue
         if not isinstance(row, dict):
-            yield number, None, f"expected a JSON object, got {type(row).__name__}"
+            yield number, None, f"expected a JSON object, got {type(row).__name__}; write one JSON object per line"
+            continue
+        problem = next(
+            (f"{key!r} {p}" for key, v in row.items() if isinstance(v, str) and (p := text_problem(v))), None
+        )
+        if problem is not None:
+            yield number, None, problem
             continue
         yield number, row, None
 

@@ -102,6 +102,17 @@ class _NoLabel(Exception):
     """Why a label value names no label."""
 
 
+def text_problem(text: str) -> str | None:
+    """Why `text` is not text a model can read, or None. The one check every way in makes (data files, predict's
+    input, classify's arguments and stdin, serve's requests): a JSON escape such as \\ud800, or a byte that is not
+    UTF-8 in a command's arguments, becomes half of a surrogate pair, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds {text[exc.start]!r} at character {exc.start}, half of a surrogate pair: not Unicode text"
+    return None
+
+
 def cell_parts(cell: str, entry: DatasetEntry) -> list[str]:
     return [part.strip() for part in cell.split(entry.label_separator) if part.strip()]
 

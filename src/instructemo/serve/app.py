@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -170,8 +171,10 @@ def create_app(classifier: Classifier, settings: ServeSettings, executor: Thread
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):  # the model itself failed: say so, in the same shape
-        error = ApiError(500, f"the classifier failed on this request: {exc}", None, "server_error")
-        return JSONResponse(error.body(), status_code=500)
+        error_id = uuid.uuid4().hex[:12]  # what went wrong is for the server's log, not for the client
+        log.error("request %s failed (error id %s)", request.url.path, error_id, exc_info=exc)
+        message = f"the classifier failed on this request (error id {error_id}: the server's log has the details)"
+        return JSONResponse(ApiError(500, message, None, "server_error").body(), status_code=500)
 
     async def json_body(request: Request) -> dict:
         limit = settings.max_body_bytes

@@ -35,6 +35,10 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
+class BatchFailed(Exception):
+    """The model failed on a request's texts (alone, after its batch failed); the server's log says why."""
+
+
 def model_thread() -> ThreadPoolExecutor:
     """The one thread that loads the model and runs every batch (see above)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -104,20 +108,35 @@ class Batcher:
 
     async def _run_batch(self, loop, waiting: list) -> None:
         texts = [text for request, _ in waiting for text in request]
-        self.on_batch(len(texts))
         started = loop.time()
         try:
-            results = await loop.run_in_executor(self.executor, self.run, texts)
-        except Exception as exc:  # the model failed: every request in the batch hears why
-            log.exception("classifying a batch of %d texts failed", len(texts))
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+            results = await loop.run_in_executor(self.executor, self._run_chunks, texts)
+        except Exception:  # noqa: BLE001 - one request's text may be what failed: the others must not pay for it
+            log.exception("classifying a batch of %d texts from %d requests failed", len(texts), len(waiting))
+            if len(waiting) == 1:
+                results = None
+            else:
+                for alone in waiting:
+                    await self._run_batch(loop, [alone])
+                return
         finally:
             self.last_run = loop.time() - started
+        if results is None:
+            _, future = waiting[0]
+            if not future.done():
+                future.set_exception(BatchFailed())
+            return
         start = 0
         for request, future in waiting:
             if not future.done():
                 future.set_result(results[start : start + len(request)])
             start += len(request)
+
+    def _run_chunks(self, texts: list[str]) -> list:
+        """The model on at most max_batch texts a call, however many texts one request brought."""
+        results = []
+        for start in range(0, len(texts), self.max_batch):
+            chunk = texts[start : start + self.max_batch]
+            self.on_batch(len(chunk))
+            results += self.run(chunk)
+        return results

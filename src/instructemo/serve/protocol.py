@@ -14,6 +14,7 @@ import numpy as np
 
 from ..infer import Classified
 from ..labels import LabelSpace
+from ..records import text_problem
 
 
 class ApiError(Exception):
@@ -35,6 +36,8 @@ def parse_json(body: bytes) -> dict:
         raise ApiError(400, "the body is not UTF-8 text; send JSON encoded as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise ApiError(400, "the body nests arrays or objects too deeply; send a flat JSON object") from None
     if not isinstance(data, dict):
         raise ApiError(400, 'the body must be a JSON object, e.g. {"input": "i feel great"}')
     return data
@@ -69,9 +72,12 @@ def checked_texts(texts: list[str], param: str, max_texts: int) -> list[str]:
     if len(texts) > max_texts:
         raise ApiError(413, f"{len(texts)} texts in one request; the limit is {max_texts}: split the request", param)
     for i, text in enumerate(texts):
+        where = f"{param}[{i}]" if param == "input" and len(texts) > 1 else param
         if not text.strip():
-            where = f"{param}[{i}]" if param == "input" and len(texts) > 1 else param
             raise ApiError(400, f"{where} is empty; every text needs words to classify", param)
+        problem = text_problem(text)  # JSON's \ud800 escapes decode to half a surrogate pair, which is no text
+        if problem is not None:
+            raise ApiError(400, f"{where} {problem}", param)
     return texts
 
 
@@ -117,8 +123,10 @@ def results(classified: Classified, space: LabelSpace) -> list[dict]:
     out = []
     for i, chosen in enumerate(classified.labels):
         probs = None if classified.probabilities is None else classified.probabilities[i]
-        if probs is not None:
+        if probs is not None and not space.multi_label:
             label = space.names[int(np.argmax(probs))]
+        elif probs is not None:  # the most probable of the labels chosen: never one the thresholds turned down
+            label = max(chosen, key=lambda n: probs[space.names.index(n)]) if chosen else None
         else:
             label = chosen[0] if chosen else None
         item = {
