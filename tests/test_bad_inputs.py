@@ -69,6 +69,14 @@ def test_config_case_stops_before_writing(case, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_training_on_a_single_class_is_refused_before_anything_is_written(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"dataset: {CORPUS / 'single_class.csv'}\noutput_dir: {tmp_path / 'run'}\n")
+    assert run_cli("sft", config) == 2
+    assert "hold one class only (joy): a classifier needs rows of at least two" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_every_corpus_file_has_a_case():
     named = {case["file"] for group in CASES.values() for case in group}
     assert named == {p.name for p in CORPUS.iterdir()} - {"cases.yaml", "requests.yaml"}  # requests: test_serve

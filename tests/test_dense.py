@@ -47,6 +47,8 @@ def test_balanced_weights_multi_label_are_negative_over_positive():
     assert weights.tolist() == [1.0, 1.0, 1.0]  # anger 2/2, joy 2/2, trust absent -> 1
     weights = class_weights("balanced", space, rows + [("anger",)] * 3)
     assert weights[0] == pytest.approx(2 / 5) and weights[1] == pytest.approx(5 / 2)
+    everywhere = class_weights("balanced", space, [("anger",), ("anger", "joy"), ("anger", "trust")])
+    assert everywhere[0] == 1.0 and everywhere[1] == 2.0  # anger in every row: weighing it 0 would unlearn it
 
 
 def test_given_weights_and_unknown_labels():

@@ -138,6 +138,10 @@ def test_what_an_ensemble_refuses_in_one_line(tmp_path, capsys):
     other_gold = evaluation(tmp_path / "gold", relabelled, relabelled, one_hot([g[0] for g in relabelled]))
     names = ("negative", "positive")
     sentiment = evaluation(tmp_path / "sent", [("positive",)] * 4, [("positive",)] * 4, names=names)
+    run_a = evaluation(tmp_path / "ra", gold, gold, one_hot(labels), adapter="saves/run-a")
+    copied = evaluation(tmp_path / "copy", gold, gold, one_hot(labels), adapter="saves/run-a")  # a copied folder
+    cut = evaluation(tmp_path / "cut", gold, gold, one_hot(labels))
+    (cut / "predictions.jsonl").write_text((cut / "predictions.jsonl").read_text()[:-40])
     out = tmp_path / "ens"
     cases = [
         ((a,), "at least two evaluated runs"),
@@ -149,6 +153,9 @@ def test_what_an_ensemble_refuses_in_one_line(tmp_path, capsys):
         ((a, b, "--weights", "1,-1"), "must be positive"),
         ((a, b, "--weights", "one,two"), "give numbers separated by commas"),
         ((a, tmp_path / "missing"), "no metrics.json"),
+        ((a, b, "--weights", "1e308,1e308"), "whose sum is finite"),
+        ((run_a, copied), "are evaluations of the same run (saves/run-a, mode score)"),
+        ((a, cut), "predictions.jsonl:4 is not strict JSON"),
     ]
     for args, message in cases:
         assert run_cli("ensemble", *args, "--output", out) == 2, message

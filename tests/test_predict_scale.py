@@ -173,6 +173,14 @@ def test_shards_split_one_file_and_add_up_to_the_whole(config, reference, tmp_pa
     assert same_predictions("\n".join([header, *body]).encode(), expected)
 
 
+def test_a_shard_beyond_the_rows_is_a_valid_empty_part(config, tmp_path):
+    source = write_table(tmp_path / "in.csv", 40)
+    out = tmp_path / "part45.csv"
+    assert run_cli("predict", config, "--input", source, "--output", out, "--shard", "45/50") == 0
+    assert out.read_text().splitlines() == ["id,label,probability"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "part45.csv", "part45.report.html"]
+
+
 @pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2", "0/0"])
 def test_a_bad_shard_is_one_line(text):
     with pytest.raises(UserError, match="0 <= i < n"):

@@ -216,6 +216,35 @@ def test_nan_weights_are_refused_by_every_inference_path(trained, tmp_path, caps
     assert not (run / "eval").exists() and not (tmp_path / "out.csv").exists()
 
 
+def test_a_damaged_or_missing_adapter_or_thresholds_file_is_one_line(trained, tmp_path, capsys):
+    """A run whose files were cut short, deleted or hand-edited: every reading verb says which file, in one line."""
+    config, run = trained
+    weights = run / "adapter_model.safetensors"
+    whole = weights.read_bytes()
+    table = tmp_path / "texts.csv"
+    table.write_text("text\ni am happy\n")
+    verbs = [
+        ("generate-eval", config),
+        ("classify", config, "--", "hi"),
+        ("export", config, "--output", tmp_path / "x"),
+    ]
+    for damage, message in (
+        (lambda: weights.write_bytes(whole[: len(whole) // 2]), "adapter_model.safetensors is damaged"),
+        (weights.unlink, "has an adapter_config.json but no adapter weights"),
+        (
+            lambda: (weights.write_bytes(whole), (run / "thresholds.json").write_text('{"thresholds": [0.5]}')),
+            "thresholds.json is not a thresholds file",
+        ),
+    ):
+        damage()
+        for verb in verbs:
+            capsys.readouterr()
+            assert run_cli(*verb, "mode=score") == 2, verb
+            err = capsys.readouterr().err.strip()
+            assert message in err and "\n" not in err and "Traceback" not in err, (verb, err)
+    assert not (run / "eval").exists() and not (tmp_path / "x").exists()
+
+
 def test_compare_refuses_metrics_that_hold_nan(trained, tmp_path, capsys):
     config, run = trained
     assert run_cli("generate-eval", config) == 0

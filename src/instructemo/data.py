@@ -42,6 +42,9 @@ DEV_SPLIT_PREFERENCE = ("dev", "validation", "val")
 # An inferred label with this few rows, beside one with 50 times as many, is taken for a typo.
 RARE_LABEL_ROWS = 2
 RARE_LABEL_RATIO = 50
+# ... or, whatever the file's size, beside a label it is one typo away from (difflib ratio) with 10 times as many.
+NEAR_LABEL_SIMILARITY = 0.8
+NEAR_LABEL_RATIO = 10
 
 
 def spec_options(cfg) -> dict[str, Any]:
@@ -351,8 +354,17 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
             f"{path}: labels differ only in case or spaces: {shown}; make them one in the file, or declare "
             f"the label space (other spellings become bad rows): labels: [{', '.join(keep)}]"
         )
+    booleans = [n for n in names if n.casefold() in ("true", "false")]
+    if booleans and len(booleans) < len(names):
+        raise UserError(
+            f"{path}: the labels mix {booleans[0]!r} (first {first[booleans[0]]}) with names such as "
+            f"{next(n for n in names if n not in booleans)!r}: a spreadsheet's boolean, not a class; fix those rows, "
+            f"or declare the label space (other labels become bad rows): labels: [{', '.join(n for n in names if n not in booleans)}]"
+        )
     most = max(found.values())
-    rare = [n for n in names if found[n] <= RARE_LABEL_ROWS and most >= RARE_LABEL_RATIO * found[n]]
+    rare = [
+        n for n in names if found[n] <= RARE_LABEL_ROWS and (most >= RARE_LABEL_RATIO * found[n] or _near(n, found))
+    ]
     if rare:
         common = [n for n in names if n not in rare]
         shown = "; ".join(f"{n!r} has {found[n]} row(s), first {first[n]}{_did_you_mean(n, common)}" for n in rare[:3])
@@ -361,6 +373,16 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
             f"those rows, or declare the label space (other labels become bad rows): labels: [{', '.join(common)}]"
         )
     return tuple(names)
+
+
+def _near(name: str, found: Counter) -> bool:
+    """Whether `name` is one slip away from a label with NEAR_LABEL_RATIO times its rows ('joyy' beside 'joy')."""
+    return any(
+        other != name
+        and count >= NEAR_LABEL_RATIO * found[name]
+        and difflib.SequenceMatcher(None, name.casefold(), other.casefold()).ratio() >= NEAR_LABEL_SIMILARITY
+        for other, count in found.items()
+    )
 
 
 def _did_you_mean(name: str, names) -> str:

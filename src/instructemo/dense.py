@@ -36,7 +36,8 @@ def class_weights(setting: str | dict, space: LabelSpace, label_sets: list[tuple
 
     balanced, single-label: scikit-learn's compute_class_weight, n / (classes present * count).
     balanced, multi-label: negatives / positives for each label.
-    A class absent from the training rows weighs 1.
+    A class absent from the training rows weighs 1, and so does a label in every row: its positives would
+    otherwise weigh 0 and it would never be learned.
     """
     if setting == "none":
         return None
@@ -52,7 +53,8 @@ def class_weights(setting: str | dict, space: LabelSpace, label_sets: list[tuple
     present = counts > 0
     weights = np.ones(len(names))
     if space.multi_label:
-        weights[present] = (len(label_sets) - counts[present]) / counts[present]
+        balanced = present & (counts < len(label_sets))
+        weights[balanced] = (len(label_sets) - counts[balanced]) / counts[balanced]
     elif present.any():
         classes = np.array(names)[present]
         weights[present] = compute_class_weight("balanced", classes=classes, y=np.array([s[0] for s in label_sets]))

@@ -60,8 +60,8 @@ def read_members(paths: list[Path], weights: list[float] | None) -> list[Member]
     weights = weights or [1.0] * len(paths)
     if len(weights) != len(paths):
         raise UserError(f"--weights gives {len(weights)} numbers for {len(paths)} runs; give one per run, in order")
-    if any(not math.isfinite(w) or w <= 0 for w in weights):
-        raise UserError(f"--weights must be positive numbers, got {weights}")
+    if any(not math.isfinite(w) or w <= 0 for w in weights) or not math.isfinite(sum(weights)):
+        raise UserError(f"--weights must be positive numbers whose sum is finite, got {weights}")
     members, seen = [], {}
     for path, weight in zip(paths, weights):
         eval_dir = find_evaluation(path)
@@ -71,6 +71,16 @@ def read_members(paths: list[Path], weights: list[float] | None) -> list[Member]
         members.append(
             Member(path, eval_dir, read_json(eval_dir / METRICS_FILE), read_jsonl(eval_dir / PREDICTIONS_FILE), weight)
         )
+    for i, a in enumerate(members):  # a copied evaluation folder is the same member under another name
+        for b in members[i + 1 :]:
+            if a.context.get("adapter") is not None and (a.context.get("adapter"), a.context.get("mode")) == (
+                b.context.get("adapter"),
+                b.context.get("mode"),
+            ):
+                raise UserError(
+                    f"{a.path} and {b.path} are evaluations of the same run ({a.context['adapter']}, mode "
+                    f"{a.context.get('mode')}); an ensemble needs different models: name each run once"
+                )
     return members
 
 

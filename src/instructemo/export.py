@@ -30,7 +30,7 @@ from .config import Config
 from .errors import UserError
 from .fileio import json_text, read_json
 from .infer import first_answer_tokens
-from .infer.classifier import find_adapter, trained_prompt
+from .infer.classifier import find_adapter, load_thresholds, trained_prompt
 from .infer.loading import load_causal_run, load_head_run
 from .labels import LabelSpace
 from .models import resolve_model_path, save_atomically
@@ -78,6 +78,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
     stage = saved_stage(adapter, cfg.stage)
     prompt = trained_prompt(cfg, adapter)
     space = prompt.space
+    load_thresholds(adapter, space)  # the export carries thresholds.json: a damaged one is refused, not shipped
     classifier_config = None
     # Saved from the CPU, in float32.
     options = dict(

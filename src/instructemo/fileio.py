@@ -85,7 +85,17 @@ def read_jsonl(path: Path) -> list[Any]:
     """The rows of a JSONL file a run wrote (trainer_log.jsonl)."""
     # split("\n"), not splitlines(): a text may hold U+2028 and other characters splitlines() ends a line at
     text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.split("\n") if line.strip()]
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line, parse_constant=_no_constants))
+            except ValueError as exc:
+                raise UserError(
+                    f"{path}:{number} is not strict JSON ({exc}); the file is damaged or cut short: run the step "
+                    "that writes it again"
+                ) from None
+    return rows
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

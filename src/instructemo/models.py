@@ -16,11 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .chat import fallback_template
 from .errors import UserError
 from .fileio import file_digest
-from .rundir import ADAPTER_WEIGHTS_FILE
+from .rundir import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,13 @@ def use_bf16(setting: bool | str, device: torch.device | None = None) -> bool:
     return bool(setting)
 
 
+def damaged(path: Path | str, exc: Exception) -> str:
+    return (
+        f"{path} is damaged ({str(exc).splitlines()[0]}): it was cut short or overwritten; restore it, or train "
+        "again with overwrite_output_dir: true"
+    )
+
+
 def _raise_if_remote_code(exc: ValueError, path: str) -> None:
     if "trust_remote_code" in str(exc):
         raise UserError(
@@ -257,6 +265,8 @@ def load_sequence_classifier(
         raise
     except OSError as exc:
         raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
+    except SafetensorError as exc:  # a weights file cut short
+        raise UserError(damaged(path, exc)) from None
 
 
 def load_causal_lm(
@@ -305,6 +315,8 @@ def load_causal_lm(
         raise
     except OSError as exc:
         raise UserError(f"cannot load model {path!r} ({str(exc).splitlines()[0]}); check model_name_or_path") from None
+    except SafetensorError as exc:  # a weights file cut short
+        raise UserError(damaged(path, exc)) from None
     # With logits_to_keep the model slices the last positions out of its hidden
     # states. That slice of a batch is not contiguous, and matmul then copies the
     # whole LM head once per row: a third of a training step and half of label
@@ -314,18 +326,29 @@ def load_causal_lm(
 
 
 def require_finite_weights(trained: Path, model=None) -> None:
-    """Refuse trained weights that hold NaN or infinity, which only a diverged training leaves.
+    """Refuse trained weights that are missing, damaged, or hold NaN or infinity (which only a diverged
+    training leaves), in one line each.
 
     An adapter's own file is checked (small); a fully fine-tuned model, all of
     its parameters once loaded.
     """
     adapter_file = Path(trained) / ADAPTER_WEIGHTS_FILE
+    if (Path(trained) / ADAPTER_CONFIG_FILE).is_file() and not any(Path(trained).glob("adapter_model.*")):
+        raise UserError(
+            f"{trained} has an adapter_config.json but no adapter weights ({ADAPTER_WEIGHTS_FILE}): the run's files "
+            "are incomplete; restore them, or train again with overwrite_output_dir: true"
+        )
     if adapter_file.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(adapter_file), framework="pt") as weights:
-            tensors = ((name, weights.get_tensor(name)) for name in weights.keys())
-            broken = next((name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        try:
+            with safe_open(str(adapter_file), framework="pt") as weights:
+                tensors = ((name, weights.get_tensor(name)) for name in weights.keys())
+                broken = next(
+                    (name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()), None
+                )
+        except SafetensorError as exc:
+            raise UserError(damaged(adapter_file, exc)) from None
     elif model is not None:
         broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     else:

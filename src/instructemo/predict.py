@@ -76,6 +76,8 @@ def run_predict(
     if id_column is not None and id_column not in columns:
         raise UserError(f"{input_path}: no id column {id_column!r}; the columns are {columns}")
     first, stop = total * shard[0] // shard[1], total * (shard[0] + 1) // shard[1]
+    if first == stop:  # more shards than rows: a valid, empty part of the whole
+        log.warning("shard %d/%d of %d rows holds no row: its output is the header alone", *shard, total)
 
     classifier = Classifier(cfg, pick_device(cfg.device, shard=shard[0]))  # shards spread over the GPUs
     space = classifier.space
@@ -127,7 +129,7 @@ def run_predict(
     }
     write_atomic(report_path, summary.render(list(space.names), context))
     os.replace(partial, output_path)
-    progress_path.unlink()
+    progress_path.unlink(missing_ok=True)  # an empty shard never checkpointed
     _warn(state)
     log.info("wrote %d rows to %s", state["rows_done"], output_path)
     return {"rows": state["rows_done"], "empty_text": state["empty"], "invalid": state["invalid"]}

@@ -87,6 +87,12 @@ def check_before_training(cfg: Config, train: Split | None = None) -> TrainingPl
     if train is None:
         check_splits_apart(cfg)
         train = load_run_split(cfg, "train", max_samples=cfg.max_samples)
+    present = sorted({label for record in train.records for label in record.labels})
+    if not train.label_space.multi_label and len(present) < 2:
+        raise UserError(
+            f"the training rows of {cfg.dataset} hold one class only ({', '.join(present) or 'none'}): a classifier "
+            "needs rows of at least two; add rows of the other classes"
+        )
     template_text, origin = template_source(cfg.template, train.template)
     template = compile_template(template_text, origin)
     if cfg.stage == "sft":

@@ -103,7 +103,14 @@ def load_thresholds(adapter: Path | None, space: LabelSpace):
     path = adapter / THRESHOLDS_FILE if adapter is not None else None
     if path is None or not path.is_file():
         return None
-    stored = read_json(path)["thresholds"]
+    data = read_json(path)
+    stored = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(stored, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in stored.values()
+    ):  # read_json already refused NaN and infinity
+        raise UserError(
+            f'{path} is not a thresholds file ({{"thresholds": {{label: number}}}}); run instructemo calibrate again'
+        )
     if set(stored) != set(space.names):
         raise UserError(f"{path} holds thresholds for other labels than the model's; run instructemo calibrate again")
     return np.array([stored[n] for n in space.names])
