@@ -84,6 +84,19 @@ def test_predict_never_overwrites_its_input(trained, tmp_path, capsys):
     assert run_cli("predict", config, "--input", table, "--output", tmp_path) == 2  # a directory
 
 
+def test_predict_replaces_only_its_own_output_unless_told(trained, tmp_path, capsys):
+    config, _ = trained
+    table, mine = tmp_path / "texts.csv", tmp_path / "results.csv"
+    table.write_text("id,text\n1,i am happy\n")
+    mine.write_text("my own results, kept for months\n")
+    assert run_cli("predict", config, "--input", table, "--output", mine) == 2
+    assert "exists and is not an earlier predict's output" in capsys.readouterr().err
+    assert mine.read_text() == "my own results, kept for months\n"
+    assert run_cli("predict", config, "--input", table, "--output", mine, "--overwrite") == 0
+    assert mine.read_text().startswith("id,label")
+    assert run_cli("predict", config, "--input", table, "--output", mine) == 0  # its own output: run again freely
+
+
 def test_export_to_a_file_is_one_line(trained, tmp_path, capsys):
     config, _ = trained
     target = tmp_path / "model.bin"

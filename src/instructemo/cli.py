@@ -164,6 +164,7 @@ def _predict(cfg, args):
         id_column=args.id_column,
         shard=parse_shard(args.shard),
         chunk_rows=args.chunk_rows,
+        overwrite=args.overwrite,
     )
 
 
@@ -322,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             sub.add_argument("--input", required=True, help="Unlabelled .csv, .tsv or .jsonl file.")
             sub.add_argument("--output", required=True, help="Where to write predictions (.csv, .tsv or .jsonl).")
+            sub.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="Replace an existing --output that is not an earlier predict's (one is replaced anyway).",
+            )
             sub.add_argument(
                 "--text-column", help="Column holding the text; default: inferred (text, sentence, tweet, ...)."
             )

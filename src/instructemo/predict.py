@@ -58,12 +58,19 @@ def run_predict(
     id_column: str | None = None,
     shard: tuple[int, int] = (0, 1),
     chunk_rows: int = CHUNK_ROWS,
+    overwrite: bool = False,
 ) -> dict:
     """Classify every row of input_path (or of its shard) into output_path; return counts of what happened."""
     if chunk_rows < 1:
         raise UserError(f"--chunk-rows {chunk_rows}: give at least 1")
     partial, progress_path, report_path = _paths(output_path)
     _check_output(input_path, output_path, partial, progress_path, report_path)
+    if output_path.exists() and not report_path.is_file() and not overwrite:
+        # An earlier predict's output has its report beside it; any other file is someone's own.
+        raise UserError(
+            f"--output {output_path} exists and is not an earlier predict's output (no {report_path.name} beside it); "
+            "choose a new file name, or give --overwrite to replace it"
+        )
     table = TableFile(input_path)
     total = sum(1 for _ in table.rows())  # reads every row once: a bad row stops here, before anything is written
     if total == 0:
