@@ -71,37 +71,10 @@ def _tune(cfg, args):
 
 
 def _classify(cfg, args):
-    from .records import text_problem
-    from .tools import classify_texts, print_classified
+    from .tools import classify_texts, print_classified, stdin_texts, utf8_texts
 
-    texts = args.texts if args.texts else stdin_lines(read_stdin())
-    for number, text in enumerate(texts, start=1):
-        problem = text_problem(text)  # a byte that is not UTF-8 in an argument arrives as half a surrogate pair
-        if problem is not None:
-            where = f"text {number}" if args.texts else f"line {number} of standard input"
-            raise UserError(f"{where} {problem}; pass UTF-8 text")
+    texts = utf8_texts(args.texts) if args.texts else stdin_texts(sys.stdin)
     print_classified(classify_texts(cfg, texts))
-
-
-def read_stdin() -> str:
-    if not hasattr(sys.stdin, "buffer"):  # already text (a caller's stream)
-        return sys.stdin.read()
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"line {line} of standard input is not UTF-8 (byte {data[exc.start]:#04x}); pass UTF-8 text"
-        ) from None
-
-
-def stdin_lines(text: str) -> list[str]:
-    """One text per line, blank lines included (answered as empty), so the output lines match the input lines 1:1."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line starts no new one
-    return [line.rstrip("\r") for line in lines]
 
 
 def _export(cfg, args):

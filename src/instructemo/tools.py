@@ -22,6 +22,7 @@ from .errors import UserError
 from .fileio import write_atomic
 from .infer.classifier import Classifier
 from .readers import find_file
+from .records import text_problem
 from .stratify import held_out_indices
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,35 @@ def hold_out(spec: str, dataset_dir: str, fraction: float, seed: int, out_dir: P
 
 
 # --- instructemo classify ----------------------------------------------------------
+
+
+def stdin_texts(stream) -> list[str]:
+    """One text per line of `stream`, blank lines included (answered as empty), so the output lines match the
+    input lines 1:1; bytes that are not UTF-8 are a one-line error naming the line."""
+    if hasattr(stream, "buffer"):
+        data = stream.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise UserError(
+                f"line {line} of standard input is not UTF-8 (byte {data[exc.start]:#04x}); pass UTF-8 text"
+            ) from None
+    else:  # already text (a caller's stream)
+        text = stream.read()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return [line.rstrip("\r") for line in lines]
+
+
+def utf8_texts(texts: list[str]) -> list[str]:
+    """Texts given as arguments: a byte that is not UTF-8 arrives as half a surrogate pair, refused in one line."""
+    for number, text in enumerate(texts, start=1):
+        problem = text_problem(text)
+        if problem is not None:
+            raise UserError(f"text {number} {problem}; pass UTF-8 text")
+    return texts
 
 
 def load_scorer(cfg: Config) -> Classifier:
