@@ -122,21 +122,20 @@ def webui(tmp_path, tiny_llama):
 
 
 @pytest.mark.parametrize(
-    "options, message",
+    "workdir, options, message",
     [
-        (["--host", "0.0.0.0"], "--host 0.0.0.0 opens the page to other machines"),
-        (["--auth", "admin"], "--auth takes USER:PASSWORD"),
-        (["--port", "99999"], "--port 99999 is not a port number"),
-        (["--max-upload-mb", "-5"], "--max-upload-mb -5: give at least 1"),
-        (["--workdir"], "is a file; name a folder"),
+        ("w", ["--host", "0.0.0.0"], "--host 0.0.0.0 opens the page to other machines"),
+        ("w", ["--auth", "admin"], "--auth takes USER:PASSWORD"),
+        ("w", ["--port", "99999"], "--port 99999 is not a port number"),
+        ("w", ["--max-upload-mb", "-5"], "--max-upload-mb -5: give at least 1"),
+        ("file", [], "is a file; name a folder"),
     ],
 )
-def test_the_page_refuses_unsafe_or_impossible_settings_in_one_line(tmp_path, capsys, options, message):
+def test_the_page_refuses_unsafe_or_impossible_settings_in_one_line(tmp_path, capsys, workdir, options, message):
     from test_end_to_end import run_cli
 
     (tmp_path / "file").write_text("x")
-    workdir = tmp_path / ("file" if options == ["--workdir"] else "w")
-    assert run_cli("webui", "--workdir", workdir, *options[1:] if options == ["--workdir"] else options) == 2
+    assert run_cli("webui", "--workdir", tmp_path / workdir, *options) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 

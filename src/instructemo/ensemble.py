@@ -71,16 +71,15 @@ def read_members(paths: list[Path], weights: list[float] | None) -> list[Member]
         members.append(
             Member(path, eval_dir, read_json(eval_dir / METRICS_FILE), read_jsonl(eval_dir / PREDICTIONS_FILE), weight)
         )
-    for i, a in enumerate(members):  # a copied evaluation folder is the same member under another name
-        for b in members[i + 1 :]:
-            if a.context.get("adapter") is not None and (a.context.get("adapter"), a.context.get("mode")) == (
-                b.context.get("adapter"),
-                b.context.get("mode"),
-            ):
-                raise UserError(
-                    f"{a.path} and {b.path} are evaluations of the same run ({a.context['adapter']}, mode "
-                    f"{a.context.get('mode')}); an ensemble needs different models: name each run once"
-                )
+    runs: dict[tuple, Path] = {}  # a copied evaluation folder is the same member under another name
+    for m in members:
+        run = (m.context.get("adapter"), m.context.get("mode"))
+        if run[0] is not None and run in runs:
+            raise UserError(
+                f"{runs[run]} and {m.path} are evaluations of the same run ({run[0]}, mode {run[1]}); "
+                "an ensemble needs different models: name each run once"
+            )
+        runs[run] = m.path
     return members
 
 

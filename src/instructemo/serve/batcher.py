@@ -113,19 +113,14 @@ class Batcher:
             results = await loop.run_in_executor(self.executor, self._run_chunks, texts)
         except Exception:  # noqa: BLE001 - one request's text may be what failed: the others must not pay for it
             log.exception("classifying a batch of %d texts from %d requests failed", len(texts), len(waiting))
-            if len(waiting) == 1:
-                results = None
-            else:
+            if len(waiting) > 1:
                 for alone in waiting:
                     await self._run_batch(loop, [alone])
-                return
+            elif not waiting[0][1].done():
+                waiting[0][1].set_exception(BatchFailed())
+            return
         finally:
             self.last_run = loop.time() - started
-        if results is None:
-            _, future = waiting[0]
-            if not future.done():
-                future.set_exception(BatchFailed())
-            return
         start = 0
         for request, future in waiting:
             if not future.done():

@@ -249,7 +249,7 @@ class WebUI:
 
     def last_report(self, run: str):
         """The run's last evaluation, when it has one (empty otherwise)."""
-        if run and self.listed_run(run, "show") and (Path(run) / EVAL_DIR / METRICS_FILE).is_file():
+        if run and (Path(self.listed_run(run, "show")) / EVAL_DIR / METRICS_FILE).is_file():
             return ("the last evaluation of this run", *self.report(run))
         return ("no evaluation yet: press Evaluate", None, None, "", None)
 
