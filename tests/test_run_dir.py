@@ -11,6 +11,7 @@ from test_end_to_end import run_cli, tiny_config
 
 from instructemo import train
 from instructemo.cli import parse_arguments
+from instructemo.errors import UserError
 from instructemo.rundir import INCOMPLETE, MANIFEST_FILE, RunDir
 
 
@@ -71,7 +72,77 @@ def test_overwrite_removes_only_what_the_run_wrote(tmp_path, tiny_llama, emotion
     assert (parent / "notes.txt").read_text() == "mine" and RunDir(parent / "other").is_complete()
     run = parent / "run"
     assert not (run / "eval").exists() and not (run / "checkpoint-2").exists()  # the old run's, removed
-    assert set(RunDir(run).manifest()["files"]) == before
+    top = {name for name in before if "/" not in name}
+    assert {name for name in RunDir(run).manifest()["files"] if "/" not in name} == top
+
+
+def finished_run(root: Path) -> RunDir:
+    """A run as sft leaves it, without training: a sealed checkpoint, an eval/ of its own, top-level files."""
+    run = RunDir(root)
+    run.begin("train")
+    run.record(dirs=["checkpoint-4"])
+    (root / "checkpoint-4" / "sub").mkdir(parents=True)
+    (root / "checkpoint-4" / "adapter_model.safetensors").write_text("w")
+    (root / "checkpoint-4" / "sub" / "state.json").write_text("{}")
+    run.seal("checkpoint-4")
+    run.record(dirs=["runs"])
+    (root / "runs").mkdir()
+    (root / "runs" / "events.out").write_text("e")
+    run.publish(lambda staging: (staging / "adapter_config.json").write_text("{}"))
+    evaluation = RunDir(root / "eval", "eval_output_dir")
+    evaluation.begin("eval", replace=True)
+    evaluation.publish(lambda staging: (staging / "metrics.json").write_text("{}"))
+    run.record(dirs=["eval"])
+    return run
+
+
+@pytest.mark.parametrize(
+    "where", ["checkpoint-4/my_notes.txt", "checkpoint-4/sub/my_notes.txt", "eval/my_notes.txt", "runs/my_notes.txt"]
+)
+def test_a_user_file_inside_a_run_folder_stops_the_overwrite_before_anything_is_removed(tmp_path, where):
+    run = finished_run(tmp_path / "run")
+    (tmp_path / "run" / where).write_text("mine")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "run").rglob("*"))
+    with pytest.raises(UserError, match=f"that instructemo did not write \\({where}\\)"):
+        run.begin("train", replace=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "run").rglob("*")) == before
+    assert run.is_complete() and RunDir(tmp_path / "run" / "eval").is_complete()
+
+
+def test_overwrite_walks_the_listed_files_and_removes_a_folder_only_once_it_is_empty(tmp_path):
+    run = finished_run(tmp_path / "run")
+    assert {"checkpoint-4/adapter_model.safetensors", "checkpoint-4/sub/state.json", "runs/events.out"} <= set(
+        run.manifest()["files"]
+    )
+    run.begin("train", replace=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [MANIFEST_FILE]
+
+
+def test_a_folder_a_kill_left_half_written_is_the_runs_whole(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.begin("train")
+    run.record(dirs=["checkpoint-2"])  # recorded before the Trainer writes it; killed before it was sealed
+    (tmp_path / "run" / "checkpoint-2").mkdir()
+    (tmp_path / "run" / "checkpoint-2" / "optimizer.pt").write_text("half")
+    run.begin("train", replace=True)
+    assert not (tmp_path / "run" / "checkpoint-2").exists()
+
+
+def test_sft_overwrite_with_a_user_file_in_a_checkpoint_or_eval_changes_nothing(
+    tmp_path, tiny_llama, emotion_dir, capsys
+):
+    config, run = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=2, save_steps=2), tmp_path / "run"
+    assert run_cli("sft", config) == 0 and run_cli("generate-eval", config) == 0
+    checkpoint = next(run.glob("checkpoint-*"))
+    capsys.readouterr()
+    for where in (checkpoint / "my_notes.txt", run / "eval" / "my_notes.txt"):
+        where.write_text("mine")
+        manifest = (run / MANIFEST_FILE).read_text()
+        assert run_cli("sft", config, "overwrite_output_dir=true", "do_eval=true") == 2
+        err = capsys.readouterr().err.strip()
+        assert f"did not write ({where.relative_to(run).as_posix()})" in err and "\n" not in err
+        assert where.read_text() == "mine" and (run / MANIFEST_FILE).read_text() == manifest
+        where.unlink()
 
 
 def test_predict_never_overwrites_its_input(trained, tmp_path, capsys):
@@ -362,3 +433,37 @@ def test_jsonl_reads_back_texts_that_hold_unicode_line_separators(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text(jsonl_text(rows), encoding="utf-8")
     assert read_jsonl(path) == rows
+
+
+def test_a_run_reads_the_data_it_recorded_from_any_folder_and_refuses_other_rows(
+    tmp_path, tiny_llama, monkeypatch, capsys
+):
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    for folder, rows in ((home, EMOTION_ROWS), (elsewhere, EMOTION_ROWS[:3])):
+        for name in ("train", "eval"):
+            (folder / "data").mkdir(parents=True, exist_ok=True)
+            (folder / "data" / f"{name}.csv").write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows))
+    monkeypatch.chdir(home)  # relative paths, as users write them
+    config = tiny_config(
+        home, tiny_llama, home, dataset="data/train.csv", eval_dataset="data/eval.csv", max_steps=1, do_eval=True
+    )
+    assert run_cli("sft", config) == 0
+    run = home / "run"
+    assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == len(EMOTION_ROWS)
+    recorded = json.loads((run / "data_files.json").read_text())
+    assert recorded["eval"]["file"] == str(home / "data" / "eval.csv") and recorded["eval"]["spec"] == "data/eval.csv"
+
+    monkeypatch.chdir(elsewhere)  # another ./data/eval.csv here, with 3 rows
+    assert run_cli("generate-eval", run) == 0  # the run's config names its files in full
+    assert json.loads((run / "eval" / "metrics.json").read_text())["metrics"]["n"] == len(EMOTION_ROWS)
+    evaluation = (run / "eval" / "metrics.json").read_text()
+    capsys.readouterr()
+    assert run_cli("generate-eval", config) == 2  # the YAML's relative path finds the other file here: refused
+    err = capsys.readouterr().err.strip()
+    assert f"evaluated on {home / 'data' / 'eval.csv'}" in err and str(elsewhere / "data" / "eval.csv") in err
+    assert "\n" not in err
+
+    (home / "data" / "eval.csv").write_text("text,label\ni am happy,joy\n")  # the recorded file, changed
+    assert run_cli("generate-eval", run) == 2
+    assert "has changed since" in capsys.readouterr().err
+    assert (run / "eval" / "metrics.json").read_text() == evaluation  # a refused evaluation changed nothing

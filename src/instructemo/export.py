@@ -41,8 +41,8 @@ from .rundir import (
     MODEL_CONFIG_FILE,
     PROMPT_TEMPLATE_FILE,
     THRESHOLDS_FILE,
-    saved_stage,
 )
+from .saved_model import saved_stage
 
 log = logging.getLogger(__name__)
 

@@ -129,3 +129,4 @@ class RunMonitor(TrainerCallback):
                 "train_seconds": round(self.train_seconds, 1),
             }
             write_atomic(checkpoint / PROGRESS_FILE, json_text(progress))  # last: it marks the checkpoint whole
+            self.run.seal(checkpoint.name)  # its files are listed: a file added later is not the run's

@@ -7,7 +7,11 @@ evaluation folder, a cross-validation folder) holds a manifest,
 wrote, and it says whether the run is complete:
 
 - a new run refuses a non-empty directory that is not instructemo's;
-- `overwrite_output_dir` removes what the manifest lists, and nothing else;
+- `overwrite_output_dir` removes what the manifest lists, and nothing else. A
+  folder is listed when the run starts writing it and sealed when it is whole:
+  its files are then listed one by one, so a file a user puts into a finished
+  checkpoint or evaluation folder stops the overwrite. A folder left unsealed by
+  a kill part-way through writing it is the run's, whole;
 - the final files are written into a staging folder inside the directory and
   moved into place only when all of them are there; the manifest turns
   `complete` last. A kill or a full disk at any moment leaves either a complete
@@ -16,7 +20,6 @@ wrote, and it says whether the run is complete:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import UserError
-from .fileio import file_digest, json_text, jsonl_text, read_json, write_atomic
+from .fileio import json_text, jsonl_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ TRAINER_LOG_FILE = "trainer_log.jsonl"
 LIVE_LOG_FILE = "instructemo_live.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
+DATA_FILES_FILE = "data_files.json"  # each split's file in full and its SHA-256 (run_data.py)
 TENSORBOARD_DIR = "runs"
 EVAL_DIR = "eval"
 # In every checkpoint-N: what the run was (for resume) and how long it had trained.
@@ -243,6 +247,14 @@ class RunDir:
         staging.rmdir()
         manifest = self.manifest()
         manifest["dirs"] = [d for d in manifest["dirs"] if d != STAGING_DIR]
+        self._write(manifest)
+        whole = [
+            d
+            for d in manifest["dirs"]
+            if d not in manifest.get("sealed", ()) and (self.path / d).is_dir() and not RunDir(self.path / d).manifest()
+        ]
+        self.seal(*whole)  # every folder of a finished run is whole: a file added later is the user's
+        manifest = self.manifest()
         manifest.update(state=COMPLETE, completed=_now())
         self._write(manifest)
 
@@ -264,6 +276,7 @@ class RunDir:
         if manifest["state"] == COMPLETE:  # a kill part-way through must not leave a "complete" run with files missing
             manifest["state"] = INCOMPLETE
             self._write(manifest)
+        sealed = set(manifest.get("sealed", ())) & set(manifest["dirs"])
         for name in manifest["dirs"]:
             target = self._inside(name)
             if target is None or not target.exists():
@@ -273,12 +286,14 @@ class RunDir:
             elif RunDir(target).manifest() is not None:
                 RunDir(target).remove()
                 _rmdir_if_empty(target)
-            else:
+            elif name not in sealed:  # written part-way when the run was killed: all of it is the run's
                 shutil.rmtree(target)
         for name in manifest["files"]:
             target = self._inside(name)
             if target is not None:
                 target.unlink(missing_ok=True)
+        for name in sealed:
+            _prune_empty(self.path / name)
         self.manifest_path.unlink()
         log.info("removed the previous %s in %s", KINDS.get(manifest.get("kind"), "run"), self.path)
 
@@ -295,11 +310,12 @@ class RunDir:
         return target
 
     def _survey(self, manifest: dict | None) -> tuple[list[str], list[Path]]:
-        """What lies here unrecorded: (names instructemo did not write, evaluations of no run).
+        """What lies here unrecorded: (paths instructemo did not write, evaluations of no run).
 
-        The run's own temporary files (left by a kill) and other instructemo
-        folders (a cross-validation, a comparison) are neither: they stay as
-        they are.
+        Foreign paths are found at the top, inside every sealed folder, and in
+        the instructemo folders the run holds (its eval/). The run's own
+        temporary files (left by a kill) and other instructemo folders (a
+        cross-validation, a comparison) are neither: they stay as they are.
         """
         if not self.path.is_dir():
             return [], []
@@ -316,7 +332,57 @@ class RunDir:
                 foreign.append(entry.name)
             elif child.get("kind") == "eval":
                 evaluations.append(entry)
+        if manifest is not None:
+            foreign += self._foreign_inside(manifest)
         return foreign, evaluations
+
+    def _foreign_inside(self, manifest: dict) -> list[str]:
+        """Files in the run's folders that the manifest does not list: in sealed folders and nested runs."""
+        listed = set(manifest["files"])
+        foreign = []
+        for name in manifest["dirs"]:
+            target = self._inside(name)
+            if target is None or target.is_symlink() or not target.is_dir():
+                continue
+            nested = RunDir(target)
+            inner = nested.manifest()
+            if inner is not None:
+                foreign += [f"{name}/{path}" for path in nested._survey(inner)[0]]
+            elif name in manifest.get("sealed", ()):
+                foreign += [path for path in _walk(target, self.path) if path not in listed]
+        return foreign
+
+    def seal(self, *dirs: str) -> None:
+        """List every file now in these folders (paths relative to the run): they are whole.
+
+        Files of instructemo folders inside them (a trial's run) are their
+        manifests' business and are not listed here.
+        """
+        manifest = self.manifest()
+        files = set(manifest["files"])
+        for name in dirs:
+            files = {f for f in files if not f.startswith(f"{name}/")}
+            files |= set(_walk(self.path / name, self.path, temporary_too=False))
+        manifest["files"] = sorted(files)
+        manifest["sealed"] = sorted(set(manifest.get("sealed", [])) | set(dirs))
+        self._write(manifest)
+
+
+def _walk(folder: Path, root: Path, temporary_too: bool = True) -> list[str]:
+    """Files under folder, relative to root, leaving out instructemo folders (own manifest) and atomic-write temporaries.
+
+    A temporary is `.NAME.xxxx` beside a file NAME being written; with
+    `temporary_too` they are left out of the answer as well (a kill leaves them).
+    """
+    found = []
+    for current, subdirs, files in os.walk(folder):
+        here = Path(current)
+        subdirs[:] = sorted(d for d in subdirs if not (here / d / MANIFEST_FILE).is_file())
+        for name in sorted(files):
+            if temporary_too and name.startswith(".") and name.count(".") >= 2:
+                continue
+            found.append((here / name).relative_to(root).as_posix())
+    return found
 
 
 def write_into(directory: Path, name: str, content: str | bytes) -> Path:
@@ -326,6 +392,14 @@ def write_into(directory: Path, name: str, content: str | bytes) -> Path:
         return run.write_file(name, content)
     write_atomic(Path(directory) / name, content)
     return Path(directory) / name
+
+
+def _prune_empty(folder: Path) -> None:
+    """Remove folder and the folders under it that are now empty, deepest first."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for current, _, _ in sorted(os.walk(folder), key=lambda walked: -len(Path(walked[0]).parts)):
+        _rmdir_if_empty(Path(current))
 
 
 def _rmdir_if_empty(path: Path) -> None:
@@ -371,43 +445,3 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
         if suffix.isdigit() and checkpoint_progress(path) is not None:
             steps.append((int(suffix), path))
     return max(steps)[1] if steps else None
-
-
-# --- the saved model -------------------------------------------------------------------
-
-
-def saved_model_kind(directory: Path | None) -> str | None:
-    """What a trained run's directory holds: "full" (a fine-tuned model, config.json), "adapter" (a peft adapter for
-    the base model, adapter_config.json), or None. The one answer every engine and verb uses."""
-    if directory is None:
-        return None
-    if (directory / MODEL_CONFIG_FILE).is_file():
-        return "full"
-    if (directory / ADAPTER_CONFIG_FILE).is_file():
-        return "adapter"
-    return None
-
-
-def weights_digest(directory: Path) -> str:
-    """One digest of a saved model's weight files (adapter, full model or head): it changes when a run is retrained."""
-    files = sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin"))
-    return hashlib.sha256(" ".join(f"{f.name}:{file_digest(f)}" for f in files).encode()).hexdigest()[:16]
-
-
-def adapter_settings(directory: Path) -> dict:
-    """The adapter's peft config (peft_type, r, ...)."""
-    return read_json(directory / ADAPTER_CONFIG_FILE)
-
-
-def has_tokenizer(directory: Path) -> bool:
-    return (directory / TOKENIZER_CONFIG_FILE).is_file()
-
-
-def saved_stage(directory: Path | None, configured: str) -> str:
-    """sft or cls: what the trained run in `directory` is (its saved config says), else the configured stage."""
-    path = directory / CONFIG_FILE if directory is not None else None
-    if path is not None and path.is_file():
-        import yaml
-
-        return (yaml.safe_load(path.read_text()) or {}).get("stage", "sft")
-    return configured

@@ -17,7 +17,7 @@ import torch
 from ..errors import UserError
 from ..labels import LabelSpace
 from ..models import load_causal_lm, load_sequence_classifier, load_tokenizer, require_finite_weights
-from ..rundir import has_tokenizer, saved_model_kind
+from ..saved_model import has_tokenizer, saved_model_kind
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import torch
 from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
 from ..errors import UserError
 from ..models import build_once, cache_dir, load_tokenizer, refuse_pickles, require_finite_weights
-from ..rundir import ADAPTER_WEIGHTS_FILE, adapter_settings, has_tokenizer, saved_model_kind
+from ..rundir import ADAPTER_WEIGHTS_FILE
+from ..saved_model import adapter_settings, has_tokenizer, saved_model_kind
 from .loading import load_causal_run
 
 log = logging.getLogger(__name__)
