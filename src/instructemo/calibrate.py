@@ -17,6 +17,7 @@ from .errors import UserError
 from .fileio import json_text
 from .infer.classifier import Classifier
 from .metrics import best_thresholds, binarize
+from .run_data import check_split_is_the_runs
 from .rundir import THRESHOLDS_FILE, write_into
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def run_calibrate(cfg: Config) -> dict:
         )
     spec = run_spec(cfg, "dev")
     split = load_run_split(cfg, "dev", label_space=space)
+    check_split_is_the_runs(classifier.adapter, "dev", spec, split)
     classifier.thresholds = None  # probabilities only; old thresholds play no part
     result = classifier.load().classify([r.text for r in split.records])
     thresholds, f1 = best_thresholds(result.probabilities, binarize([r.labels for r in split.records], space))

@@ -153,7 +153,7 @@ def load_split(
     path = find_file(split_spec["file"], dataset_dir)
     if path is not None:
         rows = read_rows(entry, split_spec, path, dataset_dir)
-        origin = str(path)
+        origin = str(path.resolve())  # in full: a run records it, and may be read from another folder
     elif entry.hub:
         rows = read_hub(entry, split)
         origin = f"hub:{entry.hub['id']}"

@@ -13,6 +13,7 @@ from .fileio import read_json, read_jsonl
 from .infer.classifier import Classifier
 from .metrics import score
 from .report import check_eval_dir, write_eval_outputs
+from .run_data import check_split_is_the_runs
 from .rundir import CONFIG_FILE, SELECTION_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir
 from .splits import is_training_split
 
@@ -40,6 +41,7 @@ def training_overlap(adapter: Path | None, texts: list[str], eval_spec: str) -> 
     try:
         trained = load_config(adapter)
         training = load_run_split(trained, "train", max_samples=trained.max_samples)
+        check_split_is_the_runs(adapter, "train", trained.dataset, training)
         same_split = is_training_split(trained, eval_spec, "test")
     except UserError as exc:
         log.warning("the run's training rows could not be read to check them against the evaluated rows: %s", exc)
@@ -72,6 +74,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         if classifier.shot_pool is not None:
             check_shots_held_apart(cfg, eval_spec)
         split = load_run_split(cfg, "eval", label_space=space, max_samples=cfg.max_eval_samples)
+        check_split_is_the_runs(classifier.adapter, "eval", eval_spec, split)
     else:
         eval_spec = split.name
     out_dir = cfg.resolved_eval_output_dir

@@ -29,8 +29,10 @@ from .fileio import json_text, jsonl_text, write_atomic
 from .monitor import FailOnDivergence, RunMonitor
 from .plots import plot_loss
 from .preflight import TrainingPlan
+from .run_data import absolute_paths, data_record
 from .rundir import (
     CONFIG_FILE,
+    DATA_FILES_FILE,
     LABEL_SPACE_FILE,
     LOSS_PLOT_FILE,
     PROMPT_TEMPLATE_FILE,
@@ -268,12 +270,14 @@ def save_run(
         train = plan.train
         resolved = {
             **cfg.to_dict(),
+            **absolute_paths(cfg),  # read from any folder, the run's config names the same files
             "model_path": model_path,
             "template_resolved": cfg.template if cfg.template != "auto" else train.template,
         }
         files = {
             CONFIG_FILE: yaml.safe_dump(resolved, sort_keys=False),
             LABEL_SPACE_FILE: json_text(train.label_space.to_dict()),
+            DATA_FILES_FILE: data_record(cfg, train, plan.select),
             TRAINER_LOG_FILE: jsonl_text(history),
             TRAIN_RESULTS_FILE: json_text(
                 train_results(cfg, trainer, result, rows, monitor.train_seconds, resumed_from)

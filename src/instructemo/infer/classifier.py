@@ -22,16 +22,15 @@ from ..fileio import read_json, read_yaml_file
 from ..labels import LabelSpace
 from ..models import resolve_model_path, use_bf16
 from ..prompts import PromptBuilder, compile_template, render_user_turn, template_source
+from ..run_data import check_split_is_the_runs
 from ..rundir import (
     CONFIG_FILE,
     LABEL_SPACE_FILE,
     PROMPT_TEMPLATE_FILE,
     THRESHOLDS_FILE,
     RunDir,
-    saved_model_kind,
-    saved_stage,
-    weights_digest,
 )
+from ..saved_model import saved_model_kind, saved_stage, weights_digest
 from ..shots import ShotPicker
 from . import classify, classify_dense, load_engine, threshold_rule
 from .dense import DenseEngine
@@ -154,7 +153,9 @@ class Classifier:
                 "few_shot with a trained adapter: it learned zero-shot prompts, and now sees %d example(s) per label",
                 self.cfg.few_shot,
             )
-        return load_run_split(self.cfg, "train", label_space=self.space, max_samples=self.cfg.max_samples)
+        pool = load_run_split(self.cfg, "train", label_space=self.space, max_samples=self.cfg.max_samples)
+        check_split_is_the_runs(self.adapter, "train", self.cfg.dataset, pool)
+        return pool
 
     def prompting_record(self) -> dict | None:
         """For metrics.json: the few-shot examples' count, choice and source (None when zero-shot)."""
