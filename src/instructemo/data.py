@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, shown
 from .fileio import read_yaml_file
 from .labels import LabelSpace
 from .readers import (
@@ -45,6 +45,10 @@ RARE_LABEL_RATIO = 50
 # ... or, whatever the file's size, beside a label it is one typo away from (difflib ratio) with 10 times as many.
 NEAR_LABEL_SIMILARITY = 0.8
 NEAR_LABEL_RATIO = 10
+# More labels than this, most of them with a single row, is a column of ids or texts rather than classes.
+MANY_LABELS = 50
+# A fix that declares the label space lists this many names in full (GoEmotions' 28 fit).
+LABELS_IN_A_HINT = 30
 
 
 def spec_options(cfg) -> dict[str, Any]:
@@ -317,7 +321,7 @@ def _path_entry(
             "labels read off %s (%s): %s",
             path.name,
             "multi-label" if multi else "single-label",
-            ", ".join(f"{n} {found[n]}" for n in sorted(found, key=lambda n: -found[n])),
+            shown(f"{n} {found[n]}" for n in sorted(found, key=lambda n: -found[n])),
         )
     entry.template = "multi_label" if multi else "single_label"
     return entry
@@ -330,14 +334,14 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
     if integers and names:
         raise UserError(
             f"{path}: the labels mix integers ({', '.join(integers[:6])}) and names ({', '.join(names[:6])}); "
-            f"use one kind, or declare the names in index order, e.g. labels: [{', '.join(names)}]"
+            f"use one kind, or declare the names in index order, e.g. labels: [{shown(names, LABELS_IN_A_HINT)}]"
         )
     if integers:
         log.warning(
             "%s: the labels are the integers %s, so the model learns to answer with numbers; to train on "
             "names, declare them in index order: labels: [name of 0, name of 1, ...]",
             path.name,
-            ", ".join(integers),
+            shown(integers),
         )
         return tuple(integers)
     variants: dict[str, list[str]] = {}
@@ -347,19 +351,19 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
     clashes = [group for group in groups if len(group) > 1]
     keep = sorted(group[0] for group in groups)  # the most frequent spelling of each
     if clashes:
-        shown = "; ".join(
+        clashing = "; ".join(
             " vs ".join(f"{n!r} ({found[n]} row(s), first {first[n]})" for n in group) for group in clashes[:3]
         )
         raise UserError(
-            f"{path}: labels differ only in case or spaces: {shown}; make them one in the file, or declare "
-            f"the label space (other spellings become bad rows): labels: [{', '.join(keep)}]"
+            f"{path}: labels differ only in case or spaces: {clashing}; make them one in the file, or declare "
+            f"the label space (other spellings become bad rows): labels: [{shown(keep, LABELS_IN_A_HINT)}]"
         )
     booleans = [n for n in names if n.casefold() in ("true", "false")]
     if booleans and len(booleans) < len(names):
         raise UserError(
             f"{path}: the labels mix {booleans[0]!r} (first {first[booleans[0]]}) with names such as "
             f"{next(n for n in names if n not in booleans)!r}: a spreadsheet's boolean, not a class; fix those rows, "
-            f"or declare the label space (other labels become bad rows): labels: [{', '.join(n for n in names if n not in booleans)}]"
+            f"or declare the label space (other labels become bad rows): labels: [{shown([n for n in names if n not in booleans], LABELS_IN_A_HINT)}]"
         )
     most = max(found.values())
     rare = [
@@ -367,10 +371,17 @@ def _inferred_names(path: Path, found: Counter, first: dict[str, str]) -> tuple[
     ]
     if rare:
         common = [n for n in names if n not in rare]
-        shown = "; ".join(f"{n!r} has {found[n]} row(s), first {first[n]}{_did_you_mean(n, common)}" for n in rare[:3])
+        typos = "; ".join(f"{n!r} has {found[n]} row(s), first {first[n]}{_did_you_mean(n, common)}" for n in rare[:3])
         raise UserError(
-            f"{path}: labels too rare to be real classes beside {most} rows of the most common: {shown}; fix "
-            f"those rows, or declare the label space (other labels become bad rows): labels: [{', '.join(common)}]"
+            f"{path}: labels too rare to be real classes beside {most} rows of the most common: {typos}; fix "
+            f"those rows, or declare the label space (other labels become bad rows): labels: [{shown(common, LABELS_IN_A_HINT)}]"
+        )
+    singles = [n for n in names if found[n] == 1]
+    if len(names) > MANY_LABELS and len(singles) > len(names) / 2:
+        raise UserError(
+            f"{path}: {len(singles):,} of its {len(names):,} labels have a single row ({shown(singles, 3)}): that "
+            "column holds ids or texts, not classes; set label_column to the column of classes, or declare the "
+            "label space (other labels become bad rows): labels: [...]"
         )
     return tuple(names)
 

@@ -21,7 +21,7 @@ from .calibrate import run_calibrate
 from .checkpoints import attach_selector, head_predictor, selection_files
 from .config import Config
 from .data import Split, run_spec
-from .errors import UserError
+from .errors import UserError, shown
 from .labels import LabelSpace
 from .models import load_sequence_classifier, load_tokenizer, resolve_model_path, training_device, use_bf16
 from .monitor import RunMonitor
@@ -132,7 +132,7 @@ def run_cls(cfg: Config, train: Split | None = None, on_selection=None) -> Path:
     )
     weights = class_weights(cfg.class_weights, space, label_sets)
     if weights is not None:
-        log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(space.names, weights.tolist())))
+        log.info("class weights: %s", shown(f"{n} {w:.2f}" for n, w in zip(space.names, weights.tolist())))
 
     set_seed(cfg.seed)  # before the new head and the adapter are initialised: the Trainer seeds only once it is built
     model = load_sequence_classifier(

@@ -23,6 +23,7 @@ import random
 import numpy as np
 import torch
 
+from .errors import shown
 from .labels import LabelSpace
 from .models import resolve_model_path
 from .records import Record
@@ -46,7 +47,7 @@ class ShotPicker:
         self.by_label = {n: [i for i, r in enumerate(pool) if n in r.labels] for n in space.names}
         missing = [n for n, rows in self.by_label.items() if not rows]
         if missing:
-            log.warning("few_shot: the training split has no row of %s; those labels get no example", missing)
+            log.warning("few_shot: the training split has no row of %s; those labels get no example", shown(missing))
         self.pool = pool
         self._fixed: list[Record] | None = None
         self._encoder = None
