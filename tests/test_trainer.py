@@ -85,3 +85,23 @@ def test_unknown_training_args_are_named_with_a_suggestion(stage, known):
     cfg = make_config({"stage": stage, "training_args": {"max_grad_nrom": 1.0}})
     with pytest.raises(UserError, match=f"'max_grad_nrom', which {known} does not have; did you mean 'max_grad_norm'"):
         check_training_args(cfg)
+
+
+@pytest.mark.parametrize(
+    "training_args, message",
+    [
+        ({"max_grad_norm": "abc"}, "training_args max_grad_norm must be a number, got 'abc'"),
+        ({"adam_epsilon": "1e-8"}, r"got '1e-8' \(YAML reads 1e-8 without a dot as text: write 1.0e-8\)"),
+        ({"dataloader_num_workers": 2.5}, "dataloader_num_workers must be a whole number, got 2.5"),
+        ({"save_only_model": 1}, "save_only_model must be true or false, got 1"),
+        ({"label_names": "labels"}, "label_names must be a list or null"),
+        ({"optim": "adamw_torchh"}, "optim must be one of adamw_torch, .*; did you mean 'adamw_torch'"),
+    ],
+)
+@pytest.mark.parametrize("stage", ["sft", "cls"])
+def test_training_args_of_the_wrong_type_are_refused_before_the_model_loads(stage, training_args, message):
+    cfg = make_config({"stage": stage, "training_args": training_args})
+    with pytest.raises(UserError, match=message):
+        check_training_args(cfg)
+    fine = {"max_grad_norm": 1, "adam_epsilon": 1.0e-8, "optim": "adamw_torch", "label_names": ["labels"]}
+    check_training_args(make_config({"stage": stage, "training_args": fine}))

@@ -114,6 +114,7 @@ class Split:
     skipped: list[BadRow] = field(default_factory=list)
     # (first source, later source) of texts that appear again with other labels.
     conflicts: list[tuple[str, str]] = field(default_factory=list)
+    file: str | None = None  # the local file read, in full (None: a hub dataset); a fold keeps its whole file's
 
 
 def split_source(split: Split) -> dict[str, str]:
@@ -192,7 +193,7 @@ def load_split(
             first,
             later,
         )
-    return Split(split, records, space, entry.template, origin, bad, conflicts)
+    return Split(split, records, space, entry.template, origin, bad, conflicts, origin if path is not None else None)
 
 
 def default_eval_spec(

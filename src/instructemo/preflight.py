@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import torch
 
 from .config import Config
 from .data import Split, load_run_split, run_spec, spec_options
-from .errors import UserError
+from .errors import UserError, shown
 from .fileio import json_text
 from .launch import inside_launcher
 from .prompts import compile_template, render_user_turn, template_source
@@ -138,6 +141,70 @@ def check_training_args(cfg: Config) -> None:
             hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             fix = f"did you mean {hint[0]!r}?" if hint else f"see the {arguments.__name__} documentation for its fields"
             raise UserError(f"training_args sets {key!r}, which {arguments.__name__} does not have; {fix}")
+    hints = typing.get_type_hints(arguments)
+    for key, value in cfg.training_args.items():  # checked now: a wrong type would fail only after the model loads
+        wanted = _type_names(hints[key])
+        if wanted and not _fits(value, hints[key]):
+            close = difflib.get_close_matches(str(value), _choices(hints[key]), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint += " (YAML reads 1e-8 without a dot as text: write 1.0e-8)" if _number_as_text(value) else ""
+            raise UserError(f"training_args {key} must be {wanted}, got {value!r}{hint}")
+
+
+def _number_as_text(value) -> bool:
+    try:
+        return isinstance(value, str) and bool(float(value) or True)
+    except ValueError:
+        return False
+
+
+def _parts(hint) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _choices(hint) -> list[str]:
+    """The values of an argument spelt as text from an enum (lr_scheduler_type, optim, save_strategy ...)."""
+    return [m.value for part in _parts(hint) if isinstance(part, type) and issubclass(part, enum.Enum) for m in part]
+
+
+def _fits(value, hint) -> bool:
+    """Whether a YAML value fits a Trainer argument's annotation (numbers, flags, text, lists, choices)."""
+    if _choices(hint) and isinstance(value, str):
+        return value in _choices(hint)
+    if len(_parts(hint)) > 1:
+        return any(_fits(value, part) for part in _parts(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    origin = typing.get_origin(hint) or hint
+    if hint is type(None):
+        return value is None
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (bool, str, dict, list):
+        return isinstance(value, origin)
+    return True  # an argument of another kind (an object): the Trainer checks it
+
+
+def _type_names(hint) -> str:
+    """How a message names what an argument takes ("" for kinds it does not check)."""
+    if _choices(hint):
+        return f"one of {shown(_choices(hint), 8)}"
+    parts = _parts(hint)
+    names = {
+        float: "a number",
+        int: "a whole number",
+        bool: "true or false",
+        str: "text",
+        dict: "a mapping",
+        list: "a list",
+        type(None): "null",
+    }
+    kinds = [names.get(typing.get_origin(part) or part) for part in parts]
+    if None in kinds:
+        return ""  # an object: the Trainer's own message names what it takes
+    return " or ".join(dict.fromkeys(kinds))
 
 
 def fingerprint(cfg: Config, train: Split) -> dict:

@@ -38,9 +38,9 @@ def absolute_paths(cfg: Config) -> dict[str, str]:
 
 def data_record(cfg: Config, train: Split, select: Split | None) -> str:
     """data_files.json: each split's spec as configured, the file it found, and the file's digest."""
-    record = {"train": _entry(cfg.dataset, train.origin)}
+    record = {"train": _entry(cfg.dataset, train.file or train.origin)}
     if select is not None:
-        record["dev"] = _entry(run_spec(cfg, "dev"), select.origin)
+        record["dev"] = _entry(run_spec(cfg, "dev"), select.file or select.origin)
     try:
         spec = run_spec(cfg, "eval")
         if is_path_spec(spec):
@@ -65,7 +65,8 @@ def check_split_is_the_runs(run: Path | None, role: str, spec: str, split: Split
     recorded = (read_json(path) or {}).get(role) if path is not None and path.is_file() else None
     if not recorded or spec not in (recorded["spec"], recorded["file"]) and not _same_path(spec, recorded["file"]):
         return
-    found, digest = split.origin, _digest(split.origin)
+    found = split.file or split.origin
+    digest = _digest(found)
     if digest == recorded["sha256"]:
         if found != recorded["file"]:
             log.info("%s data: %s holds the same rows as %s, which the run recorded", role, found, recorded["file"])
