@@ -7,6 +7,7 @@ import pytest
 from conftest import EMOTION_ROWS
 from test_end_to_end import run_cli, tiny_config
 
+from instructemo.errors import UserError
 from instructemo.labels import LabelSpace
 from instructemo.records import Record
 from instructemo.shots import ShotPicker
@@ -53,7 +54,7 @@ def test_the_prompt_shows_each_shot_as_a_question_and_its_answer(tiny_llama):
 
 
 def test_generate_eval_few_shot_records_its_examples_and_keeps_them_apart(tmp_path, tiny_llama, emotion_dir, capsys):
-    config = tiny_config(tmp_path, tiny_llama, emotion_dir, few_shot=1, mode="score")
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, few_shot=1, mode="score", cutoff_len=400)
     assert run_cli("generate-eval", config) == 0  # the base model, no training
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert metrics["prompting"]["few_shot"] == 1 and metrics["prompting"]["selection"] == "random"
@@ -77,8 +78,31 @@ def test_few_shot_conversation_reaches_the_model(tmp_path, tiny_llama, emotion_d
     monkeypatch.setattr(
         module, "classify", lambda cfg, engine, convs, *a: seen.extend(convs) or real(cfg, engine, convs, *a)
     )
-    cfg = load_config(tiny_config(tmp_path, tiny_llama, emotion_dir, few_shot=1, few_shot_selection=selection))
+    cfg = load_config(
+        tiny_config(tmp_path, tiny_llama, emotion_dir, few_shot=1, few_shot_selection=selection, cutoff_len=400)
+    )
     module.Classifier(cfg).load(progress=False).classify(["i am so scared of spiders"])
     (conversation,) = seen
     assert len(conversation) == 13 and "i am so scared of spiders" in conversation[-1]["content"]
     assert sorted(t["content"] for t in conversation[1:-1:2]) == sorted(SPACE.names)
+
+
+def test_the_whole_few_shot_conversation_fits_in_cutoff_len(tiny_llama):
+    """Each example's text was cut to the whole text budget, so k examples made a prompt k times too long (vLLM,
+    whose max_model_len is cutoff_len + max_new_tokens, refused it)."""
+    from instructemo.models import load_tokenizer
+    from instructemo.prompts import PromptBuilder, load_template
+
+    tokenizer = load_tokenizer(str(tiny_llama))
+    template = load_template("single_label", "single_label")
+    long = " ".join(["i feel so happy and cheerful today"] * 30)
+    shots = [Record(f"{long} {label}", (label,), None, f"train.txt:{i}") for i, label in enumerate(SPACE.names)]
+    for cutoff_len in (350, 512):
+        builder = PromptBuilder(tokenizer, template, SPACE, cutoff_len, examples=len(shots))
+        for text in (long, "i am fine"):
+            conversation = builder.prompt(text, shots) + [{"role": "assistant", "content": "surprise"}]
+            length = len(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False))
+            assert length <= cutoff_len
+        assert "i am fine" in builder.prompt("i am fine", shots)[-1]["content"]  # a short text is never cut
+    with pytest.raises(UserError, match="few_shot.s 6 examples .* do not fit in cutoff_len=120"):
+        PromptBuilder(tokenizer, template, SPACE, 120, examples=len(shots))

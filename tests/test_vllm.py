@@ -110,6 +110,20 @@ def test_vllm_loads_an_exported_model(trained):
     assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
 
 
+def test_few_shot_with_long_examples_fits_vllms_max_model_len(trained, tmp_path):
+    """vLLM starts with max_model_len = cutoff_len + max_new_tokens: examples cut only one by one overflowed it."""
+    from conftest import EMOTION_ROWS
+
+    root, config = trained["lora"]
+    long = tmp_path / "long.csv"
+    long.write_text("text,label\n" + "".join(f"{' '.join([text] * 20)},{label}\n" for text, label in EMOTION_ROWS))
+    common = [f"dataset={long}", "eval_dataset=emotion:test", "few_shot=1", "cutoff_len=480", "mode=score"]
+    cli("generate-eval", config, *common, "backend=hf", f"eval_output_dir={root}/few-shot-hf")
+    cli("generate-eval", config, *common, "backend=vllm", f"eval_output_dir={root}/few-shot-vllm")
+    hf, vllm = (predictions(root / f"few-shot-{b}" / "predictions.jsonl") for b in ("hf", "vllm"))
+    assert [r["predicted"] for r in vllm] == [r["predicted"] for r in hf]
+
+
 def texts_50():
     from conftest import EMOTION_ROWS
 

@@ -69,45 +69,61 @@ class PromptBuilder:
 
     Cutting the text, not the tokenized sequence, keeps the answer: truncating
     a long review from the right would otherwise train on a missing label.
+    With `examples` earlier turns (few_shot per label) the whole conversation fits: each example's text
+    is cut to an equal share of the budget, and the text classified gets the
+    rest (at least that share).
     """
 
-    def __init__(self, tokenizer, template: jinja2.Template, label_space: LabelSpace, cutoff_len: int):
+    def __init__(
+        self, tokenizer, template: jinja2.Template, label_space: LabelSpace, cutoff_len: int, examples: int = 0
+    ):
         self.tokenizer = tokenizer
         self.template = template
         self.label_space = label_space
         longest_answer = label_space.answer(label_space.names if label_space.multi_label else label_space.names[:1])
         longest_answer = max([longest_answer, *label_space.names], key=len)
-        overhead = len(
-            tokenizer.apply_chat_template(
-                self.messages("") + [{"role": "assistant", "content": longest_answer}],
-                tokenize=True,
-                return_dict=False,
-            )
-        )
+        turn = self.messages("") + [{"role": "assistant", "content": longest_answer}]
+        overhead = len(tokenizer.apply_chat_template(turn, tokenize=True, return_dict=False))
         self.text_budget = cutoff_len - overhead - 4
         if self.text_budget < 8:
             raise UserError(
                 f"cutoff_len={cutoff_len} leaves no room for the text (the prompt alone takes {overhead} tokens); raise cutoff_len"
             )
+        # An example costs a question and answer turn (with the longest answer) and its share of the text budget.
+        self.shot_overhead = (
+            len(tokenizer.apply_chat_template(turn + turn, tokenize=True, return_dict=False)) - overhead
+        )
+        self.shot_budget = (self.text_budget - examples * self.shot_overhead) // (examples + 1)
+        if examples and self.shot_budget < 8:
+            raise UserError(
+                f"few_shot's {examples} examples ({len(label_space.names)} labels) do not fit in cutoff_len={cutoff_len} "
+                f"(each takes {self.shot_overhead} tokens before its text); raise cutoff_len or lower few_shot"
+            )
         self.truncated = 0
 
-    def fit(self, text: str, count: bool = True) -> str:
+    def fit(self, text: str, count: bool = True, budget: int | None = None) -> str:
+        budget = self.text_budget if budget is None else budget
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.text_budget:
+        if len(ids) <= budget:
             return text
         self.truncated += count
-        return self.tokenizer.decode(ids[: self.text_budget])
+        return self.tokenizer.decode(ids[:budget])
+
+    def _length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def messages(self, text: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": render_user_turn(self.template, text, self.label_space)}]
 
     def prompt(self, text: str, shots: Sequence[Record] = ()) -> list[dict[str, str]]:
         """The user turn for a text, cut to fit; after `shots`, each an earlier question and its answer."""
-        turns = []
-        for shot in shots:  # each shot's text is cut like the text itself
-            turns += self.messages(self.fit(shot.text, count=False))
+        turns, left = [], self.text_budget
+        for shot in shots:  # each example's text is cut to its share; the text classified gets what is left
+            cut = self.fit(shot.text, count=False, budget=self.shot_budget)
+            left -= self.shot_overhead + self._length(cut)
+            turns += self.messages(cut)
             turns.append({"role": "assistant", "content": self.label_space.answer(shot.labels)})
-        return turns + self.messages(self.fit(text))
+        return turns + self.messages(self.fit(text, budget=left))
 
     def training_example(self, record: Record) -> dict:
         """A conversational prompt/completion pair, the form trl trains on with completion-only loss."""

@@ -210,7 +210,8 @@ class Classifier:
             if self.adapter is None:
                 log.warning("no trained adapter in %s: using the base model zero-shot", self.cfg.output_dir)
             self.engine = load_engine(self.cfg, base, self.adapter, self.bf16, self.device)
-            self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len)
+            shots = self.cfg.few_shot * len(self.space.names) if self.shot_pool is not None else 0  # per label
+            self.prompts = PromptBuilder(self.engine.tokenizer, self.template, self.space, self.cfg.cutoff_len, shots)
             if self.shot_pool is not None:
                 cfg = self.cfg
                 self.shots = ShotPicker(
