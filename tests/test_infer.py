@@ -206,3 +206,37 @@ def test_unknown_label_in_a_gold_column(tmp_path, tiny_llama, emotion_dir, capsy
     assert main(["generate-eval", config]) == 2
     err = capsys.readouterr().err
     assert "1 bad row(s)" in err and "gold.csv:3: label(s) ['confusion'] outside the label space" in err
+
+
+def test_the_kept_prefix_never_pairs_new_ids_with_an_old_cache_across_threads(tiny_model, monkeypatch):
+    """The web UI's Try and a server call from several threads. The ids were set before the slow rebuild of their
+    cache, so a second thread paired the new ids with the old cache and scored with the wrong keys and values."""
+    import threading
+    import time
+
+    from instructemo.infer import hf
+
+    model, tokenizer = tiny_model
+    answers = ["joy", "sadness"]
+    kept = SharedPrefix()
+    score_answers(model, tokenizer, [CONVERSATIONS[1]], answers, batch_size=2, prefix=kept)  # kept: that whole prompt
+    encode = hf.encode_prefix
+    monkeypatch.setattr(hf, "encode_prefix", lambda *a, **k: (time.sleep(0.3), encode(*a, **k))[1])
+    results, errors = {}, []
+
+    def score(name, conversations):
+        try:
+            results[name] = score_answers(model, tokenizer, conversations, answers, batch_size=2, prefix=kept)
+        except Exception as exc:  # a shape mismatch is as wrong as a wrong score
+            errors.append(exc)
+
+    rebuild = threading.Thread(target=score, args=("rebuild", [CONVERSATIONS[3]]))  # shrinks the kept prefix
+    rebuild.start()
+    time.sleep(0.1)  # while the shorter prefix's cache is being built
+    reader = threading.Thread(target=score, args=("reader", [CONVERSATIONS[2]]))
+    reader.start()
+    rebuild.join(), reader.join()
+    assert not errors
+    for name, conversations in (("rebuild", [CONVERSATIONS[3]]), ("reader", [CONVERSATIONS[2]])):
+        expected = brute_force_scores(model, tokenizer, conversations, answers)
+        assert results[name].numpy() == pytest.approx(expected, abs=1e-4)

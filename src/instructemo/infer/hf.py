@@ -201,25 +201,35 @@ class SharedPrefix:
     texts per call stops encoding them every time (for one text, the whole
     prompt but its last token). Only for weights that no longer change: the
     keys and values would outlive an update.
+
+    Safe for calls from several threads (a server, the web UI's Try): the ids
+    and their cache are one pair, read once and replaced whole, only after the
+    new cache is built; the cache itself is never written to (each call
+    repeats a copy).
     """
 
     def __init__(self):
-        self.ids: list[int] = []
-        self.cache = None
+        self._kept: tuple[list[int], object] = ([], None)
+
+    @property
+    def ids(self) -> list[int]:
+        return self._kept[0]
 
     def encoded(self, model, contexts: list[list[int]]) -> tuple[int, object]:
         """(prefix length, its cache) for these contexts, encoding a new prefix only where the kept one does not fit."""
         length = common_prefix_length(contexts)
         first = contexts[0][:length]
-        if self.cache is not None and len(self.ids) <= length and first[: len(self.ids)] == self.ids:
-            return len(self.ids), self.cache
-        if self.cache is not None:
-            length = next((i for i, (a, b) in enumerate(zip(self.ids, first)) if a != b), min(len(self.ids), length))
+        ids, cache = self._kept  # one read: another thread may replace the pair meanwhile, never half of it
+        if cache is not None and len(ids) <= length and first[: len(ids)] == ids:
+            return len(ids), cache
+        if cache is not None:
+            length = next((i for i, (a, b) in enumerate(zip(ids, first)) if a != b), min(len(ids), length))
         if length == 0:
             return 0, None
-        self.ids = first[:length]
-        self.cache = encode_prefix(model, torch.tensor([self.ids], device=model.device))
-        return length, self.cache
+        ids = first[:length]
+        cache = encode_prefix(model, torch.tensor([ids], device=model.device))
+        self._kept = (ids, cache)
+        return length, cache
 
 
 class AnswerTree:
