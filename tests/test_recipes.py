@@ -84,6 +84,18 @@ def test_bad_deepspeed_config(tmp_path, tiny_llama, emotion_dir, capsys, content
     assert message in capsys.readouterr().err
 
 
+def test_select_best_under_zero3_is_refused_before_training(tmp_path, tiny_llama, emotion_dir, capsys):
+    """Under ZeRO-3 each process holds a shard: the kept "best weights" were empty shards, restored as the model."""
+    ds = str(ROOT / "examples" / "deepspeed" / "ds_z3.json")
+    config = tiny_config(
+        tmp_path, tiny_llama, emotion_dir, deepspeed=ds, select_best=True, select_dataset="emotion:test"
+    )
+    assert run_cli("sft", config) == 2
+    err = capsys.readouterr().err
+    assert "select_best keeps a copy of the best weights, and under ZeRO-3" in err and "ds_z2.json" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_torchrun_command_reads_the_standard_variables(monkeypatch):
     monkeypatch.setenv("NNODES", "2")
     monkeypatch.setenv("NODE_RANK", "1")

@@ -304,9 +304,16 @@ def check_engines(cfg: Config) -> None:
         if not path.is_file():
             raise UserError(f"deepspeed config {path} not found; see examples/deepspeed/")
         try:
-            json.loads(path.read_text())
+            settings = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"deepspeed config {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        stage = (settings.get("zero_optimization") or {}).get("stage") if isinstance(settings, dict) else None
+        if cfg.select_best and stage == 3:
+            raise UserError(
+                f"select_best keeps a copy of the best weights, and under ZeRO-3 ({path}) each process holds only a "
+                "shard of them; use a ZeRO-2 config (examples/deepspeed/ds_z2.json) with select_best, or set "
+                "select_best: false"
+            )
         if importlib.util.find_spec("deepspeed") is None:
             raise UserError("deepspeed: needs the deepspeed package: pip install deepspeed")
 
