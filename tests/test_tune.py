@@ -224,3 +224,33 @@ def test_a_split_is_known_by_its_rows_not_by_how_it_is_named(tmp_path, emotion_d
         "  labels: {names: [negative, positive]}\n  template: sentiment\n"
     )
     assert split_location("reviews:train", tmp_path, "train") != split_location("reviews:test", tmp_path, "test")
+
+
+def test_a_trial_that_fails_is_marked_failed_with_its_reason_and_the_search_goes_on(
+    tmp_path, tiny_llama, emotion_dir, monkeypatch, capsys
+):
+    """Only divergence and out-of-memory were caught: any other failure aborted the study and left the trial
+    RUNNING, so every rerun queued the same values first."""
+    from instructemo import tune
+
+    space = {"space": {"lora_rank": [4, 8]}, "enqueue": [{"lora_rank": 4}, {"lora_rank": 8}], "pruner": "none"}
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, **TRIAL)
+    real = tune._train_and_score
+
+    def failing_first(trial_cfg, on_selection):
+        if trial_cfg.lora_rank == 4:
+            raise ValueError("tokenizer exploded\nsecond line of a long message")
+        return real(trial_cfg, on_selection)
+
+    monkeypatch.setattr(tune, "_train_and_score", failing_first)
+    assert run_cli("tune", config, "--trials", "2") == 0
+    rows = table(tmp_path / "run")
+    assert [(r["state"], r["lora_rank"]) for r in rows] == [("fail", "4"), ("complete", "8")]
+    assert rows[0]["note"] == "ValueError: tokenizer exploded"
+    assert {t.state.name for t in study(tmp_path / "run").trials} == {"FAIL", "COMPLETE"}  # none left RUNNING
+
+    monkeypatch.setattr(tune, "_train_and_score", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    assert run_cli("tune", config, "--trials", "6") == 2  # one cause, three times: the search stops and says why
+    err = capsys.readouterr().err
+    assert "3 trials in a row failed the same way (OSError: disk full); fix that" in err
+    assert [r["state"] for r in table(tmp_path / "run")] == ["fail", "complete", "fail", "fail", "fail"]

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 STUDY_NAME = "instructemo"
 EVAL_DIR_NAME = "dev_eval"
+# This many trials failing in a row for one reason stop the search: the cause is not the values tried.
+FAILURES_IN_A_ROW = 3
 
 
 # --- the split the study scores on -----------------------------------------------------
@@ -205,9 +207,16 @@ def run_tune(cfg: Config, trials: int | None = None) -> dict:
             cfg.select_metric,
             done,
         )
+        failures: list[str] = []  # the reasons of the trials that failed in a row
         while counted_trials(study) < trials:
-            _run_trial(cfg, settings, study, run)
+            failure = _run_trial(cfg, settings, study, run)
             write_outputs(cfg, study, run)
+            failures = failures + [failure] if failure is not None else []
+            if len(failures) >= FAILURES_IN_A_ROW and len(set(failures)) == 1:
+                raise UserError(
+                    f"{len(failures)} trials in a row failed the same way ({failures[0]}); fix that, then run tune "
+                    "again: the study continues (those trials are marked failed)"
+                )
         write_outputs(cfg, study, run)
         run.publish(lambda staging: None)  # every file is in place: the search is complete up to `trials`
     best = best_trial(study)
@@ -215,7 +224,8 @@ def run_tune(cfg: Config, trials: int | None = None) -> dict:
     return best or {}
 
 
-def _run_trial(cfg: Config, settings: TuneSettings, study, run: RunDir) -> None:
+def _run_trial(cfg: Config, settings: TuneSettings, study, run: RunDir) -> str | None:
+    """Ask the study for a trial, train and score it, and tell the study; the failure's reason when it failed."""
     from optuna.trial import TrialState
 
     trial = study.ask(settings.space)
@@ -237,12 +247,15 @@ def _run_trial(cfg: Config, settings: TuneSettings, study, run: RunDir) -> None:
     started = time.perf_counter()
     try:
         value, history, pruned_at = _train_and_score(trial_cfg, on_selection)
-    except (TrainingDiverged, torch.OutOfMemoryError) as exc:
-        trial.set_user_attr("failure", str(exc).splitlines()[0][:300])
+    except Exception as exc:  # any failure ends this trial, not the search: it is marked failed with its reason
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        expected = isinstance(exc, (TrainingDiverged, torch.OutOfMemoryError, UserError))
+        reason = reason if expected else f"{type(exc).__name__}: {reason}"
+        trial.set_user_attr("failure", reason)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
         study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, trial.user_attrs["failure"])
-        return
+        log.warning("trial %d failed: %s", trial.number, reason, exc_info=not expected)  # a bug keeps its traceback
+        return reason
     on_selection(history)  # the points a resumed or already finished run scored before this session
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
     trial.set_user_attr("train_seconds", read_json(output_dir / TRAIN_RESULTS_FILE)["train_seconds"])
@@ -250,7 +263,7 @@ def _run_trial(cfg: Config, settings: TuneSettings, study, run: RunDir) -> None:
         trial.set_user_attr("pruned_at_step", pruned_at)
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d pruned at step %d (dev %s below the median)", trial.number, pruned_at, cfg.select_metric)
-        return
+        return None
     study.tell(trial, value)
     best = study.best_trial
     log.info(
