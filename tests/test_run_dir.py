@@ -465,5 +465,5 @@ def test_a_run_reads_the_data_it_recorded_from_any_folder_and_refuses_other_rows
 
     (home / "data" / "eval.csv").write_text("text,label\ni am happy,joy\n")  # the recorded file, changed
     assert run_cli("generate-eval", run) == 2
-    assert "has changed since" in capsys.readouterr().err
+    assert "but it has changed since (now sha256" in capsys.readouterr().err
     assert (run / "eval" / "metrics.json").read_text() == evaluation  # a refused evaluation changed nothing

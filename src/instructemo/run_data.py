@@ -72,12 +72,12 @@ def check_split_is_the_runs(run: Path | None, role: str, spec: str, split: Split
             log.info("%s data: %s holds the same rows as %s, which the run recorded", role, found, recorded["file"])
         return
     if found == recorded["file"]:
-        what = f"{found} has changed since (sha256 {recorded['sha256']}, now {digest})"
+        what = f"it has changed since (now sha256 {digest}); restore it"
     else:
-        what = f"{spec!r} now finds {found} instead (sha256 {digest})"
+        what = f"{spec!r} now finds {found} instead (sha256 {digest}); run from the folder it was trained in"
     raise UserError(
-        f"the run in {run} {ROLES[role]} {recorded['file']} (sha256 {recorded['sha256']}), but {what}; restore that "
-        "file, or give the data you mean under a new file name"
+        f"the run in {run} {ROLES[role]} {recorded['file']} (sha256 {recorded['sha256']}), but {what}, or give the "
+        "data you mean under a new file name"
     )
 
 
