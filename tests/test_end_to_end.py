@@ -178,7 +178,7 @@ def test_a_row_longer_than_cutoff_len_keeps_its_answer_and_is_counted(tmp_path, 
     """A text that re-tokenizes longer than its budget is trained whole (answer and turn end), never cut or dropped."""
     from instructemo.prompts import PromptBuilder
 
-    monkeypatch.setattr(PromptBuilder, "fit", lambda self, text: text + " happy" * 120)  # over cutoff_len=96
+    monkeypatch.setattr(PromptBuilder, "fit", lambda self, text, **_: text + " happy" * 120)  # over cutoff_len=96
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)
     assert run_cli("sft", config) == 0
     results = json.loads((tmp_path / "run" / "train_results.json").read_text())
