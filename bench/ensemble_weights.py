@@ -23,9 +23,9 @@ from pathlib import Path
 from recipes import ROOT, SAVES, git_commit, recipes, run
 from result_file import machine, write_result
 
-from instructemo.ensemble import check_same_rows, combine, read_members
-from instructemo.labels import LabelSpace
-from instructemo.metrics import score
+from instructemo.data.labels import LabelSpace
+from instructemo.evaluate.metrics import score
+from instructemo.verbs.ensemble import check_same_rows, combine, read_members
 
 MEMBERS = ("minilm-cls-16k-3ep", "smollm2-sft-16k", "gemma3-sft-16k")
 GRID = (0, 1, 2, 3)

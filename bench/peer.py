@@ -54,12 +54,12 @@ from result_file import machine, write_result
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from instructemo.data import load_split  # noqa: E402
-from instructemo.metrics import score  # noqa: E402
-from instructemo.models import load_tokenizer, resolve_model_path  # noqa: E402
-from instructemo.parse import parse_labels  # noqa: E402
-from instructemo.prompts import PromptBuilder, load_template  # noqa: E402
-from instructemo.readers import shared_data_dir  # noqa: E402
+from instructemo.data.datasets import load_split  # noqa: E402
+from instructemo.data.readers import shared_data_dir  # noqa: E402
+from instructemo.evaluate.metrics import score  # noqa: E402
+from instructemo.models.load import load_tokenizer, resolve_model_path  # noqa: E402
+from instructemo.prompts.builder import PromptBuilder, load_template  # noqa: E402
+from instructemo.prompts.parse import parse_labels  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "peer_llamafactory.json"
 CONFIG = "examples/smollm2_emotion.yaml"

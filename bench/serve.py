@@ -49,7 +49,7 @@ TARGET_RATIO = 0.8
 
 def test_texts(rows: int) -> list[str]:
     sys.path.insert(0, str(ROOT / "src"))
-    from instructemo.data import load_split
+    from instructemo.data.datasets import load_split
 
     records = load_split("emotion:test", str(ROOT / "data")).records
     return [r.text for r in records[:rows]]

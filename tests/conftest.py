@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from instructemo.models import bf16_supported
-from instructemo.readers import shared_data_dir
+from instructemo.data.readers import shared_data_dir
+from instructemo.models.load import bf16_supported
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -89,7 +89,7 @@ def tiny_tokenizer(
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from instructemo.prompts import TEMPLATE_DIR
+    from instructemo.prompts.builder import TEMPLATE_DIR
 
     specials = list(dict.fromkeys(["<unk>", *specials]))
     corpus = " ".join([t for t, _ in EMOTION_ROWS] + [l for _, l in EMOTION_ROWS])

@@ -26,7 +26,9 @@ def inject(fault: str) -> None:
     if kind == "fsize":
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(point), int(point)))
         return
-    from instructemo import monitor, rundir, trainer
+    from instructemo.run import directory as rundir
+    from instructemo.train import monitor as monitor
+    from instructemo.train import trainer as trainer
 
     if point.startswith("checkpoint-"):
         step, _, nth = point.split("-")[1].partition("#")

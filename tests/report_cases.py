@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from instructemo.labels import LabelSpace
-from instructemo.metrics import score
+from instructemo.data.labels import LabelSpace
+from instructemo.evaluate.metrics import score
 
 HOSTILE = "<script>alert(\"x\")</script> & <b>bold</b> 'quoted'"
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from test_end_to_end import run_cli
 
-from instructemo.data import load_split
+from instructemo.data.datasets import load_split
 from instructemo.errors import UserError
 
 CORPUS = Path(__file__).parent / "bad_inputs"

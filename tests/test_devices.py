@@ -12,10 +12,10 @@ import torch
 from conftest import EMOTION_ROWS, write_emotion_txt
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo import models
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
 from instructemo.errors import UserError
 from instructemo.infer import loading
+from instructemo.models import load as models
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_sft_then_generate_eval(tmp_path, tiny_llama, emotion_dir):
     assert [p["loss"] for p in live] == losses and live[-1]["step"] == live[-1]["max_steps"] == 15
 
     # The run's folder stands for the config it was trained with.
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
 
     again = load_config(run, ["mode=score"])
     assert (again.output_dir, again.mode, again.cutoff_len, again.overwrite_output_dir) == (
@@ -159,7 +159,7 @@ def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path, emotion_dir, monke
     from conftest import build_tiny_causal_lm
     from safetensors.torch import load_file
 
-    from instructemo import models
+    from instructemo.models import load as models
 
     monkeypatch.setattr(models, "bf16_supported", lambda device=None: True)  # without native bf16: emulated, slow
     base = build_tiny_causal_lm(tmp_path / "base")
@@ -176,7 +176,7 @@ def test_full_fine_tuning_keeps_fp32_master_weights(tmp_path, emotion_dir, monke
 
 def test_a_row_longer_than_cutoff_len_keeps_its_answer_and_is_counted(tmp_path, tiny_llama, emotion_dir, monkeypatch):
     """A text that re-tokenizes longer than its budget is trained whole (answer and turn end), never cut or dropped."""
-    from instructemo.prompts import PromptBuilder
+    from instructemo.prompts.builder import PromptBuilder
 
     monkeypatch.setattr(PromptBuilder, "fit", lambda self, text, **_: text + " happy" * 120)  # over cutoff_len=96
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1)

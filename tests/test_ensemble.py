@@ -10,9 +10,9 @@ import pytest
 from conftest import build_tiny_encoder
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.labels import LabelSpace
-from instructemo.metrics import score
-from instructemo.report import write_eval_outputs
+from instructemo.data.labels import LabelSpace
+from instructemo.evaluate.metrics import score
+from instructemo.report.evaluation import write_eval_outputs
 
 EMOTIONS = ("sadness", "joy", "love", "anger", "fear", "surprise")
 TEXTS = ["a", "b", "c", "d"]

@@ -5,10 +5,10 @@ import json
 from test_end_to_end import run_cli, tiny_config
 from transformers import AutoTokenizer
 
-from instructemo.chat import prompt_text
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
 from instructemo.infer.classifier import Classifier
-from instructemo.prompts import PromptBuilder
+from instructemo.models.chat import prompt_text
+from instructemo.prompts.builder import PromptBuilder
 
 
 def write_jsonl(path, rows):

@@ -213,7 +213,7 @@ def family(request):
 @pytest.fixture(scope="module")
 def loaded(family, tmp_path_factory):
     """(family, model dir, the tokenizer as instructemo loads it) for one family."""
-    from instructemo.models import load_tokenizer
+    from instructemo.models.load import load_tokenizer
 
     directory = build_model(family, tmp_path_factory.mktemp(family.name.replace(".", "")))
     return family, directory, load_tokenizer(str(directory))
@@ -236,9 +236,9 @@ def expected_answer_ids(family: Family, tokenizer, answer: str) -> list[int]:
 
 def test_prompt_rendering(loaded):
     """Our prompts carry no system turn (Gemma 2 refuses one); the family's own defaults (Qwen's system prompt) stay."""
-    from instructemo.chat import prompt_text
-    from instructemo.labels import LabelSpace
-    from instructemo.prompts import PromptBuilder, load_template
+    from instructemo.data.labels import LabelSpace
+    from instructemo.models.chat import prompt_text
+    from instructemo.prompts.builder import PromptBuilder, load_template
 
     family, _, tokenizer = loaded
     assert prompt_text(tokenizer, conversation()) == family.prompt
@@ -253,7 +253,7 @@ def test_prompt_rendering(loaded):
 def test_turn_end_and_stop_tokens(loaded):
     from transformers import GenerationConfig
 
-    from instructemo.chat import answer_tokens, stop_token_ids, turn_end_id
+    from instructemo.models.chat import answer_tokens, stop_token_ids, turn_end_id
 
     family, directory, tokenizer = loaded
     turn_end = tokenizer.convert_tokens_to_ids(family.turn_end)
@@ -265,9 +265,9 @@ def test_turn_end_and_stop_tokens(loaded):
 
 def test_loss_mask_token_by_token(loaded, tmp_path):
     """trl's completion-only labels: every prompt token masked, the answer and its turn end trained."""
-    from instructemo.config import load_config
-    from instructemo.models import load_causal_lm
-    from instructemo.trainer import build_sft_trainer
+    from instructemo.config.schema import load_config
+    from instructemo.models.load import load_causal_lm
+    from instructemo.train.trainer import build_sft_trainer
 
     family, directory, tokenizer = loaded
     cfg = load_config(tiny_config(tmp_path, directory, tmp_path, finetuning_type="full", bf16=False), [])
@@ -317,7 +317,7 @@ def test_generation_stops_at_the_turn_end(trained):
     from transformers import AutoModelForCausalLM
 
     from instructemo.infer.hf import decode_answers, generate_ids
-    from instructemo.models import load_tokenizer
+    from instructemo.models.load import load_tokenizer
 
     family, run, _ = trained
     tokenizer = load_tokenizer(str(run))
@@ -335,7 +335,7 @@ def test_parsing_and_single_label_score_mode(trained):
     """Generate and score through the CLI; score mode's probabilities against a brute-force forward pass."""
     from transformers import AutoModelForCausalLM
 
-    from instructemo.models import load_tokenizer
+    from instructemo.models.load import load_tokenizer
 
     family, run, config = trained
     assert run_cli("generate-eval", config, f"eval_output_dir={run / 'generate'}") == 0
@@ -359,9 +359,9 @@ def test_parsing_and_single_label_score_mode(trained):
 
 
 def prompt_of(config, text, tokenizer):
-    from instructemo.config import load_config
-    from instructemo.data import resolve_label_space
-    from instructemo.prompts import PromptBuilder, load_template
+    from instructemo.config.schema import load_config
+    from instructemo.data.datasets import resolve_label_space
+    from instructemo.prompts.builder import PromptBuilder, load_template
 
     cfg = load_config(config, [])
     space, template = resolve_label_space(cfg.dataset, cfg.dataset_dir)
@@ -383,9 +383,9 @@ def test_multi_label_score_mode_scores_the_next_label(loaded):
     a label candidate is its name without the turn end, the end candidate closes the turn."""
     from transformers import AutoModelForCausalLM
 
+    from instructemo.data.labels import LabelSpace
     from instructemo.infer.hf import score_continuations
     from instructemo.infer.multilabel import label_probabilities
-    from instructemo.labels import LabelSpace
 
     family, directory, tokenizer = loaded
     model = AutoModelForCausalLM.from_pretrained(directory).eval()
@@ -425,9 +425,9 @@ def _embedded_tokenizer(alias: str):
     """The real tokenizer of an embedded GGUF model, read from the GGUF file alone (no weights dequantized)."""
     from transformers import AutoTokenizer
 
-    from instructemo.chat import fallback_template
     from instructemo.errors import UserError
-    from instructemo.models import ALIASES
+    from instructemo.models.chat import fallback_template
+    from instructemo.models.load import ALIASES
 
     try:
         gguf = ALIASES[alias]()
@@ -447,9 +447,9 @@ def test_embedded_models_real_tokenizers(alias, turn_end, tmp_path):
     """With real BPE vocabularies the answer's tokens are the ones trl trains, through the turn end."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from instructemo.chat import answer_tokens, prompt_text, turn_end_id
-    from instructemo.config import load_config
-    from instructemo.trainer import build_sft_trainer
+    from instructemo.config.schema import load_config
+    from instructemo.models.chat import answer_tokens, prompt_text, turn_end_id
+    from instructemo.train.trainer import build_sft_trainer
 
     tokenizer = _embedded_tokenizer(alias)
     assert turn_end_id(tokenizer) == tokenizer.convert_tokens_to_ids(turn_end)

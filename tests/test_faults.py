@@ -17,7 +17,7 @@ import pytest
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.rundir import MANIFEST_FILE, RunDir
+from instructemo.run.directory import MANIFEST_FILE, RunDir
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
 

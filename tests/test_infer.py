@@ -9,11 +9,11 @@ import torch
 from test_end_to_end import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from instructemo.batching import common_prefix_length, packed_batches
-from instructemo.chat import answer_tokens, prompt_token_ids
 from instructemo.cli import main
+from instructemo.evaluate.metrics import expected_calibration_error
 from instructemo.infer.hf import SharedPrefix, score_answers
-from instructemo.metrics import expected_calibration_error
+from instructemo.models.batching import common_prefix_length, packed_batches
+from instructemo.models.chat import answer_tokens, prompt_token_ids
 
 CONVERSATIONS = [
     [{"role": "user", "content": f"classify this : {t}"}]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_recall_fscore_support
 
-from instructemo.labels import LabelSpace
-from instructemo.metrics import binarize, score
+from instructemo.data.labels import LabelSpace, binarize
+from instructemo.evaluate.metrics import score
 
 SINGLE = LabelSpace(("a", "b", "c"))
 MULTI = LabelSpace(("x", "y", "z"), multi_label=True)
@@ -100,7 +100,7 @@ def _hand_written_jaccard_and_exact(y_true, y_pred, valid):
 
 @pytest.mark.parametrize("seed", range(20))
 def test_thresholds_from_precision_recall_curve_match_the_hand_written_search(seed):
-    from instructemo.metrics import best_thresholds
+    from instructemo.evaluate.metrics import best_thresholds
 
     rng = np.random.default_rng(seed)
     rows = int(rng.integers(1, 80))

@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 import torch
 
-from instructemo import models
 from instructemo.errors import UserError
+from instructemo.models import load as models
 
 
 def test_local_directory_and_hub_id_pass_through(tiny_llama):
@@ -60,7 +60,7 @@ def test_embedded_smollm2_is_dequantized_once_into_a_trainable_model(tmp_path, m
 
     monkeypatch.setenv("INSTRUCTEMO_CACHE", str(tmp_path))
     code = (
-        "import logging; logging.basicConfig(level=logging.INFO); from instructemo.models import resolve_model_path; "
+        "import logging; logging.basicConfig(level=logging.INFO); from instructemo.models.load import resolve_model_path; "
         "print(resolve_model_path('smollm2-135m-instruct'))"
     )
     processes = [

@@ -9,8 +9,8 @@ import torch
 from conftest import MULTI_LABEL_ROWS
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.balance import balanced_examples, oversample_counts, rarest_label_weights
-from instructemo.batching import LeftPadCollator
+from instructemo.data.balance import balanced_examples, oversample_counts, rarest_label_weights
+from instructemo.models.batching import LeftPadCollator
 
 
 def test_rarest_label_weights_favour_rare_labels():
@@ -90,13 +90,13 @@ SELECT = dict(
 
 def dev_score(base, adapter_dir, config) -> float:
     """The dev split's macro-F1 for the weights in adapter_dir, worked out here: greedy answers, parsed, scored."""
-    from instructemo.config import load_config
-    from instructemo.data import load_split
+    from instructemo.config.schema import load_config
+    from instructemo.data.datasets import load_split
+    from instructemo.evaluate.metrics import score
     from instructemo.infer.hf import decode_answers, generate_ids
     from instructemo.infer.loading import load_causal_run
-    from instructemo.metrics import score
-    from instructemo.parse import parse_labels
-    from instructemo.prompts import PromptBuilder, load_template
+    from instructemo.prompts.builder import PromptBuilder, load_template
+    from instructemo.prompts.parse import parse_labels
 
     cfg = load_config(config)
     model, tokenizer = load_causal_run(
@@ -186,11 +186,11 @@ def test_selecting_on_a_multi_label_metric_needs_multi_label_data(tmp_path, tiny
 from test_infer import brute_force_token_loglik  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from instructemo.chat import answer_tokens  # noqa: E402
+from instructemo.data.labels import LabelSpace, binarize  # noqa: E402
+from instructemo.evaluate.metrics import best_thresholds  # noqa: E402
 from instructemo.infer.hf import score_continuations  # noqa: E402
 from instructemo.infer.multilabel import label_probabilities  # noqa: E402
-from instructemo.labels import LabelSpace  # noqa: E402
-from instructemo.metrics import best_thresholds, binarize  # noqa: E402
+from instructemo.models.chat import answer_tokens  # noqa: E402
 
 SPACE = LabelSpace(("joy", "fear", "sadness", "anger"), multi_label=True)
 PROMPTS = [[{"role": "user", "content": f"labels for : {t}"}] for t in ["i feel happy and scared", "so sad", "wow"]]
@@ -362,8 +362,8 @@ def test_calibrate_refuses_single_label_models(tmp_path, tiny_llama, emotion_dir
 
 # --- cross-validation and held-out splits ----------------------------------------
 
-from instructemo.data import Record, Split  # noqa: E402
-from instructemo.stratify import fold_indices, held_out_indices  # noqa: E402
+from instructemo.data.datasets import Record, Split  # noqa: E402
+from instructemo.data.stratify import fold_indices, held_out_indices  # noqa: E402
 
 
 def make_split(label_sets, multi_label):

@@ -1,7 +1,7 @@
 import pytest
 
-from instructemo.labels import LabelSpace
-from instructemo.parse import parse_labels
+from instructemo.data.labels import LabelSpace
+from instructemo.prompts.parse import parse_labels
 
 EMOTION = LabelSpace(
     ("sadness", "joy", "love", "anger", "fear", "surprise"),
@@ -92,7 +92,7 @@ def test_multiword_and_underscored_labels():
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from instructemo.parse import words  # noqa: E402
+from instructemo.prompts.parse import words  # noqa: E402
 
 
 @given(st.text())

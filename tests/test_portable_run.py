@@ -9,7 +9,7 @@ from conftest import EMOTION_ROWS, MULTI_LABEL_ROWS
 from fastapi.testclient import TestClient
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
 from instructemo.infer.classifier import Classifier
 from instructemo.serve.app import ServeSettings, create_app
 

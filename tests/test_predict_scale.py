@@ -11,9 +11,9 @@ import pytest
 from conftest import EMOTION_ROWS, write_emotion_txt
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
 from instructemo.errors import UserError
-from instructemo.predict import parse_shard, run_predict
+from instructemo.verbs.predict import parse_shard, run_predict
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
 
@@ -69,7 +69,7 @@ def test_a_run_killed_between_writing_and_checkpointing_resumes_without_losing_o
         calls.append(path)
         write(path, text)
 
-    import instructemo.predict as predict
+    import instructemo.verbs.predict as predict
 
     write = predict.write_atomic
     monkeypatch.setattr(predict, "write_atomic", dies_on_the_third_checkpoint)
@@ -120,7 +120,7 @@ def test_a_changed_input_is_not_resumed_into_an_old_partial_file(config, tmp_pat
 
 def stopped_after_first_checkpoint(monkeypatch, config: str, source, out) -> None:
     """A predict interrupted (Ctrl-C) once its first chunk is written and checkpointed."""
-    import instructemo.predict as predict
+    import instructemo.verbs.predict as predict
 
     write = predict.write_atomic
 

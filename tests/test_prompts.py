@@ -1,10 +1,10 @@
 import pytest
 from transformers import AutoTokenizer
 
+from instructemo.data.labels import LabelSpace
+from instructemo.data.records import Record
 from instructemo.errors import UserError
-from instructemo.labels import LabelSpace
-from instructemo.prompts import PromptBuilder, builtin_templates, load_template, render_user_turn
-from instructemo.records import Record
+from instructemo.prompts.builder import PromptBuilder, builtin_templates, load_template, render_user_turn
 
 EMOTION = LabelSpace(("sadness", "joy", "love", "anger", "fear", "surprise"))
 SEMEVAL = LabelSpace(("anger", "disgust", "trust"), multi_label=True, none_word="none")

@@ -8,9 +8,9 @@ import pytest
 from conftest import BOTH_DTYPES, build_tiny_causal_lm
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.config import load_config
-from instructemo.launch import torchrun_command
-from instructemo.search_space import tune_settings
+from instructemo.config.schema import load_config
+from instructemo.train.launch import torchrun_command
+from instructemo.tune.space import tune_settings
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
 
@@ -157,7 +157,7 @@ def _workers_abort(tmp_path, monkeypatch, when: str) -> None:
         + (
             "    import atexit\n    atexit.register(os.abort)\n"
             if when == "exit"
-            else "    import instructemo.trainer as t\n    t.save_run = lambda *a, **k: os.abort()\n"
+            else "    import instructemo.train.trainer as t\n    t.save_run = lambda *a, **k: os.abort()\n"
         )
     )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
@@ -187,7 +187,7 @@ def test_a_worker_crash_before_the_final_save_fails_the_run(tmp_path, tiny_llama
 def test_deepspeed_in_one_process_still_runs_under_torchrun(tmp_path, tiny_llama, emotion_dir, monkeypatch):
     """DeepSpeed alone would look for MPI (mpi4py) to set up its process group: one process is launched by
     torchrun too. (Its run is the two-process test's path with --nproc_per_node=1.)"""
-    from instructemo import launch
+    from instructemo.train import launch as launch
 
     launched = []
     monkeypatch.setattr(launch, "relaunch", lambda *args: launched.append(args))

@@ -13,7 +13,7 @@ from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emo
 from test_end_to_end import run_cli, tiny_config
 
 from instructemo.errors import UserError
-from instructemo.prompts import load_template
+from instructemo.prompts.builder import load_template
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
 
@@ -178,8 +178,8 @@ def test_user_templates_render_in_the_sandbox(tmp_path):
     evil = tmp_path / "evil.jinja"
     evil.write_text("{{ text.__class__.__mro__[1].__subclasses__() }}")
     template = load_template(str(evil), "single_label")
-    from instructemo.labels import LabelSpace
-    from instructemo.prompts import render_user_turn
+    from instructemo.data.labels import LabelSpace
+    from instructemo.prompts.builder import render_user_turn
 
     with pytest.raises(UserError):
         render_user_turn(template, "hi", LabelSpace(("a",)))

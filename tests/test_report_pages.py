@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from report_cases import HOSTILE, multi_label_case, predictions_case, single_label_case, structure
 
-from instructemo.html_report import render, render_predictions
+from instructemo.report.html import render, render_predictions
 
 PAGES = Path(__file__).parent / "report_pages"
 

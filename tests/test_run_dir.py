@@ -9,10 +9,10 @@ from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emo
 from safetensors.torch import load_file, save_file
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo import train
 from instructemo.cli import parse_arguments
 from instructemo.errors import UserError
-from instructemo.rundir import INCOMPLETE, MANIFEST_FILE, RunDir
+from instructemo.run.directory import INCOMPLETE, MANIFEST_FILE, RunDir
+from instructemo.train import sft as train
 
 
 @pytest.fixture()
@@ -427,7 +427,7 @@ def test_the_vllm_merge_honours_allow_pickle_weights(trained, tmp_path, tiny_lla
 
 def test_jsonl_reads_back_texts_that_hold_unicode_line_separators(tmp_path):
     """predictions.jsonl keeps texts as they are: U+2028 or U+0085 inside one must not end its line (IMDB reviews hold them)."""
-    from instructemo.fileio import jsonl_text, read_jsonl
+    from instructemo.run.fileio import jsonl_text, read_jsonl
 
     rows = [{"text": "one\u2028two\u0085three\u2029four"}, {"text": "five"}]
     path = tmp_path / "predictions.jsonl"

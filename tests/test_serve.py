@@ -21,10 +21,10 @@ from conftest import EMOTION_ROWS, free_port, wait_for_health, write_emotion_txt
 from fastapi.testclient import TestClient
 from test_end_to_end import run_cli, tiny_config
 
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
+from instructemo.data.labels import LabelSpace
 from instructemo.infer import Classified
 from instructemo.infer.classifier import Classifier
-from instructemo.labels import LabelSpace
 from instructemo.serve.app import ServeSettings, create_app
 from instructemo.serve.protocol import results
 

@@ -7,10 +7,10 @@ import pytest
 from conftest import EMOTION_ROWS
 from test_end_to_end import run_cli, tiny_config
 
+from instructemo.data.labels import LabelSpace
+from instructemo.data.records import Record
 from instructemo.errors import UserError
-from instructemo.labels import LabelSpace
-from instructemo.records import Record
-from instructemo.shots import ShotPicker
+from instructemo.prompts.shots import ShotPicker
 
 SPACE = LabelSpace(("sadness", "joy", "love", "anger", "fear", "surprise"))
 POOL = [Record(text, (label,), None, f"train.txt:{i + 2}") for i, (text, label) in enumerate(EMOTION_ROWS)]
@@ -42,8 +42,8 @@ def test_similar_shots_are_the_nearest_of_each_label_nearest_last_never_the_text
 
 
 def test_the_prompt_shows_each_shot_as_a_question_and_its_answer(tiny_llama):
-    from instructemo.models import load_tokenizer
-    from instructemo.prompts import PromptBuilder, load_template
+    from instructemo.models.load import load_tokenizer
+    from instructemo.prompts.builder import PromptBuilder, load_template
 
     builder = PromptBuilder(load_tokenizer(str(tiny_llama)), load_template("single_label", "single_label"), SPACE, 256)
     turns = builder.prompt("i am fine", POOL[:2])
@@ -70,7 +70,7 @@ def test_generate_eval_few_shot_records_its_examples_and_keeps_them_apart(tmp_pa
 @pytest.mark.parametrize("selection", ["random", "similar"])
 def test_few_shot_conversation_reaches_the_model(tmp_path, tiny_llama, emotion_dir, selection, monkeypatch):
     """The shots are in the prompts the engine gets, the text's own turn last."""
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
     from instructemo.infer import classifier as module
 
     seen = []
@@ -90,8 +90,8 @@ def test_few_shot_conversation_reaches_the_model(tmp_path, tiny_llama, emotion_d
 def test_the_whole_few_shot_conversation_fits_in_cutoff_len(tiny_llama):
     """Each example's text was cut to the whole text budget, so k examples made a prompt k times too long (vLLM,
     whose max_model_len is cutoff_len + max_new_tokens, refused it)."""
-    from instructemo.models import load_tokenizer
-    from instructemo.prompts import PromptBuilder, load_template
+    from instructemo.models.load import load_tokenizer
+    from instructemo.prompts.builder import PromptBuilder, load_template
 
     tokenizer = load_tokenizer(str(tiny_llama))
     template = load_template("single_label", "single_label")

@@ -9,7 +9,7 @@ import pytest
 from test_end_to_end import run_cli, tiny_config
 from transformers import AutoModelForCausalLM
 
-from instructemo.tools import list_datasets
+from instructemo.verbs.tools import list_datasets
 
 
 def test_datasets_lists_splits_sizes_labels_and_sources(emotion_dir, capsys):

@@ -5,12 +5,12 @@ import torch
 from conftest import build_tiny_causal_lm
 from test_end_to_end import tiny_config
 
-from instructemo.batching import LeftPadCollator, shared_prompt_length
-from instructemo.config import load_config
-from instructemo.data import load_split
-from instructemo.models import load_causal_lm, load_tokenizer
-from instructemo.prompts import PromptBuilder, load_template
-from instructemo.trainer import build_sft_trainer
+from instructemo.config.schema import load_config
+from instructemo.data.datasets import load_split
+from instructemo.models.batching import LeftPadCollator, shared_prompt_length
+from instructemo.models.load import load_causal_lm, load_tokenizer
+from instructemo.prompts.builder import PromptBuilder, load_template
+from instructemo.train.trainer import build_sft_trainer
 
 
 def test_shared_prompt_length_keeps_the_answer_predicting_position():
@@ -91,7 +91,7 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tmp_path, emotion_dir, 
 
 
 def test_cpu_training_picks_eager_attention_and_inference_sdpa():
-    from instructemo.models import pick_attention
+    from instructemo.models.load import pick_attention
 
     if torch.cuda.is_available():
         pytest.skip("the CPU choice")
@@ -101,7 +101,7 @@ def test_cpu_training_picks_eager_attention_and_inference_sdpa():
 
 
 def test_length_grouped_batches_come_in_shuffled_order():
-    from instructemo.batching import epoch_seeded_sampler
+    from instructemo.models.batching import epoch_seeded_sampler
 
     lengths = [int(x) for x in torch.randint(5, 200, (800,), generator=torch.Generator().manual_seed(1))]
     sampler = epoch_seeded_sampler(16, lengths, seed=3)
@@ -133,7 +133,7 @@ def test_packed_random_batches_train_from_the_command_line(tmp_path, emotion_dir
 
 
 def test_batch_order_auto_is_random_when_rows_are_packed(tmp_path, emotion_dir, tiny_llama):
-    from instructemo.trainer import trainer_arguments
+    from instructemo.train.trainer import trainer_arguments
 
     def order(packed: bool, **keys) -> str:
         cfg = load_config(tiny_config(tmp_path, tiny_llama, emotion_dir, **keys))

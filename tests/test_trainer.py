@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from instructemo.config import DERIVED_TRAINING_ARGS, TRAINER_KEYS, make_config
+from instructemo.config.schema import DERIVED_TRAINING_ARGS, TRAINER_KEYS, make_config
 from instructemo.errors import UserError
-from instructemo.preflight import check_training_args
-from instructemo.trainer import trainer_arguments
+from instructemo.train.preflight import check_training_args
+from instructemo.train.trainer import trainer_arguments
 
 
 def _hand_copied(cfg, bf16, packed):

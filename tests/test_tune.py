@@ -11,8 +11,8 @@ import pytest
 from test_end_to_end import run_cli, tiny_config
 from test_multilabel import SELECT
 
-from instructemo import data as data_module
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
+from instructemo.data import datasets as data_module
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
 
@@ -211,7 +211,7 @@ def test_sft_refuses_to_judge_on_its_training_split(tmp_path, tiny_llama, emotio
 
 def test_a_split_is_known_by_its_rows_not_by_how_it_is_named(tmp_path, emotion_dir):
     """`emotion:test` and the test file's path are one split; two splits that filter one file are two."""
-    from instructemo.splits import split_location
+    from instructemo.data.splits import split_location
 
     named = split_location("emotion:test", emotion_dir, "test")
     assert named == split_location(str(emotion_dir / "emotion" / "test.txt"), emotion_dir, "test")
@@ -231,7 +231,7 @@ def test_a_trial_that_fails_is_marked_failed_with_its_reason_and_the_search_goes
 ):
     """Only divergence and out-of-memory were caught: any other failure aborted the study and left the trial
     RUNNING, so every rerun queued the same values first."""
-    from instructemo import tune
+    from instructemo.tune import study as tune
 
     space = {"space": {"lora_rank": [4, 8]}, "enqueue": [{"lora_rank": 4}, {"lora_rank": 8}], "pruner": "none"}
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, **TRIAL)

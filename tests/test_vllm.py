@@ -134,7 +134,7 @@ def texts_50():
 @pytest.fixture(scope="module")
 def classifier_export(trained, tmp_path_factory):
     """The LoRA run exported --format vllm-classify, with instructemo's own first-token answers on 50 texts."""
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
     from instructemo.infer.classifier import Classifier
 
     root, config = trained["lora"]
@@ -148,7 +148,7 @@ def classifier_export(trained, tmp_path_factory):
 def test_vllm_classify_export_gives_instructemos_first_token_scores(trained, classifier_export):
     """`export --format vllm-classify`: vLLM's own classifier (runner pooling, convert classify) on the exported
     directory gives the labels and probabilities of instructemo's score mode with score_method: first_token."""
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
     from instructemo.infer.classifier import Classifier
 
     exported, texts, ours = classifier_export
@@ -190,7 +190,7 @@ def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_p
     """stage: cls exports a standard *ForSequenceClassification directory; vLLM's classify gives its answers."""
     from conftest import EMOTION_ROWS, build_tiny_encoder, write_emotion_txt
 
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
     from instructemo.infer.classifier import Classifier
 
     base = build_tiny_encoder(tmp_path / "bert", "bert", hidden_size=256)  # head_dim 64 for vLLM's CPU attention
@@ -212,7 +212,7 @@ def test_serve_with_backend_vllm_answers_as_the_hf_backend(trained):
 
     import httpx
 
-    from instructemo.config import load_config
+    from instructemo.config.schema import load_config
     from instructemo.infer.classifier import Classifier
 
     root, config = trained["lora"]

@@ -18,7 +18,7 @@ import pytest
 from conftest import EMOTION_ROWS, free_port
 
 from instructemo.errors import UserError
-from instructemo.tools import describe_dataset, hold_out
+from instructemo.verbs.tools import describe_dataset, hold_out
 from instructemo.webui.jobs import JobQueue
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
@@ -65,7 +65,7 @@ def test_a_failed_job_reports_the_clis_one_line_error_and_a_stopped_one_ends(tmp
 def test_stop_ends_a_training_job_cleanly_and_its_run_can_resume(tmp_path, tiny_llama, emotion_dir):
     from test_end_to_end import tiny_config
 
-    from instructemo.rundir import RunDir
+    from instructemo.run.directory import RunDir
     from instructemo.webui.jobs import live_progress
 
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, num_train_epochs=500)

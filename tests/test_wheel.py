@@ -58,7 +58,7 @@ def test_the_wheel_and_sdist_pass_twine_check_and_ship_the_templates_and_registr
         [
             python,
             "-c",
-            "import instructemo, instructemo.prompts as p, instructemo.data as d; "
+            "import instructemo, instructemo.prompts.builder as p, instructemo.data.datasets as d; "
             "print(instructemo.__file__); print(p.builtin_templates()); print(d.REGISTRY_FILE.is_file())",
         ],
         cwd=dist,

@@ -11,21 +11,21 @@ import sys
 import threading
 import traceback
 
-from .config import describe_keys, load_config
-from .errors import UserError
+from instructemo.config.schema import describe_keys, load_config
+from instructemo.errors import UserError
 
 
 def _sft(cfg, args=None):
     import dataclasses
 
-    from .launch import inside_launcher, leave_process_group, relaunch
+    from instructemo.train.launch import inside_launcher, leave_process_group, relaunch
 
     if args is not None and args.nproc:
         cfg = dataclasses.replace(cfg, nproc_per_node=args.nproc)
     # DeepSpeed sets up its process group from torchrun's variables (else it looks for MPI): even one process runs under it.
     if (cfg.nproc_per_node > 1 or (cfg.deepspeed and args is not None)) and not inside_launcher():
-        from .models import resolve_model_path
-        from .preflight import check_before_training, start_run
+        from instructemo.models.load import resolve_model_path
+        from instructemo.train.preflight import check_before_training, start_run
 
         plan = check_before_training(cfg)  # config and data errors surface once, before any worker starts
         start_run(cfg, plan.fingerprint)
@@ -33,7 +33,7 @@ def _sft(cfg, args=None):
         overrides = [o for o in args.overrides if not o.startswith("nproc_per_node=")]
         relaunch(cfg.nproc_per_node, args.config, overrides, cfg.output_dir)
     else:
-        from .train import run_sft
+        from instructemo.train.sft import run_sft
 
         run_sft(cfg)
         if inside_launcher():
@@ -43,19 +43,19 @@ def _sft(cfg, args=None):
 
 
 def _generate_eval(cfg, args=None):
-    from .evaluate import run_generate_eval
+    from instructemo.evaluate.generate import run_generate_eval
 
     run_generate_eval(cfg)
 
 
 def _calibrate(cfg, args=None):
-    from .calibrate import run_calibrate
+    from instructemo.evaluate.calibrate import run_calibrate
 
     run_calibrate(cfg)
 
 
 def _cv(cfg, args):
-    from .cv import run_cv
+    from instructemo.verbs.cv import run_cv
 
     run_cv(cfg, args.folds)
 
@@ -65,13 +65,13 @@ def _tune(cfg, args):
         import optuna  # noqa: F401
     except ModuleNotFoundError:
         raise UserError("instructemo tune needs optuna: pip install 'instructemo[tune]'") from None
-    from .tune import run_tune
+    from instructemo.tune.study import run_tune
 
     run_tune(cfg, args.trials)
 
 
 def _classify(cfg, args):
-    from .tools import classify_texts, print_classified, stdin_texts, utf8_texts
+    from instructemo.verbs.tools import classify_texts, print_classified, stdin_texts, utf8_texts
 
     texts = utf8_texts(args.texts) if args.texts else stdin_texts(sys.stdin)
     print_classified(classify_texts(cfg, texts))
@@ -80,13 +80,13 @@ def _classify(cfg, args):
 def _export(cfg, args):
     from pathlib import Path
 
-    from .export import export_model
+    from instructemo.verbs.export import export_model
 
     print(export_model(cfg, Path(args.output), gguf=args.gguf, fmt=args.format))
 
 
 def _datasets(args):
-    from .tools import list_datasets, print_datasets
+    from instructemo.verbs.tools import list_datasets, print_datasets
 
     print_datasets(list_datasets(args.dataset_dir))
 
@@ -94,7 +94,7 @@ def _datasets(args):
 def _compare(args):
     from pathlib import Path
 
-    from .compare import compare_runs
+    from instructemo.verbs.compare import compare_runs
 
     compare_runs([Path(p) for p in args.runs], Path(args.output))
 
@@ -102,7 +102,7 @@ def _compare(args):
 def _ensemble(args):
     from pathlib import Path
 
-    from .ensemble import run_ensemble
+    from instructemo.verbs.ensemble import run_ensemble
 
     weights = None
     if args.weights:
@@ -118,7 +118,7 @@ def _webui(args):
         import gradio  # noqa: F401
     except ModuleNotFoundError:
         raise UserError("instructemo webui needs gradio: pip install 'instructemo[webui]'") from None
-    from .webui.app import run_webui
+    from instructemo.webui.app import run_webui
 
     auth = args.auth if args.auth is not None else os.environ.get("INSTRUCTEMO_WEBUI_AUTH")
     run_webui(args.host, args.port, args.workdir, args.dataset_dir, args.max_upload_mb, auth, args.insecure_no_auth)
@@ -127,7 +127,7 @@ def _webui(args):
 def _predict(cfg, args):
     from pathlib import Path
 
-    from .predict import parse_shard, run_predict
+    from instructemo.verbs.predict import parse_shard, run_predict
 
     run_predict(
         cfg,
@@ -145,8 +145,8 @@ def _serve(cfg, args):
     from pathlib import Path
 
     try:
-        from .serve import run_serve
-        from .serve.app import ServeSettings
+        from instructemo.serve import run_serve
+        from instructemo.serve.app import ServeSettings
     except ModuleNotFoundError as exc:
         if exc.name not in ("fastapi", "starlette", "uvicorn", "prometheus_client"):
             raise

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat import answer_tokens, prompt_token_ids
-from ..config import Config
-from ..errors import UserError
-from ..labels import LabelSpace
-from ..parse import parse_labels
+from instructemo.config.schema import Config
+from instructemo.data.labels import LabelSpace
+from instructemo.errors import UserError
+from instructemo.models.chat import answer_tokens, prompt_token_ids
+from instructemo.prompts.parse import parse_labels
 
 # Multi-label score mode without calibrated thresholds: the label is likelier than everything else that could come next.
 DEFAULT_THRESHOLD = 0.5
@@ -36,10 +36,10 @@ class Classified:
 def load_engine(cfg: Config, base_path: str, adapter: Path | None, bf16: bool, device):
     """The configured engine, with the base model plus adapter (or the fine-tuned model) loaded on `device`."""
     if cfg.backend == "vllm":
-        from .vllm import VLLMEngine
+        from instructemo.infer.vllm import VLLMEngine
 
         return VLLMEngine(cfg, base_path, adapter, bf16, device)
-    from .hf import HFEngine
+    from instructemo.infer.hf import HFEngine
 
     return HFEngine.load(cfg, base_path, adapter, bf16, device)
 
@@ -56,7 +56,7 @@ def classify(
         answers = engine.generate(conversations)
         return Classified([parse_labels(a, space) for a in answers], answers, None, engine.unfinished)
     if space.multi_label:
-        from .multilabel import label_probabilities
+        from instructemo.infer.multilabel import label_probabilities
 
         probabilities, answers = label_probabilities(engine, conversations, space)
         probabilities = finite_scores(probabilities)

@@ -15,26 +15,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
-from ..data import Split, load_run_split, resolve_label_space, spec_options, split_source
-from ..errors import UserError
-from ..fileio import read_json, read_yaml_file
-from ..labels import LabelSpace
-from ..models import resolve_model_path, use_bf16
-from ..prompts import PromptBuilder, compile_template, render_user_turn, template_source
-from ..run_data import check_split_is_the_runs
-from ..rundir import (
+from instructemo.config.schema import Config
+from instructemo.data.datasets import Split, load_run_split, resolve_label_space, spec_options, split_source
+from instructemo.data.labels import LabelSpace
+from instructemo.data.recorded import check_split_is_the_runs
+from instructemo.errors import UserError
+from instructemo.infer import classify, classify_dense, load_engine, threshold_rule
+from instructemo.infer.dense import DenseEngine
+from instructemo.infer.loading import pick_device
+from instructemo.models.load import resolve_model_path, use_bf16
+from instructemo.prompts.builder import PromptBuilder, compile_template, render_user_turn, template_source
+from instructemo.prompts.shots import ShotPicker
+from instructemo.run.directory import (
     CONFIG_FILE,
     LABEL_SPACE_FILE,
     PROMPT_TEMPLATE_FILE,
     THRESHOLDS_FILE,
     RunDir,
 )
-from ..saved_model import saved_model_kind, saved_stage, weights_digest
-from ..shots import ShotPicker
-from . import classify, classify_dense, load_engine, threshold_rule
-from .dense import DenseEngine
-from .loading import pick_device
+from instructemo.run.fileio import read_json, read_yaml_file
+from instructemo.run.saved_model import saved_model_kind, saved_stage, weights_digest
 
 log = logging.getLogger(__name__)
 

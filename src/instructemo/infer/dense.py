@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..batching import longest_first
-from ..errors import UserError
-from ..labels import LabelSpace
-from .loading import load_head_run
+from instructemo.data.labels import LabelSpace
+from instructemo.errors import UserError
+from instructemo.infer.loading import load_head_run
+from instructemo.models.batching import longest_first
 
 log = logging.getLogger(__name__)
 

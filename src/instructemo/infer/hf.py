@@ -9,9 +9,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..batching import additive_mask, common_prefix_length, encode_prefix, longest_first, packed_batches, repeat_cache
-from ..chat import answer_tokens, prompt_text, prompt_token_ids, stop_token_ids, until_stop
-from .loading import load_causal_run
+from instructemo.infer.loading import load_causal_run
+from instructemo.models.batching import (
+    additive_mask,
+    common_prefix_length,
+    encode_prefix,
+    longest_first,
+    packed_batches,
+    repeat_cache,
+)
+from instructemo.models.chat import answer_tokens, prompt_text, prompt_token_ids, stop_token_ids, until_stop
 
 log = logging.getLogger(__name__)
 

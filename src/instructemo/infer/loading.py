@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..labels import LabelSpace
-from ..models import load_causal_lm, load_sequence_classifier, load_tokenizer, require_finite_weights
-from ..saved_model import has_tokenizer, saved_model_kind
+from instructemo.data.labels import LabelSpace
+from instructemo.errors import UserError
+from instructemo.models.load import load_causal_lm, load_sequence_classifier, load_tokenizer, require_finite_weights
+from instructemo.run.saved_model import has_tokenizer, saved_model_kind
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
-from ..labels import LabelSpace
-from ..parse import parse_labels
+from instructemo.data.labels import LabelSpace
+from instructemo.models.chat import answer_tokens, prompt_token_ids, stop_token_ids
+from instructemo.prompts.parse import parse_labels
 
 
 def label_probabilities(engine, conversations: list[list[dict]], space: LabelSpace) -> tuple[np.ndarray, list[str]]:

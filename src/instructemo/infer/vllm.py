@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from ..chat import answer_tokens, prompt_token_ids, stop_token_ids
-from ..errors import UserError
-from ..models import build_once, cache_dir, load_tokenizer, refuse_pickles, require_finite_weights
-from ..rundir import ADAPTER_WEIGHTS_FILE
-from ..saved_model import adapter_settings, has_tokenizer, saved_model_kind
-from .loading import load_causal_run
+from instructemo.errors import UserError
+from instructemo.infer.loading import load_causal_run
+from instructemo.models.chat import answer_tokens, prompt_token_ids, stop_token_ids
+from instructemo.models.load import build_once, cache_dir, load_tokenizer, refuse_pickles, require_finite_weights
+from instructemo.run.directory import ADAPTER_WEIGHTS_FILE
+from instructemo.run.saved_model import adapter_settings, has_tokenizer, saved_model_kind
 
 log = logging.getLogger(__name__)
 

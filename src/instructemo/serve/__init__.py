@@ -12,11 +12,11 @@ import asyncio
 import logging
 import os
 
-from ..config import Config
-from ..errors import UserError
-from ..infer.classifier import Classifier
-from .app import ServeSettings, create_app
-from .batcher import model_thread
+from instructemo.config.schema import Config
+from instructemo.errors import UserError
+from instructemo.infer.classifier import Classifier
+from instructemo.serve.app import ServeSettings, create_app
+from instructemo.serve.batcher import model_thread
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException
 
-from ..infer.classifier import Classifier
-from .batcher import Batcher
-from .protocol import (
+from instructemo.infer.classifier import Classifier
+from instructemo.serve.batcher import Batcher
+from instructemo.serve.protocol import (
     ApiError,
     chat_response,
     chat_texts,

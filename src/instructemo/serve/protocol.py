@@ -12,9 +12,9 @@ import uuid
 
 import numpy as np
 
-from ..infer import Classified
-from ..labels import LabelSpace
-from ..records import text_problem
+from instructemo.data.labels import LabelSpace
+from instructemo.data.records import text_problem
+from instructemo.infer import Classified
 
 
 class ApiError(Exception):

@@ -11,7 +11,7 @@ import logging
 import re
 from pathlib import Path
 
-from ..errors import UserError
+from instructemo.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,12 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from ..compare import compare_runs
-from ..config import Config, load_config, make_config
-from ..data import load_registry
-from ..errors import UserError
-from ..fileio import read_json, read_jsonl, write_atomic
-from ..html_report import report_parts
-from ..models import ALIASES, DIRECTORY_ALIASES
-from ..rundir import (
+from instructemo.config.schema import WEBUI_KEYS, Config, load_config, make_config
+from instructemo.data.datasets import load_registry
+from instructemo.errors import UserError
+from instructemo.models.load import ALIASES, DIRECTORY_ALIASES
+from instructemo.report.html import report_parts
+from instructemo.run.directory import (
     COMPARE_MD_FILE,
     COMPARE_PLOT_FILE,
     CONFIG_FILE,
@@ -41,29 +39,17 @@ from ..rundir import (
     TRAINER_LOG_FILE,
     RunDir,
 )
-from ..tools import classify_texts, describe_dataset, hold_out, load_scorer
-from .access import DATA_FILE_TYPES, check_launch, check_run_name, check_upload
-from .jobs import JobQueue, live_progress
+from instructemo.run.fileio import read_json, read_jsonl, write_atomic
+from instructemo.verbs.compare import compare_runs
+from instructemo.verbs.tools import classify_texts, describe_dataset, hold_out, load_scorer
+from instructemo.webui.access import DATA_FILE_TYPES, check_launch, check_run_name, check_upload
+from instructemo.webui.jobs import JobQueue, live_progress
 
 log = logging.getLogger(__name__)
 
 UPLOAD = "(an uploaded file)"
-# The training settings on the page: the YAML's own keys, with the config's defaults and help.
-SETTINGS = (
-    "stage",
-    "finetuning_type",
-    "learning_rate",
-    "num_train_epochs",
-    "max_samples",
-    "max_steps",
-    "per_device_train_batch_size",
-    "lora_rank",
-    "cutoff_len",
-    "logging_steps",
-    "seed",
-    "resume",
-    "overwrite_output_dir",
-)
+# The training settings on the page: the YAML's own keys (declared webui on the field), with their defaults and help.
+SETTINGS = WEBUI_KEYS
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..rundir import LIVE_LOG_FILE
+from instructemo.run.directory import LIVE_LOG_FILE
 
 log = logging.getLogger(__name__)
 
