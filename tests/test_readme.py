@@ -1,4 +1,4 @@
-"""Every command the README shows runs as written: verbs, options and config keys are checked without training.
+"""Every command the README and the docs show runs as written: verbs, options and config keys are checked without training.
 
 Each `instructemo ...` line (in code blocks, indented code and inline code) is
 parsed by the CLI's own parser; its config (an example file, or a run folder
@@ -18,11 +18,16 @@ from pathlib import Path
 import pytest
 
 from instructemo.cli import VERBS, parse_arguments
-from instructemo.config import load_config
+from instructemo.config.schema import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = {name: (ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "examples/README.md")}
-README = READMES["README.md"]
+PAGES = [
+    "README.md",
+    "examples/README.md",
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")),
+]
+READMES = {name: (ROOT / name).read_text(encoding="utf-8") for name in PAGES}
+ALL_PAGES = "\n".join(READMES.values())
 EXAMPLES = ROOT / "examples"
 
 # What a placeholder stands for: a value of its kind that exists in the project.
@@ -101,14 +106,14 @@ def test_a_readme_command_parses_and_its_config_loads(line, command, monkeypatch
         load_config(str(config_of(run)), getattr(args, "overrides", []))
 
 
-@pytest.mark.parametrize("name", sorted(set(re.findall(r"\bbench/[\w/]+\.(?:py|sh)", README))))
+@pytest.mark.parametrize("name", sorted(set(re.findall(r"\bbench/[\w/]+\.(?:py|sh)", ALL_PAGES))))
 def test_every_bench_script_the_readme_names_exists(name):
     assert (ROOT / name).is_file(), name
 
 
 def test_every_make_target_the_readme_names_exists():
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
-    named = set(re.findall(r"`make ([\w-]+)`|^make ([\w-]+)", README, re.M))
+    named = set(re.findall(r"`make ([\w-]+)`|^make ([\w-]+)", ALL_PAGES, re.M))
     assert {a or b for a, b in named} <= targets
 
 
