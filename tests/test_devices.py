@@ -63,8 +63,8 @@ def test_every_inference_verb_places_its_model_on_the_chosen_gpu(runs, two_gpus,
         )
     assert run_cli("classify", sft, "--", "i am happy") == 0
     assert run_cli("calibrate", runs["multi"], "device=cuda") == 0
-    from instructemo import serve
-    from instructemo.serve.app import ServeSettings
+    from instructemo.serve import server as serve
+    from instructemo.serve.settings import ServeSettings
 
     class Started:
         def run(self):

@@ -11,7 +11,8 @@ from test_end_to_end import run_cli, tiny_config
 
 from instructemo.config.schema import load_config
 from instructemo.infer.classifier import Classifier
-from instructemo.serve.app import ServeSettings, create_app
+from instructemo.serve.app import create_app
+from instructemo.serve.settings import ServeSettings
 
 pytestmark = pytest.mark.slow  # processes, servers and real models: make test runs it, make test-fast does not
 

@@ -25,8 +25,9 @@ from instructemo.config.schema import load_config
 from instructemo.data.labels import LabelSpace
 from instructemo.infer import Classified
 from instructemo.infer.classifier import Classifier
-from instructemo.serve.app import ServeSettings, create_app
+from instructemo.serve.app import create_app
 from instructemo.serve.protocol import results
+from instructemo.serve.settings import ServeSettings
 
 TEXTS = ["i feel so happy today", "i am scared of the dark", "this makes me furious", "what a surprise"]
 

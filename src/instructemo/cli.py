@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import traceback
+from typing import Callable, NamedTuple
 
 from instructemo.config.schema import describe_keys, load_config
 from instructemo.errors import UserError
@@ -145,8 +146,8 @@ def _serve(cfg, args):
     from pathlib import Path
 
     try:
-        from instructemo.serve import run_serve
-        from instructemo.serve.app import ServeSettings
+        from instructemo.serve.server import run_serve
+        from instructemo.serve.settings import ServeSettings
     except ModuleNotFoundError as exc:
         if exc.name not in ("fastapi", "starlette", "uvicorn", "prometheus_client"):
             raise
@@ -168,25 +169,51 @@ def _serve(cfg, args):
     )
 
 
+class Verb(NamedTuple):
+    run: Callable  # run(cfg, args) when the verb reads a config, else run(args)
+    summary: str
+    reads_config: bool = True  # its first argument is CONFIG.yaml (or a run's folder), then key=value overrides
+
+
+# Every verb, once: the parser's sub-commands and the dispatch in main() both come from this table.
 VERBS = {
-    "sft": (_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
-    "generate-eval": (_generate_eval, "Classify the evaluation split, score it against the gold labels and report."),
-    "calibrate": (_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
-    "cv": (_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
-    "tune": (
-        _tune,
-        "Search hyperparameters with Optuna (the config's tune: section) on the dev split; writes best.yaml.",
+    "sft": Verb(_sft, "Fine-tune a model on a dataset (trl SFTTrainer + peft)."),
+    "generate-eval": Verb(
+        _generate_eval, "Classify the evaluation split, score it against the gold labels and report."
     ),
-    "classify": (
-        _classify,
-        "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities.",
+    "calibrate": Verb(_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
+    "cv": Verb(_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
+    "tune": Verb(
+        _tune, "Search hyperparameters with Optuna (the config's tune: section) on the dev split; writes best.yaml."
     ),
-    "export": (
+    "classify": Verb(
+        _classify, "Classify texts given as arguments (or one per line on stdin) and print labels with probabilities."
+    ),
+    "export": Verb(
         _export,
         "Save the run as a standalone model directory: merged (hf), or a classifier vLLM serves (vllm-classify).",
     ),
-    "predict": (_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
-    "serve": (_serve, "Serve the trained classifier over HTTP: vLLM's /v1/classify, OpenAI's chat, /metrics."),
+    "predict": Verb(_predict, "Classify an unlabelled CSV / TSV / JSONL file into a submission-style file."),
+    "serve": Verb(_serve, "Serve the trained classifier over HTTP: vLLM's /v1/classify, OpenAI's chat, /metrics."),
+    "datasets": Verb(
+        _datasets, "List the dataset registry: splits, sizes, labels, where each loads from.", reads_config=False
+    ),
+    "compare": Verb(
+        _compare,
+        "Runs side by side: a table of metrics, cost and per-class F1, and a bar chart.",
+        reads_config=False,
+    ),
+    "ensemble": Verb(
+        _ensemble,
+        "Combine evaluated runs into one classifier on the same rows: averaged probabilities (single-label) "
+        "or a vote (multi-label); writes predictions, metrics and a report.",
+        reads_config=False,
+    ),
+    "webui": Verb(
+        _webui,
+        "Train, evaluate, try and compare classifiers from the browser (Gradio), without YAML.",
+        reads_config=False,
+    ),
 }
 
 
@@ -196,14 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    listing = verbs.add_parser(
-        "datasets", help="List the dataset registry: splits, sizes, labels, where each loads from."
-    )
+    listing = verbs.add_parser("datasets", help=VERBS["datasets"].summary)
     listing.add_argument("--dataset-dir", default="data", help="Folder with an extra datasets.yaml (default: data).")
     listing.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
-    compare = verbs.add_parser(
-        "compare", help="Runs side by side: a table of metrics, cost and per-class F1, and a bar chart."
-    )
+    compare = verbs.add_parser("compare", help=VERBS["compare"].summary)
     compare.add_argument(
         "runs",
         nargs="+",
@@ -214,11 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="compare", help="Folder for compare.md, compare.json, per_class_f1.png (default: compare)."
     )
     compare.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
-    ensemble = verbs.add_parser(
-        "ensemble",
-        help="Combine evaluated runs into one classifier on the same rows: averaged probabilities (single-label) "
-        "or a vote (multi-label); writes predictions, metrics and a report.",
-    )
+    ensemble = verbs.add_parser("ensemble", help=VERBS["ensemble"].summary)
     ensemble.add_argument(
         "runs", nargs="+", metavar="RUN_DIR", help="Two or more runs (with eval/ in them) or evaluation directories."
     )
@@ -227,9 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", help="One positive weight per run, in order, e.g. 2,1 (default: equal). Choose them on dev."
     )
     ensemble.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
-    webui = verbs.add_parser(
-        "webui", help="Train, evaluate, try and compare classifiers from the browser (Gradio), without YAML."
-    )
+    webui = verbs.add_parser("webui", help=VERBS["webui"].summary)
     webui.add_argument(
         "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only)."
     )
@@ -248,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Listen beyond 127.0.0.1 without a login: anyone who reaches the page can train and run models.",
     )
     webui.add_argument("-v", "--verbose", action="store_true", help="Show library logs and warnings.")
-    for name, (_, summary) in VERBS.items():
+    for name, (_, summary, reads_config) in VERBS.items():
+        if not reads_config:
+            continue  # built above, each with its own arguments
         sub = verbs.add_parser(
             name,
             help=summary,
@@ -322,21 +341,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve_options(sub) -> None:
-    sub.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1: this machine only).")
-    sub.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
+    from instructemo.serve.settings import ServeSettings
+
+    default = ServeSettings()  # the one place serve's defaults are set
+    sub.add_argument(
+        "--host", default=default.host, help=f"Address to listen on (default {default.host}: this machine only)."
+    )
+    sub.add_argument("--port", type=int, default=default.port, help=f"Port (default {default.port}).")
     sub.add_argument(
         "--api-key", help="Require Authorization: Bearer KEY on /v1 and /classify (or set INSTRUCTEMO_API_KEY)."
     )
-    sub.add_argument("--max-batch-size", type=int, default=32, help="Texts per model call (default 32).")
+    sub.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=default.max_batch_size,
+        help=f"Texts per model call (default {default.max_batch_size}).",
+    )
     sub.add_argument(
         "--max-wait-ms",
         type=float,
-        default=500.0,
-        help="At most this long a batch waits for the clients active during the last one (default 500), "
-        "and never more than a tenth of the time the model took for the last batch.",
+        default=default.max_wait_ms,
+        help=f"At most this long a batch waits for the clients active during the last one (default "
+        f"{default.max_wait_ms:g}), and never more than a tenth of the time the model took for the last batch.",
     )
-    sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="Largest request body (default 1 MiB).")
-    sub.add_argument("--max-texts", type=int, default=256, help="Most texts in one request (default 256).")
+    sub.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=default.max_body_bytes,
+        help=f"Largest request body in bytes (default {default.max_body_bytes}).",
+    )
+    sub.add_argument(
+        "--max-texts",
+        type=int,
+        default=default.max_texts,
+        help=f"Most texts in one request (default {default.max_texts}).",
+    )
     sub.add_argument("--served-model-name", help="The model name clients see (default: the run directory's name).")
 
 
@@ -397,12 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries(args.verbose)
     try:
-        if args.verb in ("datasets", "compare", "ensemble", "webui"):
-            {"datasets": _datasets, "compare": _compare, "ensemble": _ensemble, "webui": _webui}[args.verb](args)
-            return 0
-        run, _ = VERBS[args.verb]
-        cfg = load_config(args.config, args.overrides)
-        run(cfg, args)
+        verb = VERBS[args.verb]
+        if verb.reads_config:
+            verb.run(load_config(args.config, args.overrides), args)
+        else:
+            verb.run(args)
     except UserError as exc:
         if args.verbose and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__)

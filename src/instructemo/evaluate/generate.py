@@ -11,7 +11,7 @@ from instructemo.data.datasets import Split, load_run_split, run_spec, split_sou
 from instructemo.data.recorded import check_split_is_the_runs
 from instructemo.data.splits import is_training_split
 from instructemo.errors import UserError
-from instructemo.evaluate.metrics import score
+from instructemo.evaluate.metrics import headline_metric, score
 from instructemo.infer.classifier import Classifier
 from instructemo.report.evaluation import check_eval_dir, write_eval_outputs
 from instructemo.run.directory import CONFIG_FILE, SELECTION_FILE, THRESHOLDS_FILE, TRAINER_LOG_FILE, RunDir
@@ -129,6 +129,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         "model": cfg.model_name_or_path,
         "adapter": str(classifier.adapter) if classifier.adapter else None,
         "eval_dataset": eval_spec,
+        "multi_label": space.multi_label,
         "data_origin": split.origin,
         "held_out": not reused,
         "also_used_for": reused,
@@ -151,7 +152,7 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
     if run.manifest() is not None:  # the evaluation belongs to the run: overwrite_output_dir removes it too
         run.record(dirs=[str(out_dir.resolve().relative_to(run.path.resolve()))])
     write_eval_outputs(out_dir, rows, metrics, context, history, split.skipped)
-    headline = "jaccard" if space.multi_label else "accuracy"
+    headline = headline_metric(space.multi_label)
     log.info(
         "%s %.4f, macro-F1 %.4f, invalid %.2f%% on %d rows; wrote %s",
         headline,

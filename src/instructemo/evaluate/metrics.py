@@ -25,6 +25,19 @@ from instructemo.data.labels import LabelSpace, binarize
 INVALID = "<invalid>"
 
 
+def headline_metric(multi_label: bool) -> str:
+    """The one figure a log line, a comparison or an ensemble leads with: Jaccard for multi-label, else accuracy."""
+    return "jaccard" if multi_label else "accuracy"
+
+
+def is_multi_label(evaluation: dict) -> bool:
+    """Whether an evaluation's metrics.json is of a multi-label task: its own record, else (written before it kept
+    one) whether its metrics hold the multi-label figures."""
+    if "multi_label" in evaluation:
+        return bool(evaluation["multi_label"])
+    return "jaccard" in evaluation["metrics"]
+
+
 def score(
     gold: Sequence[tuple[str, ...]],
     predicted: Sequence[tuple[str, ...] | None],

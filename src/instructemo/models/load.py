@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 
 from instructemo.errors import UserError
 from instructemo.models.chat import fallback_template
-from instructemo.run.directory import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from instructemo.run.directory import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MODEL_CONFIG_FILE
 from instructemo.run.fileio import file_digest
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def resolve_model_path(name_or_path: str) -> str:
             raise UserError(f"model file {path} not found; check model_name_or_path")
         return str(materialise_gguf(path))
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / MODEL_CONFIG_FILE).is_file():
             raise UserError(
                 f"model directory {path} has no config.json; point model_name_or_path at a Hugging Face model folder"
             )

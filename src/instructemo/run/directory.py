@@ -74,6 +74,9 @@ BEST_CONFIG_FILE = "best.yaml"
 HISTORY_PLOT_FILE = "optimization_history.png"
 IMPORTANCE_PLOT_FILE = "param_importances.png"
 
+# What `instructemo export` writes beside the model: how it was made and the dtype its figures came from.
+EXPORT_FILE = "instructemo_export.json"
+
 COMPARE_MD_FILE = "compare.md"
 COMPARE_JSON_FILE = "compare.json"
 COMPARE_PLOT_FILE = "per_class_f1.png"

@@ -18,7 +18,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -38,23 +37,12 @@ from instructemo.serve.protocol import (
     parse_json,
     results,
 )
+from instructemo.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("/classify", "/v1/classify", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 OPEN_ENDPOINTS = ("/health", "/metrics")  # answered without the API key, as vLLM does
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_batch_size: int = 32  # texts per model call
-    max_wait_ms: float = 500.0  # at most this long (and a tenth of the last batch's time) a batch waits for more
-    max_body_bytes: int = 1 << 20
-    max_texts: int = 256  # texts per request
-    served_model_name: str = "instructemo"
 
 
 class Metrics:

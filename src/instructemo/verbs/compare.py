@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from instructemo.errors import UserError
+from instructemo.evaluate.metrics import headline_metric, is_multi_label
 from instructemo.report.evaluation import find_evaluation
 from instructemo.report.plots import pyplot, save_figure
 from instructemo.run.directory import (
@@ -37,7 +38,7 @@ def load_run(path: Path) -> dict:
     if (run_dir / TRAIN_RESULTS_FILE).is_file():
         train = read_json(run_dir / TRAIN_RESULTS_FILE)
     m = evaluation["metrics"]
-    multi_label = "jaccard" in m
+    multi_label = is_multi_label(evaluation)
     return {
         "run": str(path),
         "name": path.name if eval_dir != path else f"{path.parent.name}/{path.name}",
@@ -106,7 +107,7 @@ def _cell(value, spec: str = ".4f") -> str:
 
 def render_table(runs: list[dict], labels: list[str]) -> str:
     """A markdown table: one row per run, overall metrics, cost, then each class's F1."""
-    headline = "jaccard" if runs[0]["multi_label"] else "accuracy"
+    headline = headline_metric(runs[0]["multi_label"])
     header = [
         "run",
         "stage",

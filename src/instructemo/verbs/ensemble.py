@@ -28,7 +28,7 @@ import numpy as np
 from instructemo.data.labels import LabelSpace
 from instructemo.errors import UserError
 from instructemo.evaluate.generate import training_overlap
-from instructemo.evaluate.metrics import score
+from instructemo.evaluate.metrics import headline_metric, is_multi_label, score
 from instructemo.infer import decide
 from instructemo.report.evaluation import check_eval_dir, find_evaluation, write_eval_outputs
 from instructemo.run.directory import METRICS_FILE, PREDICTIONS_FILE
@@ -51,7 +51,7 @@ class Member:
 
     @property
     def multi_label(self) -> bool:
-        return "jaccard" in self.context["metrics"]
+        return is_multi_label(self.context)
 
 
 def read_members(paths: list[Path], weights: list[float] | None) -> list[Member]:
@@ -203,6 +203,7 @@ def run_ensemble(paths: list[Path], output: Path, weights: list[float] | None = 
         "model": "ensemble of " + " + ".join(m.path.name for m in members),
         "adapter": None,
         "eval_dataset": first.context["eval_dataset"],
+        "multi_label": space.multi_label,
         "data_origin": first.context.get("data_origin"),
         **record,
         "mode": "ensemble",
@@ -217,9 +218,7 @@ def run_ensemble(paths: list[Path], output: Path, weights: list[float] | None = 
                 "mode": m.context.get("mode"),
                 "weight": m.weight,
                 "macro_f1": m.context["metrics"]["macro_f1"],
-                ("jaccard" if space.multi_label else "accuracy"): m.context["metrics"].get(
-                    "jaccard" if space.multi_label else "accuracy"
-                ),
+                headline_metric(space.multi_label): m.context["metrics"].get(headline_metric(space.multi_label)),
             }
             for m in members
         ],
@@ -228,7 +227,7 @@ def run_ensemble(paths: list[Path], output: Path, weights: list[float] | None = 
         "examples_per_second": round(len(rows) / seconds, 2) if seconds else None,
     }
     write_eval_outputs(output, rows, metrics, context)
-    headline = "jaccard" if space.multi_label else "accuracy"
+    headline = headline_metric(space.multi_label)
     log.info(
         "ensemble of %d runs: %s %.4f, macro-F1 %.4f on %d rows (members' %s: %s); wrote %s",
         len(members),

@@ -35,6 +35,7 @@ from instructemo.infer.loading import load_causal_run, load_head_run
 from instructemo.models.load import resolve_model_path, save_atomically
 from instructemo.prompts.builder import PromptBuilder
 from instructemo.run.directory import (
+    EXPORT_FILE,
     LABEL_SPACE_FILE,
     METRICS_FILE,
     MODEL_CONFIG_FILE,
@@ -47,7 +48,6 @@ from instructemo.run.saved_model import saved_stage
 log = logging.getLogger(__name__)
 
 FORMATS = ("hf", "vllm-classify")
-EXPORT_FILE = "instructemo_export.json"
 TEXT_SLOT = "INSTRUCTEMO_TEXT_SLOT"  # stands for the text while the prompt around it is rendered
 
 
