@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_end_to_end import run_cli
+from helpers.cli import run_cli
 
 from instructemo.data.datasets import load_split
 from instructemo.errors import UserError

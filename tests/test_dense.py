@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BOTH_DTYPES, build_tiny_causal_lm, build_tiny_encoder
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.data.labels import LabelSpace
 from instructemo.train.head import class_weights, classification_loss
@@ -358,8 +358,8 @@ def test_seed_fixes_the_new_head_and_adapter(tmp_path, emotion_dir):
 
 def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_dir):
     """select_best on a cls run: each dev score is the checkpoint's, worked out here, and the best one is saved."""
+    from helpers.selection import SELECT, assert_best_checkpoint_kept
     from peft import PeftModel
-    from test_multilabel import SELECT, assert_best_checkpoint_kept
 
     from instructemo.data.datasets import load_split
     from instructemo.evaluate.metrics import score

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import build_tiny_encoder
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.data.labels import LabelSpace
 from instructemo.evaluate.metrics import score

@@ -2,7 +2,7 @@
 
 import json
 
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 from transformers import AutoTokenizer
 
 from instructemo.config.schema import load_config

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, write_emotion_txt
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.run.directory import MANIFEST_FILE, RunDir
 

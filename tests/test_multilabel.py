@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import MULTI_LABEL_ROWS
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
+from helpers.selection import SELECT, assert_best_checkpoint_kept
 
 from instructemo.data.balance import balanced_examples, oversample_counts, rarest_label_weights
 from instructemo.models.batching import LeftPadCollator
@@ -73,21 +74,6 @@ def test_sft_with_label_balancing(tmp_path, tiny_llama):
     assert first_loss["oversample"] != pytest.approx(first_loss["none"], rel=1e-3)
 
 
-# The selection's dev scores are compared with scores worked out here in float32 (and, in test_tune, with
-# generate-eval's): a bf16 host would otherwise train and select in bfloat16 (bf16: auto).
-SELECT = dict(
-    bf16=False,
-    select_best=True,
-    select_steps=2,
-    max_steps=6,
-    save_steps=2,
-    save_total_limit=3,
-    per_device_train_batch_size=6,
-    learning_rate=5e-2,
-    logging_steps=1,
-)
-
-
 def dev_score(base, adapter_dir, config) -> float:
     """The dev split's macro-F1 for the weights in adapter_dir, worked out here: greedy answers, parsed, scored."""
     from instructemo.config.schema import load_config
@@ -116,25 +102,6 @@ def dev_score(base, adapter_dir, config) -> float:
     return score([r.labels for r in dev.records], [parse_labels(a, dev.label_space) for a in answers], dev.label_space)[
         "macro_f1"
     ]
-
-
-def assert_best_checkpoint_kept(run: Path, selection: dict, scores: dict[int, float]) -> None:
-    """The selection's points are the dev scores worked out per checkpoint, and the saved weights are the best's."""
-    from safetensors.torch import load_file
-
-    for point in selection["history"]:
-        assert point[selection["metric"]] == pytest.approx(scores[point["step"]])
-    best = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores
-    assert selection["best"]["step"] == best
-    saved = load_file(run / "adapter_model.safetensors")
-    at_best = load_file(run / f"checkpoint-{best}" / "adapter_model.safetensors")
-    assert saved.keys() == at_best.keys()
-    for name in saved:
-        torch.testing.assert_close(saved[name], at_best[name], rtol=0, atol=0)
-    last_step = max(scores)
-    if best != last_step:  # and not the last weights
-        last = load_file(run / f"checkpoint-{last_step}" / "adapter_model.safetensors")
-        assert any(not torch.equal(saved[n], last[n]) for n in saved)
 
 
 def test_sft_keeps_the_best_checkpoint(tmp_path, tiny_llama, emotion_dir):
@@ -183,7 +150,7 @@ def test_selecting_on_a_multi_label_metric_needs_multi_label_data(tmp_path, tiny
 
 # --- score mode: per-label probabilities and thresholds ---------------------------
 
-from test_infer import brute_force_token_loglik  # noqa: E402
+from helpers.scoring import brute_force_token_loglik  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from instructemo.data.labels import LabelSpace, binarize  # noqa: E402

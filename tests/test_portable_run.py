@@ -7,7 +7,7 @@ import shutil
 import pytest
 from conftest import EMOTION_ROWS, MULTI_LABEL_ROWS
 from fastapi.testclient import TestClient
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.config.schema import load_config
 from instructemo.infer.classifier import Classifier

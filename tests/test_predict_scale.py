@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import EMOTION_ROWS, write_emotion_txt
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.config.schema import load_config
 from instructemo.errors import UserError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BOTH_DTYPES, build_tiny_causal_lm
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.config.schema import load_config
 from instructemo.train.launch import torchrun_command

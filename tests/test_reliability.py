@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emotion_txt
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.errors import UserError
 from instructemo.prompts.builder import load_template

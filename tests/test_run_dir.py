@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import EMOTION_ROWS, build_tiny_causal_lm, pickled_copy, write_emotion_txt
+from helpers.cli import run_cli, tiny_config
 from safetensors.torch import load_file, save_file
-from test_end_to_end import run_cli, tiny_config
 
 from instructemo.cli import parse_arguments
 from instructemo.errors import UserError

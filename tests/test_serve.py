@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import EMOTION_ROWS, free_port, wait_for_health, write_emotion_txt
 from fastapi.testclient import TestClient
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.config.schema import load_config
 from instructemo.data.labels import LabelSpace

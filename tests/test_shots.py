@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 from conftest import EMOTION_ROWS
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 
 from instructemo.data.labels import LabelSpace
 from instructemo.data.records import Record

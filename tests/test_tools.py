@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_end_to_end import run_cli, tiny_config
+from helpers.cli import run_cli, tiny_config
 from transformers import AutoModelForCausalLM
 
 from instructemo.verbs.tools import list_datasets

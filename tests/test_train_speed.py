@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import build_tiny_causal_lm
-from test_end_to_end import tiny_config
+from helpers.cli import tiny_config
 
 from instructemo.config.schema import load_config
 from instructemo.data.datasets import load_split
@@ -122,7 +122,7 @@ def test_length_grouped_batches_come_in_shuffled_order():
 def test_packed_random_batches_train_from_the_command_line(tmp_path, emotion_dir, tiny_llama):
     import json
 
-    from test_end_to_end import run_cli
+    from helpers.cli import run_cli
 
     config = tiny_config(tmp_path, tiny_llama, emotion_dir)  # packing and random batches are the defaults
     assert run_cli("sft", config) == 0

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_end_to_end import run_cli, tiny_config
-from test_multilabel import SELECT
+from helpers.cli import run_cli, tiny_config
+from helpers.selection import SELECT
 
 from instructemo.config.schema import load_config
 from instructemo.data import datasets as data_module

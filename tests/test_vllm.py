@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import build_tiny_llama, free_port, wait_for_health
-from test_end_to_end import tiny_config
+from helpers.cli import tiny_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -299,7 +299,7 @@ def test_model_families_agree_with_hf(tmp_path, name):
     and so did Gemma 3's score mode against hf; one family and generation alone keep the suite's time. Score
     mode through vLLM is compared with hf in test_score_agrees_with_hf.)"""
     from conftest import EMOTION_ROWS, write_emotion_txt
-    from test_families import FAMILIES, build_model
+    from helpers.families import FAMILIES, build_model
 
     family = next(f for f in FAMILIES if f.name == name)
     base = build_model(family, tmp_path / "base", hidden=128, heads=2)  # head_dim 64 for vLLM's CPU attention

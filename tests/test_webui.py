@@ -63,7 +63,7 @@ def test_a_failed_job_reports_the_clis_one_line_error_and_a_stopped_one_ends(tmp
 
 
 def test_stop_ends_a_training_job_cleanly_and_its_run_can_resume(tmp_path, tiny_llama, emotion_dir):
-    from test_end_to_end import tiny_config
+    from helpers.cli import tiny_config
 
     from instructemo.run.directory import RunDir
     from instructemo.webui.jobs import live_progress
@@ -132,7 +132,7 @@ def webui(tmp_path, tiny_llama):
     ],
 )
 def test_the_page_refuses_unsafe_or_impossible_settings_in_one_line(tmp_path, capsys, workdir, options, message):
-    from test_end_to_end import run_cli
+    from helpers.cli import run_cli
 
     (tmp_path / "file").write_text("x")
     assert run_cli("webui", "--workdir", tmp_path / workdir, *options) == 2
