@@ -1,9 +1,9 @@
 """Dense versus generative on dair-ai emotion, on this machine: the same rows, epochs and scorer.
 
 Runs, each the user-facing commands (sft, then generate-eval on the 2000-row test split):
-  - MiniLM-L6 with a classification head, fully fine-tuned (examples/minilm_cls_emotion.yaml),
+  - MiniLM-L6 with a classification head, fully fine-tuned (examples/minilm_head_emotion.yaml),
     once without and once with balanced class weights;
-  - SmolLM2-135M-Instruct with a score head, LoRA r16 (examples/smollm2_cls_emotion.yaml);
+  - SmolLM2-135M-Instruct with a score head, LoRA r16 (examples/smollm2_head_emotion.yaml);
   - SmolLM2-135M-Instruct generative, LoRA r16 (examples/smollm2_emotion.yaml), evaluated in
     generate mode (greedy + parser) and score mode (label likelihoods).
 All train on the first 4000 train rows for 1 epoch. Then `instructemo compare` puts them side
@@ -50,9 +50,9 @@ def main() -> None:
     compared: list[Path] = []
 
     dense = [
-        ("minilm-cls", "examples/minilm_cls_emotion.yaml", []),
-        ("minilm-cls-balanced", "examples/minilm_cls_emotion.yaml", ["class_weights=balanced"]),
-        ("smollm2-cls", "examples/smollm2_cls_emotion.yaml", []),
+        ("minilm-cls", "examples/minilm_head_emotion.yaml", []),
+        ("minilm-head-balanced", "examples/minilm_head_emotion.yaml", ["class_weights=balanced"]),
+        ("smollm2-cls", "examples/smollm2_head_emotion.yaml", []),
     ]
     for name, config, extra in dense:
         overrides = [f"output_dir={out / name}", "overwrite_output_dir=true", *extra]

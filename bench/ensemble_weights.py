@@ -27,7 +27,7 @@ from instructemo.data.labels import LabelSpace
 from instructemo.evaluate.metrics import score
 from instructemo.verbs.ensemble import check_same_rows, combine, read_members
 
-MEMBERS = ("minilm-cls-16k-3ep", "smollm2-sft-16k", "gemma3-sft-16k")
+MEMBERS = ("minilm-head-16k-3ep", "smollm2-sft-16k", "gemma3-sft-16k")
 GRID = (0, 1, 2, 3)
 RESULT = ROOT / "bench" / "results" / "ensemble_weights_emotion.json"
 OUTPUT = f"{SAVES}/ensemble-dev-weights"

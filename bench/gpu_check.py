@@ -12,7 +12,7 @@ machine is recorded as skipped with the reason, never as passed:
 - deepspeed_zero3       ZeRO-3 sft with 2 processes when 2 GPUs exist, else 1
 - placement             where each inference path put its model (device: auto), and rows/s against device=cpu
                         for the same run: generate-eval (metrics.json's device), predict, serve (/health's
-                        device) and a classification head (stage: cls)
+                        device) and a classification head (stage: head)
 
     python bench/gpu_check.py --out DIR     (writes DIR/gpu_check.json and bench/results/gpu_check.json)
     python bench/gpu_check.py --out DIR --rehearse-on-cpu
@@ -70,9 +70,9 @@ def placement(lora: str, model: Path, work: Path, log: list[str], gpus: int, reh
     table.write_text("text\n" + "".join(f"{t} {i}\n" for i in range(50) for t, _ in EMOTION_ROWS))  # 600 rows
     rows = 600
     found: dict = {"expected": expected}
-    head = tiny_config(work / "head", model, work / "data", stage="cls", max_steps=20)
+    head = tiny_config(work / "head", model, work / "data", stage="head", max_steps=20)
     if run("head", ["sft", head], work, log)["rc"] != 0:
-        found["head"] = {"error": "stage: cls training failed"}
+        found["head"] = {"error": "stage: head training failed"}
     for device in ("auto", "cpu"):
         for name, config in (("generate_eval", lora), ("head", head)):
             out = Path(config).parent / "run" / f"placement-{device}"

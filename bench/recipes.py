@@ -6,7 +6,7 @@ result file keeps every recipe ever measured, not only the winner: running a
 subset (--only) replaces those entries and leaves the others, each with the
 commit and machine it was measured on.
 
-    python bench/recipes.py --only minilm-cls-16k-3ep,smollm2-cls-16k
+    python bench/recipes.py --only minilm-head-16k-3ep,smollm2-head-16k
     python bench/recipes.py --group curve      # the learning curve on emotion
 
 Writes bench/results/recipes.json, recipes.md (the tables) and
@@ -61,11 +61,11 @@ class Recipe:
     def mode(self) -> str:
         if self.members:
             return "ensemble / mean probability"
-        stage = "cls" if "stage: cls" in (ROOT / self.config).read_text() else "sft"
+        stage = "head" if "stage: head" in (ROOT / self.config).read_text() else "sft"
         if not self.train:
             stage = "prompted"
         settings = dict(o.split("=", 1) for o in [*self.overrides, *self.eval_overrides])
-        mode = settings.get("mode", "head" if stage == "cls" else "generate")
+        mode = settings.get("mode", "head" if stage == "head" else "generate")
         shots = int(settings.get("few_shot", 0))
         if not self.train:
             mode += f", {shots}-shot" + (f" {settings.get('few_shot_selection', 'random')}" if shots else "")
@@ -109,8 +109,8 @@ class Recipe:
 IMDB = ["dataset=imdb", "eval_dataset=imdb:test"]
 GOEMOTIONS = ["dataset=goemotions", "eval_dataset=goemotions:test"]
 SEMEVAL = ["dataset=semeval2018_ec", "eval_dataset=semeval2018_ec:dev"]
-MINILM = ("all-MiniLM-L6 (22M), full fine-tuning", "examples/minilm_cls_emotion.yaml")
-SMOLLM2_CLS = ("SmolLM2-135M-Instruct, LoRA r16 + score head", "examples/smollm2_cls_emotion.yaml")
+MINILM = ("all-MiniLM-L6 (22M), full fine-tuning", "examples/minilm_head_emotion.yaml")
+SMOLLM2_CLS = ("SmolLM2-135M-Instruct, LoRA r16 + score head", "examples/smollm2_head_emotion.yaml")
 SMOLLM2 = ("SmolLM2-135M-Instruct, LoRA r16 (generative)", "examples/smollm2_emotion.yaml")
 GEMMA3 = ("Gemma 3 270M (base), LoRA r16 (generative)", "examples/gemma3_emotion.yaml")
 
@@ -124,40 +124,40 @@ def ensemble(name: str, description: str, *members: str) -> Recipe:
 
 def recipes() -> list[Recipe]:
     found = [
-        Recipe("minilm-cls-16k-3ep", "emotion", *MINILM, epochs=3),
+        Recipe("minilm-head-16k-3ep", "emotion", *MINILM, epochs=3),
         # Five epochs, keeping the epoch that classifies all 2000 dev rows best (select_best on a head).
         Recipe(
-            "minilm-cls-16k-5ep-best",
+            "minilm-head-16k-5ep-best",
             "emotion",
             *MINILM,
             overrides=["learning_rate=2e-4", "select_best=true", "max_select_samples=2000"],
             epochs=5,
         ),
-        Recipe("smollm2-cls-16k", "emotion", *SMOLLM2_CLS),
+        Recipe("smollm2-head-16k", "emotion", *SMOLLM2_CLS),
         Recipe("smollm2-sft-16k", "emotion", *SMOLLM2, eval_overrides=["mode=score"]),
         # The larger embedded decoder: on 1000 rows it beat SmolLM2 (0.772 against 0.668, bench/families.py).
         Recipe("gemma3-sft-16k", "emotion", *GEMMA3, eval_overrides=["mode=score"]),
         # Leaderboard practice: a dense head and a generative model err differently; equal weights, so nothing
         # is tuned on test. Training time is the members' together.
-        ensemble("ensemble-minilm-smollm2-16k", "MiniLM cls + SmolLM2 sft", "minilm-cls-16k-3ep", "smollm2-sft-16k"),
-        ensemble("ensemble-minilm-gemma3-16k", "MiniLM cls + Gemma 3 sft", "minilm-cls-16k-3ep", "gemma3-sft-16k"),
+        ensemble("ensemble-minilm-smollm2-16k", "MiniLM cls + SmolLM2 sft", "minilm-head-16k-3ep", "smollm2-sft-16k"),
+        ensemble("ensemble-minilm-gemma3-16k", "MiniLM cls + Gemma 3 sft", "minilm-head-16k-3ep", "gemma3-sft-16k"),
         ensemble(
             "ensemble-minilm-smollm2-gemma3-16k",
             "MiniLM cls + SmolLM2 sft + Gemma 3 sft",
-            "minilm-cls-16k-3ep",
+            "minilm-head-16k-3ep",
             "smollm2-sft-16k",
             "gemma3-sft-16k",
         ),
         # IMDB: fast.ai's 1000-review sample, 800 train and 200 test reviews (about 250 words each).
-        Recipe("imdb-minilm-cls-3ep", "imdb", *MINILM, overrides=IMDB, epochs=3),
+        Recipe("imdb-minilm-head-3ep", "imdb", *MINILM, overrides=IMDB, epochs=3),
         Recipe(
             "imdb-smollm2-sft", "imdb", *SMOLLM2, overrides=[*IMDB, "cutoff_len=512"], eval_overrides=["mode=score"]
         ),
         # Multi-label: a cls run picks per-label thresholds on the dataset's dev split after training.
         # GoEmotions is judged on test (the paper's BERT: 0.46 macro-F1). SemEval-2018 E-c ships no test
         # labels, so it is judged on dev, the split its thresholds were chosen on: held_out says so.
-        Recipe("goemotions-minilm-cls-2ep", "goemotions", *MINILM, overrides=GOEMOTIONS, epochs=2),
-        Recipe("semeval-minilm-cls-3ep", "semeval2018_ec", *MINILM, overrides=SEMEVAL, epochs=3),
+        Recipe("goemotions-minilm-head-2ep", "goemotions", *MINILM, overrides=GOEMOTIONS, epochs=2),
+        Recipe("semeval-minilm-head-3ep", "semeval2018_ec", *MINILM, overrides=SEMEVAL, epochs=3),
     ]
     # The embedded instruct model without training, on the first 500 emotion test rows and the 200 IMDB test reviews.
     emotion = ["max_eval_samples=500", "mode=score"]
@@ -183,7 +183,7 @@ def recipes() -> list[Recipe]:
                     epochs=0,
                 )
             )
-    for rows in CURVE_ROWS[:-1]:  # 16000: minilm-cls-16k-3ep
+    for rows in CURVE_ROWS[:-1]:  # 16000: minilm-head-16k-3ep
         found.append(Recipe(f"curve-minilm-{rows}", "emotion", *MINILM, group="curve", rows=rows, epochs=3))
     for rows in CURVE_ROWS[:-1]:  # 16000: smollm2-sft-16k
         found.append(
@@ -383,7 +383,7 @@ SEMEVAL_GENERATIVE = (
 )
 
 # The 16k ends of the curve are recipes of their own.
-CURVE_ENDS = {"minilm-cls-16k-3ep": "MiniLM (dense)", "smollm2-sft-16k": "SmolLM2 (generative)"}
+CURVE_ENDS = {"minilm-head-16k-3ep": "MiniLM (dense)", "smollm2-sft-16k": "SmolLM2 (generative)"}
 
 
 def _curve_key(entry: dict) -> tuple:

@@ -48,7 +48,7 @@ def main() -> None:
             expect(page.locator("#data-info")).to_contain_text("rows", timeout=120_000)
             pick(page, "model_name_or_path", "all-minilm-l6-v2")
             set_field(page, "run name (output_dir under the webui's runs/)", "minilm-emotion-4k")
-            pick(page, "stage", "cls")
+            pick(page, "stage", "head")
             pick(page, "finetuning_type", "full")
             for key, value in {"max_samples": "4000", "per_device_train_batch_size": "16", "cutoff_len": "256"}.items():
                 field = page.locator(f"#setting-{key} input, #setting-{key} textarea").first

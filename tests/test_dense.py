@@ -1,4 +1,4 @@
-"""stage: cls: classification heads on encoders and decoders, class weights, and the same outputs as sft runs."""
+"""stage: head: classification heads on encoders and decoders, class weights, and the same outputs as sft runs."""
 
 import json
 from pathlib import Path
@@ -153,12 +153,12 @@ def test_gradient_accumulation_gives_the_loss_and_gradients_of_the_whole_batch(t
 
 def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
     config = tiny_config(
-        tmp_path, model_dir, dataset_dir, **{"stage": "cls", "learning_rate": 3e-2, "num_train_epochs": 10, **extra}
+        tmp_path, model_dir, dataset_dir, **{"stage": "head", "learning_rate": 3e-2, "num_train_epochs": 10, **extra}
     )
     assert run_cli("sft", config) == 0
     run = tmp_path / "run"
     results = json.loads((run / "train_results.json").read_text())
-    assert results["stage"] == "cls"
+    assert results["stage"] == "head"
     if extra.get("finetuning_type") == "full":
         assert results["trainable_parameters"] == results["total_parameters"]
     else:
@@ -171,7 +171,7 @@ def _learns_and_evaluates(tmp_path, model_dir, dataset_dir, **extra):
     assert run_cli("generate-eval", config) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert metrics["mode"] == "cls" and metrics["metrics"]["invalid"] == 0
+    assert metrics["mode"] == "head" and metrics["metrics"]["invalid"] == 0
     assert all(r["predicted"] is not None and r["generation"] is None for r in rows)
     if (
         "jaccard" in metrics["metrics"]
@@ -283,11 +283,11 @@ def test_multi_label_head_uses_bce_and_thresholds_from_dev(tmp_path):
     assert all("joy" not in r["predicted"] and "fear" in r["predicted"] for r in rows_out)
 
 
-def test_cls_refuses_vllm_and_qlora(tmp_path, emotion_dir, capsys):
+def test_a_head_refuses_vllm_and_qlora(tmp_path, emotion_dir, capsys):
     model_dir = build_tiny_encoder(tmp_path / "bert", "bert")
-    config = tiny_config(tmp_path, model_dir, emotion_dir, stage="cls", finetuning_type="qlora")
+    config = tiny_config(tmp_path, model_dir, emotion_dir, stage="head", finetuning_type="qlora")
     assert run_cli("sft", config) != 0
-    assert "stage: cls takes finetuning_type lora, ia3 or full" in capsys.readouterr().err
+    assert "stage: head takes finetuning_type lora, ia3 or full" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
@@ -308,7 +308,7 @@ def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
         tmp_path,
         "all-minilm-l6-v2",
         emotion_dir,
-        stage="cls",
+        stage="head",
         finetuning_type="full",
         learning_rate=1e-4,
         max_steps=2,
@@ -321,13 +321,13 @@ def test_embedded_minilm_encoder_trains_and_evaluates(tmp_path, emotion_dir):
 
 
 @pytest.mark.slow
-def test_cv_and_classify_on_a_cls_run(tmp_path, emotion_dir, capsys):
+def test_cv_and_classify_on_a_head_run(tmp_path, emotion_dir, capsys):
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
-    config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", num_train_epochs=2)
+    config = tiny_config(tmp_path, encoder, emotion_dir, stage="head", num_train_epochs=2)
     assert run_cli("cv", config, "--folds", 2) == 0
     for k in (1, 2):
         fold = json.loads((tmp_path / "run" / "cv" / f"fold-{k}" / "eval" / "metrics.json").read_text())
-        assert fold["mode"] == "cls" and fold["metrics"]["n"] == 6
+        assert fold["mode"] == "head" and fold["metrics"]["n"] == 6
     assert run_cli("sft", config) == 0
     capsys.readouterr()
     assert run_cli("classify", config, "--", "i am so happy") == 0
@@ -344,7 +344,7 @@ def test_seed_fixes_the_new_head_and_adapter(tmp_path, emotion_dir):
     def initial_weights(name: str, seed: int) -> dict:
         # one step at a negligible learning rate: the saved weights are the initial ones
         config = tiny_config(
-            tmp_path / name, model_dir, emotion_dir, stage="cls", seed=seed, max_steps=1, learning_rate=1e-9
+            tmp_path / name, model_dir, emotion_dir, stage="head", seed=seed, max_steps=1, learning_rate=1e-9
         )
         assert run_cli("sft", config) == 0
         return load_file(tmp_path / name / "run" / "adapter_model.safetensors")
@@ -367,7 +367,7 @@ def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_
     from instructemo.models.load import load_sequence_classifier, load_tokenizer
 
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
-    config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", **SELECT)
+    config = tiny_config(tmp_path, encoder, emotion_dir, stage="head", **SELECT)
     assert run_cli("sft", config) == 0
     run = tmp_path / "run"
     selection = json.loads((run / "selection.json").read_text())
@@ -384,3 +384,26 @@ def test_a_head_keeps_the_checkpoint_that_classifies_dev_best(tmp_path, emotion_
 
     scores = {step: dev_macro_f1(run / f"checkpoint-{step}") for step in (2, 4, 6)}
     assert_best_checkpoint_kept(run, selection, scores)
+
+
+def test_the_old_spelling_stage_cls_still_works_and_says_it_is_now_head(tmp_path, emotion_dir, caplog):
+    """The classification-head run has one name, head, in config, modes, files and docs; configs and run folders
+    written with stage: cls keep working."""
+    import logging
+
+    import yaml
+
+    from instructemo.config.schema import load_config
+
+    encoder = build_tiny_encoder(tmp_path / "bert", "bert")
+    config = tiny_config(tmp_path, encoder, emotion_dir, stage="cls", max_steps=1)
+    with caplog.at_level(logging.INFO, logger="instructemo"):
+        assert load_config(config).stage == "head"
+    assert "stage: cls is now called stage: head" in caplog.text
+    assert run_cli("sft", config) == 0
+    saved = tmp_path / "run" / "instructemo_config.yaml"
+    assert yaml.safe_load(saved.read_text())["stage"] == "head"
+    older = yaml.safe_load(saved.read_text()) | {"stage": "cls"}  # as a run written before the rename saved it
+    saved.write_text(yaml.safe_dump(older))
+    assert run_cli("generate-eval", tmp_path / "run") == 0
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["mode"] == "head"

@@ -29,7 +29,7 @@ def runs(tmp_path_factory, tiny_llama):
         (root / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "labels": l}) + "\n" for t, l in rows))
     multi = {"dataset": str(root / "train.jsonl"), "select_dataset": str(root / "dev.jsonl")}
     made = {}
-    for name, stage, extra in (("sft", "sft", {}), ("cls", "cls", {}), ("multi", "sft", multi)):
+    for name, stage, extra in (("sft", "sft", {}), ("head", "head", {}), ("multi", "sft", multi)):
         made[name] = tiny_config(
             root / name, tiny_llama, root / "data", stage=stage, max_steps=2, bf16=False, mode="score", **extra
         )
@@ -49,7 +49,7 @@ def two_gpus(monkeypatch):
 
 @pytest.mark.slow
 def test_every_inference_verb_places_its_model_on_the_chosen_gpu(runs, two_gpus, tmp_path, monkeypatch):
-    sft, cls = runs["sft"], runs["cls"]
+    sft, cls = runs["sft"], runs["head"]
     assert run_cli("generate-eval", sft) == 0
     assert run_cli("generate-eval", cls, "device=cuda:1") == 0  # the dense engine
     for config, device in ((sft, "cuda:0"), (cls, "cuda:1")):
@@ -77,7 +77,7 @@ def test_every_inference_verb_places_its_model_on_the_chosen_gpu(runs, two_gpus,
 
 def test_export_and_device_cpu_keep_the_model_on_the_cpu_of_a_gpu_machine(runs, two_gpus, tmp_path):
     assert run_cli("export", runs["sft"], "--output", tmp_path / "exported") == 0
-    assert run_cli("generate-eval", runs["cls"], "device=cpu") == 0
+    assert run_cli("generate-eval", runs["head"], "device=cpu") == 0
     assert two_gpus == ["cpu", "cpu"]
 
 

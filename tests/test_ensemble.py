@@ -46,12 +46,14 @@ def read(path: Path, name: str):
 
 
 @pytest.mark.slow
-def test_compare_then_ensemble_a_cls_head_and_a_generative_run(tmp_path, emotion_dir, tiny_llama, capsys, caplog):
+def test_compare_then_ensemble_a_classification_head_and_a_generative_run(
+    tmp_path, emotion_dir, tiny_llama, capsys, caplog
+):
     """Two real runs, trained and evaluated by the CLI: compare puts them side by side, and the ensemble's labels
     are the argmax of their weighted mean probabilities."""
     encoder = build_tiny_encoder(tmp_path / "bert", "bert")
     cls_run, sft_run = tmp_path / "cls-run", tmp_path / "sft-run"
-    cls = tiny_config(tmp_path / "a", encoder, emotion_dir, stage="cls", output_dir=str(cls_run))
+    cls = tiny_config(tmp_path / "a", encoder, emotion_dir, stage="head", output_dir=str(cls_run))
     sft = tiny_config(tmp_path / "b", tiny_llama, emotion_dir, output_dir=str(sft_run), num_train_epochs=1)
     assert run_cli("sft", cls, "do_eval=true") == 0
     assert run_cli("sft", sft, "do_eval=true") == 0  # generate mode: answers, no probabilities
@@ -61,7 +63,7 @@ def test_compare_then_ensemble_a_cls_head_and_a_generative_run(tmp_path, emotion
     printed = capsys.readouterr().out
     assert "| run | stage | mode | accuracy | macro F1 |" in printed and "F1 surprise" in printed
     compared = json.loads((cmp / "compare.json").read_text())
-    assert [(r["stage"], r["mode"]) for r in compared] == [("cls", "cls"), ("sft", "generate")]
+    assert [(r["stage"], r["mode"]) for r in compared] == [("head", "head"), ("sft", "generate")]
     for r in compared:
         metrics = json.loads(
             (Path(r["run"]) / ("metrics.json" if r["stage"] == "sft" else "eval/metrics.json")).read_text()
@@ -95,7 +97,7 @@ def test_compare_then_ensemble_a_cls_head_and_a_generative_run(tmp_path, emotion
     assert "weights [2.0, 1.0]: if they were chosen by these rows' scores" in caplog.text
     assert "ensemble of cls-run + eval" in (out / "report.html").read_text()
     assert run_cli("compare", cls_run, out, "--output", tmp_path / "cmp2") == 0
-    assert [r["stage"] for r in json.loads((tmp_path / "cmp2" / "compare.json").read_text())] == ["cls", "ensemble"]
+    assert [r["stage"] for r in json.loads((tmp_path / "cmp2" / "compare.json").read_text())] == ["head", "ensemble"]
 
 
 def test_multi_label_members_vote_and_half_the_weight_names_a_label(tmp_path):

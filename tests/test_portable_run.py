@@ -47,7 +47,7 @@ def answers(config: str, workdir, capsys) -> dict:
     return out
 
 
-@pytest.mark.parametrize("stage", ["sft", "cls"])
+@pytest.mark.parametrize("stage", ["sft", "head"])
 @pytest.mark.parametrize("multi_label", [False, True], ids=["single", "multi"])
 def test_a_copied_run_without_its_data_serves_predicts_classifies_exports_and_evaluates(
     tmp_path, tiny_llama, monkeypatch, capsys, stage, multi_label

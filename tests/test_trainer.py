@@ -80,7 +80,7 @@ def test_training_args_may_not_shadow_the_config(training_args, message):
         make_config({"training_args": training_args})
 
 
-@pytest.mark.parametrize("stage, known", [("sft", "SFTConfig"), ("cls", "TrainingArguments")])
+@pytest.mark.parametrize("stage, known", [("sft", "SFTConfig"), ("head", "TrainingArguments")])
 def test_unknown_training_args_are_named_with_a_suggestion(stage, known):
     cfg = make_config({"stage": stage, "training_args": {"max_grad_nrom": 1.0}})
     with pytest.raises(UserError, match=f"'max_grad_nrom', which {known} does not have; did you mean 'max_grad_norm'"):
@@ -98,7 +98,7 @@ def test_unknown_training_args_are_named_with_a_suggestion(stage, known):
         ({"optim": "adamw_torchh"}, "optim must be one of adamw_torch, .*; did you mean 'adamw_torch'"),
     ],
 )
-@pytest.mark.parametrize("stage", ["sft", "cls"])
+@pytest.mark.parametrize("stage", ["sft", "head"])
 def test_training_args_of_the_wrong_type_are_refused_before_the_model_loads(stage, training_args, message):
     cfg = make_config({"stage": stage, "training_args": training_args})
     with pytest.raises(UserError, match=message):

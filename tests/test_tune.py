@@ -132,32 +132,32 @@ def test_a_classification_head_trial_keeps_its_best_checkpoint_is_scored_on_dev_
 ):
     import optuna
 
-    space = {"space": {"stage": ["cls"], "learning_rate": [5e-2, 2e-2]}, "startup_trials": 1}
-    space["enqueue"] = [{"stage": "cls", "learning_rate": 5e-2}]
+    space = {"space": {"stage": ["head"], "learning_rate": [5e-2, 2e-2]}, "startup_trials": 1}
+    space["enqueue"] = [{"stage": "head", "learning_rate": 5e-2}]
     config = tiny_config(tmp_path, tiny_llama, emotion_dir, tune=space, **TRIAL)
     out = tmp_path / "run"
     assert run_cli("tune", config, "--trials", "1") == 0
     trial = out / "trials" / "trial-000"
     dev = json.loads((trial / "dev_eval" / "metrics.json").read_text())
-    assert dev["eval_dataset"] == "emotion:validation" and dev["mode"] == "cls"
+    assert dev["eval_dataset"] == "emotion:validation" and dev["mode"] == "head"
     assert float(table(out)[0]["dev_macro_f1"]) == pytest.approx(dev["metrics"]["macro_f1"], abs=1e-4)
     selection = json.loads((trial / "selection.json").read_text())
     assert [p["step"] for p in selection["history"]] == [2, 4, 6]  # the head's dev scores, as intermediate values
     assert study(out).trials[0].intermediate_values == {p["step"]: p["macro_f1"] for p in selection["history"]}
     # Single-label: the kept checkpoint's dev score is the one generate-eval gives the saved run on those rows.
     assert dev["metrics"]["macro_f1"] == pytest.approx(selection["best"]["macro_f1"])
-    assert load_config(out / "best.yaml").stage == "cls"
+    assert load_config(out / "best.yaml").stage == "head"
 
     s = study(out)  # an earlier trial at 0.95 throughout: the next one falls below the median at step 2
     s.add_trial(
         optuna.trial.create_trial(
-            params={"stage": "cls", "learning_rate": 2e-2},
+            params={"stage": "head", "learning_rate": 2e-2},
             distributions=s.trials[0].distributions,
             value=0.95,
             intermediate_values={2: 0.95, 4: 0.95, 6: 0.95},
         )
     )
-    s.enqueue_trial({"stage": "cls", "learning_rate": 5e-2})
+    s.enqueue_trial({"stage": "head", "learning_rate": 5e-2})
     assert run_cli("tune", config, "--trials", "3") == 0
     rows = table(out)
     assert [r["state"] for r in rows] == ["complete", "complete", "pruned"] and rows[2]["note"] == "pruned at step 2"

@@ -187,7 +187,7 @@ def test_ray_data_labels_a_file_with_the_export_on_a_local_ray_instance(classifi
 
 
 def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_path):
-    """stage: cls exports a standard *ForSequenceClassification directory; vLLM's classify gives its answers."""
+    """stage: head exports a standard *ForSequenceClassification directory; vLLM's classify gives its answers."""
     from conftest import EMOTION_ROWS, build_tiny_encoder, write_emotion_txt
 
     from instructemo.config.schema import load_config
@@ -197,7 +197,7 @@ def test_a_classification_head_exports_as_a_directory_vllm_classifies_with(tmp_p
     write_emotion_txt(tmp_path / "data" / "emotion" / "train.txt", EMOTION_ROWS * 2)
     write_emotion_txt(tmp_path / "data" / "emotion" / "test.txt")
     config = tiny_config(
-        tmp_path, base, tmp_path / "data", stage="cls", finetuning_type="full", learning_rate=1e-3, bf16=False
+        tmp_path, base, tmp_path / "data", stage="head", finetuning_type="full", learning_rate=1e-3, bf16=False
     )
     cli("sft", config)
     cli("export", config, "--output", tmp_path / "exported")

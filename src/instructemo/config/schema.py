@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
@@ -22,6 +23,8 @@ from instructemo.config.checks import check_consistency, check_names, typo_hint
 from instructemo.errors import UserError
 from instructemo.run.directory import CONFIG_FILE
 from instructemo.run.fileio import read_yaml_file
+
+log = logging.getLogger(__name__)
 
 GROUPS = ("model", "data", "finetuning", "inference", "tune")
 
@@ -172,15 +175,15 @@ class Config:
     stage: str = _key(
         "sft",
         "What `instructemo sft` trains: sft (generative instruction tuning: the model writes the label) or "
-        "cls (a classification head on AutoModelForSequenceClassification, for encoders such as BERT or MiniLM "
+        "head (a classification head on AutoModelForSequenceClassification, for encoders such as BERT or MiniLM "
         "and decoders with a score head).",
-        choices=("sft", "cls"),
+        choices=("sft", "head"),
         group="finetuning",
         webui=True,
     )
     class_weights: str | dict = _key(
         "none",
-        "stage cls: weigh the loss per class: none, balanced (inverse class frequency; for multi-label "
+        "stage head: weigh the loss per class: none, balanced (inverse class frequency; for multi-label "
         "the negative/positive ratio per label) or a mapping {label: weight} (unnamed labels weigh 1).",
         choices=("none", "balanced"),
         group="finetuning",
@@ -553,7 +556,7 @@ def make_config(values: dict[str, Any]) -> Config:
             hint = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else "; run `instructemo sft --help` for the keys"
             raise UserError(f"unknown config key {key!r}{suggestion}")
-    checked = {key: _check_value(key, value) for key, value in values.items()}
+    checked = {key: _check_value(key, renamed(key, value)) for key, value in values.items()}
     config = Config(**checked)
     check_consistency(config, FIELDS, DERIVED_TRAINING_ARGS)
     return config
@@ -561,6 +564,27 @@ def make_config(values: dict[str, Any]) -> Config:
 
 # What a run adds to its saved config beside the keys it was trained with.
 RUN_DERIVED_KEYS = ("model_path", "template_resolved")
+# Values that were renamed: the old spelling (in a user's YAML or an older run's saved config) still works, and a
+# log line says what it is called now.
+RENAMED_VALUES = {"stage": {"cls": "head"}}
+
+
+def renamed(key: str, value: Any, say: bool = True) -> Any:
+    """The current spelling of a config value (stage: cls is stage: head)."""
+    if isinstance(value, str) and value in RENAMED_VALUES.get(key, {}):
+        new = RENAMED_VALUES[key][value]
+        if say:
+            log.info("%s: %s is now called %s: %s (the same thing; the old spelling still works)", key, value, key, new)
+        return new
+    return value
+
+
+def saved_stage(directory: Path | None, configured: str) -> str:
+    """sft or head: what the trained run in `directory` is (its saved config says), else the configured stage."""
+    path = directory / CONFIG_FILE if directory is not None else None
+    if path is not None and path.is_file():
+        return renamed("stage", (read_yaml_file(path, "run config") or {}).get("stage", "sft"), say=False)
+    return configured
 
 
 def _run_values(run: Path) -> dict[str, Any]:

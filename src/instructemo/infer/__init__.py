@@ -85,7 +85,7 @@ def first_answer_tokens(tokenizer, conversation: list[dict], space: LabelSpace) 
     if space.multi_label:
         raise UserError(
             "first-token scoring is single-label only: a multi-label answer lists several labels, so one token "
-            "cannot stand for one label; use score_method: sequence, or stage: cls for a classification head"
+            "cannot stand for one label; use score_method: sequence, or stage: head for a classification head"
         )
     first = [answer_tokens(tokenizer, conversation, space.answer([name]))[0] for name in space.names]
     by_token: dict[int, list[str]] = {}
@@ -107,7 +107,7 @@ def first_answer_tokens(tokenizer, conversation: list[dict], space: LabelSpace) 
 def classify_dense(
     cfg: Config, engine, texts: list[str], space: LabelSpace, thresholds: np.ndarray | None = None
 ) -> Classified:
-    """Labels and probabilities from a classification head (stage: cls), with the same decision rules."""
+    """Labels and probabilities from a classification head (stage: head), with the same decision rules."""
     probabilities = finite_scores(engine.probabilities(texts))
     return Classified(decide(probabilities, space, thresholds, cfg.score_threshold), None, probabilities)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instructemo.config.schema import Config
+from instructemo.config.schema import Config, saved_stage
 from instructemo.data.datasets import Split, load_run_split, resolve_label_space, spec_options, split_source
 from instructemo.data.labels import LabelSpace
 from instructemo.data.recorded import check_split_is_the_runs
@@ -34,7 +34,7 @@ from instructemo.run.directory import (
     RunDir,
 )
 from instructemo.run.fileio import read_json, read_yaml_file
-from instructemo.run.saved_model import saved_model_kind, saved_stage, weights_digest
+from instructemo.run.saved_model import saved_model_kind, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class Classifier:
         """The training rows few_shot examples come from, read (and checked) before any model loads."""
         if self.cfg.few_shot == 0:
             return None
-        if self.stage == "cls":
-            raise UserError("few_shot shows examples in a prompt; a classification head (stage: cls) reads no prompt")
+        if self.stage == "head":
+            raise UserError("few_shot shows examples in a prompt; a classification head (stage: head) reads no prompt")
         if self.adapter is not None:
             log.warning(
                 "few_shot with a trained adapter: it learned zero-shot prompts, and now sees %d example(s) per label",
@@ -198,13 +198,13 @@ class Classifier:
 
     @property
     def mode(self) -> str:
-        """What produced the labels: generate or score (stage sft), or cls (a classification head)."""
-        return "cls" if self.stage == "cls" else self.cfg.mode
+        """What produced the labels: generate or score (stage sft), or head (a classification head)."""
+        return "head" if self.stage == "head" else self.cfg.mode
 
     def load(self, progress: bool = True) -> "Classifier":
         """Load the model; separate from __init__ so input checks run first. progress: a bar per classify call."""
         base = resolve_model_path(self.cfg.model_name_or_path)
-        if self.stage == "cls":
+        if self.stage == "head":
             self.engine = DenseEngine(self.cfg, base, self.adapter, self.space, self.bf16, self.device)
         else:
             if self.adapter is None:
@@ -226,7 +226,7 @@ class Classifier:
         return self
 
     def classify(self, texts: list[str]):
-        if self.stage == "cls":
+        if self.stage == "head":
             return classify_dense(self.cfg, self.engine, texts, self.space, self.thresholds)
         shots = self.shots.for_texts(texts) if self.shots is not None else [()] * len(texts)
         conversations = [self.prompts.prompt(t, s) for t, s in zip(texts, shots)]

@@ -1,4 +1,4 @@
-"""Inference for `stage: cls` runs: the classification head's probabilities for each text."""
+"""Inference for `stage: head` runs: the classification head's probabilities for each text."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ class DenseEngine:
 
     def __init__(self, cfg, base_path: str, adapter: Path | None, space: LabelSpace, bf16: bool, device: torch.device):
         if cfg.backend != "hf":
-            raise UserError("stage: cls runs are served by backend: hf (vLLM generates text); set backend: hf")
+            raise UserError("stage: head runs are served by backend: hf (vLLM generates text); set backend: hf")
         if adapter is None:
             raise UserError(
-                f"no trained classifier in {cfg.output_dir}: a cls head is new at training time; run instructemo sft first"
+                f"no trained classifier in {cfg.output_dir}: a classification head is new at training time; run instructemo sft first"
             )
         self.progress = True  # a progress bar per call (off when serving)
         self.batch_size = cfg.per_device_eval_batch_size

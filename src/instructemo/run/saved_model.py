@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from instructemo.run.directory import ADAPTER_CONFIG_FILE, CONFIG_FILE, MODEL_CONFIG_FILE, TOKENIZER_CONFIG_FILE
+from instructemo.run.directory import ADAPTER_CONFIG_FILE, MODEL_CONFIG_FILE, TOKENIZER_CONFIG_FILE
 from instructemo.run.fileio import file_digest, read_json
 
 
@@ -34,13 +34,3 @@ def adapter_settings(directory: Path) -> dict:
 
 def has_tokenizer(directory: Path) -> bool:
     return (directory / TOKENIZER_CONFIG_FILE).is_file()
-
-
-def saved_stage(directory: Path | None, configured: str) -> str:
-    """sft or cls: what the trained run in `directory` is (its saved config says), else the configured stage."""
-    path = directory / CONFIG_FILE if directory is not None else None
-    if path is not None and path.is_file():
-        import yaml
-
-        return (yaml.safe_load(path.read_text()) or {}).get("stage", "sft")
-    return configured

@@ -1,6 +1,6 @@
 """`instructemo serve`: one trained run behind HTTP, in vLLM's classify shape and OpenAI's chat shape.
 
-The run loads once (LoRA adapter, merged model or `stage: cls` head, on the
+The run loads once (LoRA adapter, merged model or `stage: head` head, on the
 configured backend), then uvicorn serves it until SIGTERM or Ctrl-C. On
 either, uvicorn stops accepting connections, lets every accepted request
 finish, and only then stops the model (see `app.create_app`).

@@ -1,4 +1,4 @@
-"""`stage: cls`: a classification head (AutoModelForSequenceClassification) on the same data and label spaces.
+"""`stage: head`: a classification head (AutoModelForSequenceClassification) on the same data and label spaces.
 
 The text goes in as it is (no prompt): an encoder (BERT, DistilBERT, RoBERTa,
 MiniLM) reads it whole, a decoder (Llama, Qwen, Gemma) is read at its last
@@ -111,7 +111,7 @@ def run_cls(cfg: Config, train: Split | None = None, on_selection=None) -> Path:
     from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
     if cfg.finetuning_type == "qlora":
-        raise UserError("stage: cls takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
+        raise UserError("stage: head takes finetuning_type lora, ia3 or full; qlora is for stage: sft")
     plan = check_before_training(cfg, train)
     train = plan.train
     space = train.label_space

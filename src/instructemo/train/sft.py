@@ -30,9 +30,9 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
 
     `train` replaces cfg.dataset's rows (cross-validation passes its folds this way).
     `on_selection(history)` is called after each select_best evaluation; True stops training there.
-    With `stage: cls` the same verb trains a classification head instead (dense.py).
+    With `stage: head` the same verb trains a classification head instead (dense.py).
     """
-    if cfg.stage == "cls":
+    if cfg.stage == "head":
         return run_cls(cfg, train, on_selection)
     plan = check_before_training(cfg, train)
     train = plan.train

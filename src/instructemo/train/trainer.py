@@ -266,7 +266,7 @@ def save_run(
     """The model and everything a person, generate-eval and compare need, staged, then moved into place at once.
 
     `extra`: more files for the run (name -> text); `finish(staging)` runs last
-    on the staged run (stage cls calibrates its thresholds there).
+    on the staged run (stage head calibrates its thresholds there).
     """
     main = trainer.is_world_process_zero()
     history = trainer.state.log_history

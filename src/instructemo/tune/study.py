@@ -18,7 +18,7 @@ output_dir/trials/trial-NNN, with select_best on: the dev evaluations it makes
 at each epoch's end (and every select_steps) are the trial's intermediate
 values, and the median pruner stops a trial whose dev score falls below the
 median of earlier trials at the same step. A `stage: sft` trial's value is the
-best dev select_metric, the checkpoint select_best keeps. A `stage: cls` trial
+best dev select_metric, the checkpoint select_best keeps. A `stage: head` trial
 keeps its best checkpoint the same way, and its value is generate-eval's on the
 same dev rows (for multi-label, with the thresholds calibrated there).
 

@@ -2,7 +2,7 @@
 
 A run is a training output_dir with an evaluation in it (output_dir/eval), or
 an evaluation directory itself (the one holding metrics.json). Generative (sft)
-and classification-head (cls) runs write the same files, so they compare
+and classification-head (head) runs write the same files, so they compare
 directly: the table, compare.json, and a per-class F1 bar chart.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from instructemo.config.schema import renamed
 from instructemo.errors import UserError
 from instructemo.evaluate.metrics import headline_metric, is_multi_label
 from instructemo.report.evaluation import find_evaluation
@@ -39,11 +40,14 @@ def load_run(path: Path) -> dict:
         train = read_json(run_dir / TRAIN_RESULTS_FILE)
     m = evaluation["metrics"]
     multi_label = is_multi_label(evaluation)
+    # An older run says cls where a run now says head (its stage, and its evaluation's mode).
+    mode = renamed("stage", evaluation.get("mode"), say=False)
     return {
         "run": str(path),
         "name": path.name if eval_dir != path else f"{path.parent.name}/{path.name}",
-        "stage": train.get("stage") or {"cls": "cls", "ensemble": "ensemble"}.get(evaluation.get("mode"), "sft"),
-        "mode": evaluation.get("mode"),
+        "stage": renamed("stage", train.get("stage"), say=False)
+        or {"head": "head", "ensemble": "ensemble"}.get(mode, "sft"),
+        "mode": mode,
         "multi_label": multi_label,
         "n": m["n"],
         "accuracy": m.get("accuracy"),

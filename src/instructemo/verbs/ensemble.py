@@ -5,7 +5,7 @@ on what every `generate-eval` writes, so a dense head and a generative model
 combine without loading either again.
 
 - Single-label members are averaged by probability (soft voting): each needs
-  probabilities, which a cls run always has and a generative run has in
+  probabilities, which a head run always has and a generative run has in
   mode=score.
 - Multi-label members vote: a label is predicted when members holding at least
   half the weight name it (with two members, either one).

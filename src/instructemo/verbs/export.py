@@ -1,7 +1,7 @@
 """`instructemo export`: a trained run as a standalone model directory that other servers load as it is.
 
 --format hf (default): the base with the adapter merged in (safetensors), its
-tokenizer, label space and thresholds. A `stage: cls` run is already a
+tokenizer, label space and thresholds. A `stage: head` run is already a
 standard `*ForSequenceClassification` directory (`id2label`, `problem_type`):
 transformers' text-classification pipeline and vLLM's classify load it.
 
@@ -15,7 +15,7 @@ tokenizer's chat template is replaced by the run's own prompt, so a
 `messages` request whose last user message is the text gets the prompt the
 model was trained on. Labels whose answers start with the same token, and
 multi-label runs, are refused (see `infer.first_answer_tokens`): one token
-per label cannot represent them; a `stage: cls` head can.
+per label cannot represent them; a `stage: head` head can.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from instructemo.config.schema import Config
+from instructemo.config.schema import Config, saved_stage
 from instructemo.data.labels import LabelSpace
 from instructemo.errors import UserError
 from instructemo.infer import first_answer_tokens
@@ -43,7 +43,6 @@ from instructemo.run.directory import (
     THRESHOLDS_FILE,
 )
 from instructemo.run.fileio import json_text, read_json
-from instructemo.run.saved_model import saved_stage
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def export_model(cfg: Config, output: Path, gguf: bool = False, fmt: str = "hf")
         trust_remote_code=cfg.trust_remote_code,
         allow_pickle=cfg.allow_pickle_weights,
     )
-    if stage == "cls":
+    if stage == "head":
         model, tokenizer = load_head_run(base, adapter, space, flash_attn=cfg.flash_attn, **options)
     else:
         model, tokenizer = load_causal_run(base, adapter, flash_attn="eager", **options)
