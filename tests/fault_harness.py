@@ -7,6 +7,8 @@ INSTRUCTEMO_FAULT names it:
 - kill:before-complete  SIGKILL with every file in place, just before the manifest says complete
 - kill:checkpoint-N      SIGKILL once checkpoint-N is whole (its progress file written), as a crash would stop a run
 - kill:checkpoint-N#K    the same, the K-th time a checkpoint-N is whole in this process (tune trains run after run)
+- kill:step-N           SIGKILL at the end of optimizer step N: mid-training, between checkpoints
+- kill:half-checkpoint-N  SIGKILL inside the Trainer's save of checkpoint-N: its weights written, its optimizer not
 - fsize:N               a file-size limit of N bytes (RLIMIT_FSIZE), as a full disk would refuse writes
 """
 
@@ -30,7 +32,26 @@ def inject(fault: str) -> None:
     from instructemo.train import monitor as monitor
     from instructemo.train import trainer as trainer
 
-    if point.startswith("checkpoint-"):
+    if point.startswith("step-"):
+        step, real_step_end = int(point.split("-")[1]), monitor.RunMonitor.on_step_end
+
+        def on_step_end(self, args, state, control, **kwargs):
+            real_step_end(self, args, state, control, **kwargs)
+            if state.global_step == step:
+                die()
+
+        monitor.RunMonitor.on_step_end = on_step_end
+    elif point.startswith("half-checkpoint-"):
+        from transformers import Trainer
+
+        name = point.removeprefix("half-")
+
+        def save_optimizer(self, output_dir):
+            if Path(output_dir).name == name:
+                die()
+
+        Trainer._save_optimizer_and_scheduler = save_optimizer
+    elif point.startswith("checkpoint-"):
         step, _, nth = point.split("-")[1].partition("#")
         step, remaining, real_on_save = int(step), [int(nth or 1)], monitor.RunMonitor.on_save
 

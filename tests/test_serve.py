@@ -301,19 +301,17 @@ def test_a_real_server_answers_concurrent_clients_and_drains_on_sigterm(run):
 
 
 def test_the_batcher_waits_for_as_many_texts_as_last_time_and_a_lone_client_never_waits():
+    """Asserted on the batcher's decisions (texts expected, wait allowed, texts taken), not on the clock."""
     import asyncio
 
     from instructemo.serve.batcher import Batcher
 
-    sizes = []
-
     def run(texts):
-        sizes.append(len(texts))
         time.sleep(0.05)
         return [t.upper() for t in texts]
 
-    async def scenario():
-        batcher = Batcher(run, max_batch=8, max_wait=0.5, wait_share=20)  # 20 x 50 ms: max_wait bounds the wait
+    async def scenario(wait_share: float):
+        batcher = Batcher(run, max_batch=8, max_wait=0.5, wait_share=wait_share)
         batcher.start()
         first = await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(8)))
 
@@ -322,28 +320,27 @@ def test_the_batcher_waits_for_as_many_texts_as_last_time_and_a_lone_client_neve
             return await batcher.submit([f"b{i}"])
 
         second = await asyncio.gather(*(late(i) for i in range(8)))
-        started = time.perf_counter()
-        await batcher.submit(["alone"])  # expected 8, waits at most max_wait once
-        waited = time.perf_counter() - started
-        started = time.perf_counter()
-        await batcher.submit(["alone again"])
-        again = time.perf_counter() - started
+        await batcher.submit(["alone"])  # 8 expected, as many as the last batch
+        await batcher.submit(["alone again"])  # 1 expected: the last batch was one client
         await batcher.stop()
-        return first, second, waited, again
+        return first, second, list(batcher.decisions), batcher
 
-    first, second, waited, again = asyncio.run(scenario())
+    first, second, decisions, batcher = asyncio.run(scenario(wait_share=20))  # 20 x 50 ms: max_wait bounds it
     assert first == [[f"A{i}"] for i in range(8)] and second == [[f"B{i}"] for i in range(8)]
-    assert sizes == [8, 8, 1, 1]
-    assert 0.45 < waited < 2 and again < 0.2
+    assert [d.size for d in decisions] == [8, 8, 1, 1]
+    assert [d.expected for d in decisions] == [1, 8, 8, 1]  # the late clients were waited for, together
+    assert decisions[2].wait_limit == 0.5  # the lone client after a full batch waits at most max_wait, once
+    assert decisions[3].expected <= decisions[3].size  # and the next lone one does not wait at all
 
     async def share_bounds_the_wait():
         batcher = Batcher(run, max_batch=8, max_wait=0.5, wait_share=0.1)
         batcher.start()
         await asyncio.gather(*(batcher.submit([f"a{i}"]) for i in range(8)))
-        started = time.perf_counter()
-        await batcher.submit(["alone"])  # expected 8, but waits at most a tenth of the 50 ms batch
-        waited = time.perf_counter() - started
+        model_time = batcher.last_run
+        await batcher.submit(["alone"])  # 8 expected, but the wait is bounded by a tenth of the batch's model time
         await batcher.stop()
-        return waited
+        return list(batcher.decisions), model_time
 
-    assert asyncio.run(share_bounds_the_wait()) < 0.05 + 0.1  # the 50 ms run itself, and no half-second wait
+    decisions, model_time = asyncio.run(share_bounds_the_wait())
+    assert decisions[1].expected == 8 and decisions[1].size == 1
+    assert decisions[1].wait_limit == 0.1 * model_time < 0.5  # the share, not max_wait, bounds it

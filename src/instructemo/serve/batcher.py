@@ -29,10 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, NamedTuple
 
 log = logging.getLogger(__name__)
+
+
+class Decision(NamedTuple):
+    """How one batch was formed: the texts expected, the longest it could wait for them, and the texts it got."""
+
+    expected: int
+    wait_limit: float  # seconds: min(max_wait, wait_share x the last batch's model time)
+    size: int
 
 
 class BatchFailed(Exception):
@@ -62,6 +71,7 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.queued_texts = 0
         self.expected = 1  # texts active during the last batch (its own and those queued meanwhile)
+        self.decisions: deque[Decision] = deque(maxlen=64)  # the latest batches' decisions, oldest first
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
@@ -86,7 +96,8 @@ class Batcher:
             waiting = [await self.queue.get()]
             size = len(waiting[0][0])
             expected = min(self.max_batch, self.expected)
-            deadline = loop.time() + min(self.max_wait, self.wait_share * self.last_run)
+            wait_limit = min(self.max_wait, self.wait_share * self.last_run)
+            deadline = loop.time() + wait_limit
             while size < self.max_batch:
                 try:
                     item = self.queue.get_nowait()
@@ -101,6 +112,7 @@ class Batcher:
                 waiting.append(item)
                 size += len(item[0])
             self.queued_texts -= size
+            self.decisions.append(Decision(expected, wait_limit, size))
             waiting = [(texts, future) for texts, future in waiting if not future.done()]  # callers that gave up
             if waiting:
                 await self._run_batch(loop, waiting)
