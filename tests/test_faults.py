@@ -25,7 +25,8 @@ SETTINGS = dict(max_steps=12, save_steps=4, learning_rate=1e-3, logging_steps=1,
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A model big enough for a run to last a few seconds, data, and one uninterrupted reference run."""
+    """A model whose files are big enough to tell a full disk's cut from a whole file, data, and one uninterrupted
+    reference run (its file sizes)."""
     root = tmp_path_factory.mktemp("faults")
     model = build_tiny_causal_lm(root / "model", hidden_size=256, heads=4)
     data = root / "data"
@@ -34,12 +35,11 @@ def setup(tmp_path_factory):
     reference = tiny_config(root / "reference", model, data, **SETTINGS)
     assert run_cli("sft", reference) == 0
     run = root / "reference" / "run"
-    seconds = json.loads((run / "train_results.json").read_text())["train_seconds"]
     sizes = {
         "adapter": (run / "adapter_model.safetensors").stat().st_size,
         "optimizer": max(p.stat().st_size for p in run.glob("checkpoint-*/optimizer.pt")),
     }
-    return {"root": root, "model": model, "data": data, "train_seconds": max(seconds, 1.0), "sizes": sizes}
+    return {"root": root, "model": model, "data": data, "sizes": sizes}
 
 
 def config_for(setup, name: str, **extra) -> tuple[str, Path]:
