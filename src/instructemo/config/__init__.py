@@ -1,5 +1,7 @@
 """The YAML config: one flat file of keys, checked on load (types, ranges, choices, did-you-mean, duplicates).
 
-`schema.py` declares every key once with its default, help and metadata;
-`checks.py` holds the checks between keys. Verbs receive a `Config`.
+`groups.py` declares every key once, in its group (model, data, fine-tuning,
+inference, tune), with its default, help and metadata; `schema.py` makes them
+one `Config`, reads YAML into it and derives the key lists; `checks.py` holds
+the checks between keys. Verbs receive a `Config`.
 """
