@@ -467,3 +467,21 @@ def test_a_run_reads_the_data_it_recorded_from_any_folder_and_refuses_other_rows
     assert run_cli("generate-eval", run) == 2
     assert "but it has changed since (now sha256" in capsys.readouterr().err
     assert (run / "eval" / "metrics.json").read_text() == evaluation  # a refused evaluation changed nothing
+
+
+def test_overwrite_removes_the_runs_a_run_made_inside_its_folders(tmp_path):
+    """tune keeps its trials (runs of their own) in trials/: an overwrite of the search removes them too, and a user's
+    file inside a trial stops it."""
+    search = RunDir(tmp_path / "search")
+    search.begin("tune")
+    search.record(dirs=["trials"])
+    trial = RunDir(tmp_path / "search" / "trials" / "trial-000")
+    trial.begin("train")
+    trial.publish(lambda staging: (staging / "adapter_config.json").write_text("{}"))
+    search.publish(lambda staging: None)  # seals trials/
+    (trial.path / "my_notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="did not write \\(trials/trial-000/my_notes.txt\\)"):
+        search.begin("tune", replace=True)
+    (trial.path / "my_notes.txt").unlink()
+    search.begin("tune", replace=True)
+    assert sorted(p.name for p in search.path.iterdir()) == [MANIFEST_FILE]

@@ -295,6 +295,9 @@ class RunDir:
             target = self._inside(name)
             if target is not None:
                 target.unlink(missing_ok=True)
+        for name in sealed:  # the runs this one made inside its folders (tune's trials) go with it
+            for nested in _nested_runs(self.path / name):
+                RunDir(nested).remove()
         for name in sealed:
             _prune_empty(self.path / name)
         self.manifest_path.unlink()
@@ -353,6 +356,10 @@ class RunDir:
                 foreign += [f"{name}/{path}" for path in nested._survey(inner)[0]]
             elif name in manifest.get("sealed", ()):
                 foreign += [path for path in _walk(target, self.path) if path not in listed]
+                for nested_path in _nested_runs(target):
+                    inside = RunDir(nested_path)
+                    where = nested_path.relative_to(self.path).as_posix()
+                    foreign += [f"{where}/{path}" for path in inside._survey(inside.manifest())[0]]
         return foreign
 
     def seal(self, *dirs: str) -> None:
@@ -395,6 +402,17 @@ def write_into(directory: Path, name: str, content: str | bytes) -> Path:
         return run.write_file(name, content)
     write_atomic(Path(directory) / name, content)
     return Path(directory) / name
+
+
+def _nested_runs(folder: Path) -> list[Path]:
+    """The instructemo folders (own manifest) under folder, outermost only."""
+    found = []
+    for current, subdirs, _ in os.walk(folder):
+        here = Path(current)
+        nested = [d for d in subdirs if (here / d / MANIFEST_FILE).is_file()]
+        found += [here / d for d in sorted(nested)]
+        subdirs[:] = [d for d in subdirs if d not in nested]
+    return found
 
 
 def _prune_empty(folder: Path) -> None:
