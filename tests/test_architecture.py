@@ -33,3 +33,12 @@ def test_every_package_says_what_it_owns():
 
 def test_no_module_sits_at_the_top_but_the_interfaces_and_the_one_error_type():
     assert sorted(p.stem for p in SRC.glob("*.py")) == ["__init__", "cli", "errors"]
+
+
+@pytest.mark.parametrize("package", ["run", "config", "data", "prompts", "report"])
+def test_the_light_packages_offer_their_public_surface_without_loading_torch(package):
+    """Each names what other packages use in its __init__ (__all__), and importing it stays light."""
+    code = f"import sys, instructemo.{package} as p; assert p.__all__ and all(hasattr(p, n) for n in p.__all__); "
+    code += "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
