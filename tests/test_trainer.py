@@ -105,3 +105,25 @@ def test_training_args_of_the_wrong_type_are_refused_before_the_model_loads(stag
         check_training_args(cfg)
     fine = {"max_grad_norm": 1, "adam_epsilon": 1.0e-8, "optim": "adamw_torch", "label_names": ["labels"]}
     check_training_args(make_config({"stage": stage, "training_args": fine}))
+
+
+@pytest.mark.parametrize("stage", ["sft", "head"])
+def test_the_keys_passed_to_the_trainer_agree_with_trls_own_declarations(stage):
+    """The config declares the Trainer's keys for their defaults and checks, without importing trl (5 s on every
+    command); this keeps those declarations true to SFTConfig / TrainingArguments: same names, and defaults of a
+    type the Trainer's own annotations take."""
+    import dataclasses
+    import typing
+
+    from instructemo.config.schema import FIELDS, TRAINER_KEYS
+    from instructemo.train.preflight import fits_annotation
+
+    if stage == "sft":
+        from trl import SFTConfig as arguments
+    else:
+        from transformers import TrainingArguments as arguments
+    theirs = {f.name: f for f in dataclasses.fields(arguments)}
+    hints = typing.get_type_hints(arguments)
+    assert set(TRAINER_KEYS) <= set(theirs)
+    for name in TRAINER_KEYS:
+        assert fits_annotation(FIELDS[name].default, hints[name]), (name, FIELDS[name].default, hints[name])

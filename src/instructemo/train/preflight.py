@@ -111,7 +111,7 @@ def check_training_args(cfg: Config) -> None:
     hints = typing.get_type_hints(arguments)
     for key, value in cfg.training_args.items():  # checked now: a wrong type would fail only after the model loads
         wanted = _type_names(hints[key])
-        if wanted and not _fits(value, hints[key]):
+        if wanted and not fits_annotation(value, hints[key]):
             close = difflib.get_close_matches(str(value), _choices(hints[key]), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             hint += " (YAML reads 1e-8 without a dot as text: write 1.0e-8)" if _number_as_text(value) else ""
@@ -134,12 +134,12 @@ def _choices(hint) -> list[str]:
     return [m.value for part in _parts(hint) if isinstance(part, type) and issubclass(part, enum.Enum) for m in part]
 
 
-def _fits(value, hint) -> bool:
+def fits_annotation(value, hint) -> bool:
     """Whether a YAML value fits a Trainer argument's annotation (numbers, flags, text, lists, choices)."""
     if _choices(hint) and isinstance(value, str):
         return value in _choices(hint)
     if len(_parts(hint)) > 1:
-        return any(_fits(value, part) for part in _parts(hint))
+        return any(fits_annotation(value, part) for part in _parts(hint))
     if typing.get_origin(hint) is typing.Literal:
         return value in typing.get_args(hint)
     origin = typing.get_origin(hint) or hint
