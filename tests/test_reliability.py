@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def losses(run: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def slow_tiny(tmp_path_factory):
-    """A bigger tiny model, so a training step lasts long enough to be killed in the middle of a run."""
+    """A bigger tiny model: its checkpoints carry real optimizer state for the resume to restore."""
     return build_tiny_causal_lm(tmp_path_factory.mktemp("slow-tiny"), hidden_size=256, heads=4)
 
 
@@ -41,17 +40,17 @@ def killed_and_resumed(tmp_path_factory, slow_tiny):
     write_emotion_txt(data / "emotion" / "test.txt", EMOTION_ROWS[::2])
     settings = dict(max_steps=24, save_steps=4, learning_rate=1e-3, logging_steps=1)
     config = tiny_config(root / "killed", slow_tiny, data, **settings)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "instructemo.cli", "sft", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    harness = Path(__file__).parent / "fault_harness.py"  # killed once checkpoint-8 is whole: a named point, no race
+    worker = subprocess.run(
+        [sys.executable, str(harness), "sft", config],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "INSTRUCTEMO_FAULT": "kill:checkpoint-8"},
+        timeout=600,
     )
+    assert worker.returncode == -signal.SIGKILL, worker.stderr[-2000:]
     run = root / "killed" / "run"
-    deadline = time.time() + 300
-    while not (run / "checkpoint-8" / "instructemo_progress.json").is_file():  # written last: the checkpoint is whole
-        assert worker.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
     assert not (run / "adapter_model.safetensors").exists()  # the killed run never finished
     progress = json.loads((run / "checkpoint-8" / "instructemo_progress.json").read_text())
     refused = run_cli("sft", config)  # a plain re-run must not mix into the killed run
