@@ -372,24 +372,21 @@ class RunDir:
         files = set(manifest["files"])
         for name in dirs:
             files = {f for f in files if not f.startswith(f"{name}/")}
-            files |= set(_walk(self.path / name, self.path, temporary_too=False))
+            files |= set(_walk(self.path / name, self.path, skip_temporary=False))  # the run's own, kill or not
         manifest["files"] = sorted(files)
         manifest["sealed"] = sorted(set(manifest.get("sealed", [])) | set(dirs))
         self._write(manifest)
 
 
-def _walk(folder: Path, root: Path, temporary_too: bool = True) -> list[str]:
-    """Files under folder, relative to root, leaving out instructemo folders (own manifest) and atomic-write temporaries.
-
-    A temporary is `.NAME.xxxx` beside a file NAME being written; with
-    `temporary_too` they are left out of the answer as well (a kill leaves them).
-    """
+def _walk(folder: Path, root: Path, skip_temporary: bool = True) -> list[str]:
+    """Files under folder, relative to root, leaving out instructemo folders (own manifest) and, unless asked not to,
+    atomic-write temporaries (`.NAME.xxxx` beside a file NAME being written; a kill leaves them)."""
     found = []
     for current, subdirs, files in os.walk(folder):
         here = Path(current)
         subdirs[:] = sorted(d for d in subdirs if not (here / d / MANIFEST_FILE).is_file())
         for name in sorted(files):
-            if temporary_too and name.startswith(".") and name.count(".") >= 2:
+            if skip_temporary and name.startswith(".") and name.count(".") >= 2:
                 continue
             found.append((here / name).relative_to(root).as_posix())
     return found

@@ -121,6 +121,8 @@ class RunMonitor(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.saving = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every process's shard of the checkpoint is written before it is marked whole
         if self.main_process:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             progress = {
