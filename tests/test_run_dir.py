@@ -485,3 +485,14 @@ def test_overwrite_removes_the_runs_a_run_made_inside_its_folders(tmp_path):
     (trial.path / "my_notes.txt").unlink()
     search.begin("tune", replace=True)
     assert sorted(p.name for p in search.path.iterdir()) == [MANIFEST_FILE]
+
+
+def test_a_run_saves_even_when_its_evaluation_file_does_not_exist_yet(tmp_path, tiny_llama, emotion_dir, monkeypatch):
+    """The saved config names data paths in full; an eval_dataset made only after training must not fail the save."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, tiny_llama, emotion_dir, max_steps=1, eval_dataset="later/eval.csv")
+    assert run_cli("sft", config) == 0 and RunDir(tmp_path / "run").is_complete()
+    saved = yaml.safe_load((tmp_path / "run" / "instructemo_config.yaml").read_text())
+    assert saved["eval_dataset"] == str(tmp_path / "later" / "eval.csv")

@@ -32,7 +32,12 @@ def absolute_paths(cfg: Config) -> dict[str, str]:
     for key in ("dataset", "eval_dataset", "select_dataset"):
         spec = getattr(cfg, key)
         if spec and is_path_spec(spec):
-            values[key] = str(locate_path(spec, cfg.dataset_dir).resolve())
+            try:
+                values[key] = str(locate_path(spec, cfg.dataset_dir).resolve())
+            except (
+                UserError
+            ):  # not there yet (an eval file made after training): in full from here, as it would be read
+                values[key] = str(Path(spec).expanduser().resolve())
     return values
 
 
