@@ -29,10 +29,9 @@ from instructemo.models.load import (
     training_device,
     use_bf16,
 )
-from instructemo.train.checkpoints import attach_selector, head_predictor, selection_files
-from instructemo.train.monitor import RunMonitor
+from instructemo.train.checkpoints import attach_selector, head_predictor
 from instructemo.train.preflight import check_before_training, start_run
-from instructemo.train.trainer import ClassifierTrainer, adapter_config, save_run, train_until_done, trainer_arguments
+from instructemo.train.trainer import ClassifierTrainer, adapter_config, train_and_save, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -173,26 +172,10 @@ def run_cls(cfg: Config, train: Split | None = None, on_selection=None) -> Path:
     if plan.select is not None:
         predict = head_predictor(cfg, tokenizer, [r.text for r in plan.select.records], space)
         selector = attach_selector(trainer, cfg, predict, plan.select, checkpoint, on_selection)
-    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
-    trainer.add_callback(monitor)
-    result = train_until_done(trainer, checkpoint, monitor)
-    extra = selection_files(selector, trainer.model, result.global_step)
     finish = (lambda staging: _calibrate_if_dev(cfg, staging)) if space.multi_label else None
-    save_run(
-        cfg,
-        run,
-        trainer,
-        tokenizer,
-        plan,
-        model_path,
-        rows=len(train.records),
-        monitor=monitor,
-        result=result,
-        resumed_from=progress.get("global_step"),
-        extra=extra,
-        finish=finish,
+    return train_and_save(
+        cfg, run, trainer, tokenizer, plan, model_path, len(train.records), checkpoint, progress, selector, finish
     )
-    return run.path
 
 
 def _calibrate_if_dev(cfg: Config, staged_run: Path) -> None:

@@ -16,11 +16,10 @@ from instructemo.data.balance import balanced_examples
 from instructemo.data.datasets import Split
 from instructemo.models.load import load_causal_lm, load_tokenizer, resolve_model_path, training_device, use_bf16
 from instructemo.prompts.builder import PromptBuilder
-from instructemo.train.checkpoints import attach_selector, generative_predictor, selection_files
+from instructemo.train.checkpoints import attach_selector, generative_predictor
 from instructemo.train.head import run_cls
-from instructemo.train.monitor import RunMonitor
 from instructemo.train.preflight import check_before_training, start_run
-from instructemo.train.trainer import build_sft_trainer, save_run, train_until_done
+from instructemo.train.trainer import build_sft_trainer, train_and_save
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +80,6 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
         prompts = [builder.prompt(r.text) for r in plan.select.records]
         predict = generative_predictor(cfg, tokenizer, prompts, train.label_space)
         selector = attach_selector(trainer, cfg, predict, plan.select, checkpoint, on_selection)
-    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
-    trainer.add_callback(monitor)
-    result = train_until_done(trainer, checkpoint, monitor)
-    extra = selection_files(selector, trainer.model, result.global_step)
-    save_run(
-        cfg,
-        run,
-        trainer,
-        tokenizer,
-        plan,
-        model_path,
-        rows=len(trainer.train_dataset),
-        monitor=monitor,
-        result=result,
-        resumed_from=progress.get("global_step"),
-        extra=extra,
+    return train_and_save(
+        cfg, run, trainer, tokenizer, plan, model_path, len(trainer.train_dataset), checkpoint, progress, selector
     )
-    return run.path

@@ -46,6 +46,7 @@ from instructemo.run.directory import (
     skipped_rows_text,
 )
 from instructemo.run.fileio import json_text, jsonl_text, write_atomic
+from instructemo.train.checkpoints import selection_files
 from instructemo.train.monitor import FailOnDivergence, RunMonitor
 from instructemo.train.preflight import TrainingPlan
 
@@ -218,6 +219,41 @@ class ClassifierTrainer(FailOnDivergence, Trainer):
     """transformers' Trainer for a classification head, with the same divergence check and batch order as sft."""
 
     _get_train_sampler = shuffled_length_groups
+
+
+def train_and_save(
+    cfg: Config,
+    run: RunDir,
+    trainer,
+    tokenizer,
+    plan: TrainingPlan,
+    model_path: str,
+    rows: int,
+    checkpoint: Path | None,
+    progress: dict,
+    selector,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """What both stages do once their Trainer is built: watch it (after the selector, whose files the monitor's
+    progress file then marks whole), train or finish a resumed run, and save the run with its selection."""
+    monitor = RunMonitor(run, plan.fingerprint, progress.get("train_seconds", 0.0), trainer.is_world_process_zero())
+    trainer.add_callback(monitor)
+    result = train_until_done(trainer, checkpoint, monitor)
+    save_run(
+        cfg,
+        run,
+        trainer,
+        tokenizer,
+        plan,
+        model_path,
+        rows=rows,
+        monitor=monitor,
+        result=result,
+        resumed_from=progress.get("global_step"),
+        extra=selection_files(selector, trainer.model, result.global_step),
+        finish=finish,
+    )
+    return run.path
 
 
 def train_until_done(trainer, checkpoint: Path | None, monitor: RunMonitor):
