@@ -46,7 +46,7 @@ TRAINER_LOG_FILE = "trainer_log.jsonl"
 LIVE_LOG_FILE = "instructemo_live.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 SKIPPED_ROWS_FILE = "skipped_rows.jsonl"
-DATA_FILES_FILE = "data_files.json"  # each split's file in full and its SHA-256 (run_data.py)
+DATA_FILES_FILE = "data_files.json"  # each split's file in full and its SHA-256 (data/recorded.py)
 TENSORBOARD_DIR = "runs"
 EVAL_DIR = "eval"
 # In every checkpoint-N: what the run was (for resume) and how long it had trained.

@@ -1,7 +1,7 @@
 """`instructemo sft`: supervised fine-tuning with trl's SFTTrainer and peft.
 
 Reads top to bottom: check the data, build the prompts, load the model, train
-(trainer.py sets the Trainer up, batching.py shapes its batches), keep the best
+(train/trainer.py sets the Trainer up, models/batching.py shapes its batches), keep the best
 checkpoint when asked, and save what a person and `generate-eval` need.
 """
 
@@ -29,7 +29,7 @@ def run_sft(cfg: Config, train: Split | None = None, on_selection: Callable[[lis
 
     `train` replaces cfg.dataset's rows (cross-validation passes its folds this way).
     `on_selection(history)` is called after each select_best evaluation; True stops training there.
-    With `stage: head` the same verb trains a classification head instead (dense.py).
+    With `stage: head` the same verb trains a classification head instead (head.py).
     """
     if cfg.stage == "head":
         return run_cls(cfg, train, on_selection)
