@@ -161,17 +161,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def key_types(key: str) -> tuple[type, ...]:
     """The types a config key takes (NoneType among them when it may be null)."""
-    return _allowed_types(_HINTS[key])
+    return union_members(_HINTS[key])
 
 
-def _allowed_types(hint: Any) -> tuple[type, ...]:
+def union_members(hint: Any) -> tuple[type, ...]:
+    """The types an annotation allows: the members of a union (X | Y, Optional[X]), else the annotation itself."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return tuple(t for t in typing.get_args(hint))
     return (hint,)
 
 
 def _check_value(key: str, value: Any) -> Any:
-    allowed = _allowed_types(_HINTS[key])
+    allowed = union_members(_HINTS[key])
     meta = FIELDS[key].metadata
     if value is None:
         if type(None) in allowed:

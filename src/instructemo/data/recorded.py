@@ -68,8 +68,8 @@ def check_split_is_the_runs(run: Path | None, role: str, spec: str, split: Split
     """
     path = run / DATA_FILES_FILE if run is not None else None
     recorded = (read_json(path) or {}).get(role) if path is not None and path.is_file() else None
-    if not recorded or spec not in (recorded["spec"], recorded["file"]) and not _same_path(spec, recorded["file"]):
-        return
+    if not recorded or (spec != recorded["spec"] and not _same_path(spec, recorded["file"])):
+        return  # nothing recorded, or other data asked for by name
     found = split.file or split.origin
     digest = _digest(found)
     if digest == recorded["sha256"]:

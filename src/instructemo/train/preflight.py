@@ -15,7 +15,6 @@ import importlib.util
 import json
 import logging
 import os
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import jinja2
 import torch
 
-from instructemo.config.schema import RESUME_NEUTRAL_KEYS, Config
+from instructemo.config.schema import RESUME_NEUTRAL_KEYS, Config, union_members
 from instructemo.data.datasets import Split, load_run_split, run_spec, spec_options
 from instructemo.data.splits import split_location, training_location
 from instructemo.errors import UserError, shown
@@ -119,27 +118,28 @@ def check_training_args(cfg: Config) -> None:
 
 
 def _number_as_text(value) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
-        return isinstance(value, str) and bool(float(value) or True)
+        float(value)
     except ValueError:
         return False
-
-
-def _parts(hint) -> tuple:
-    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return True
 
 
 def _choices(hint) -> list[str]:
     """The values of an argument spelt as text from an enum (lr_scheduler_type, optim, save_strategy ...)."""
-    return [m.value for part in _parts(hint) if isinstance(part, type) and issubclass(part, enum.Enum) for m in part]
+    return [
+        m.value for part in union_members(hint) if isinstance(part, type) and issubclass(part, enum.Enum) for m in part
+    ]
 
 
 def fits_annotation(value, hint) -> bool:
     """Whether a YAML value fits a Trainer argument's annotation (numbers, flags, text, lists, choices)."""
     if _choices(hint) and isinstance(value, str):
         return value in _choices(hint)
-    if len(_parts(hint)) > 1:
-        return any(fits_annotation(value, part) for part in _parts(hint))
+    if len(union_members(hint)) > 1:
+        return any(fits_annotation(value, part) for part in union_members(hint))
     if typing.get_origin(hint) is typing.Literal:
         return value in typing.get_args(hint)
     origin = typing.get_origin(hint) or hint
@@ -158,7 +158,7 @@ def _type_names(hint) -> str:
     """How a message names what an argument takes ("" for kinds it does not check)."""
     if _choices(hint):
         return f"one of {shown(_choices(hint), 8)}"
-    parts = _parts(hint)
+    parts = union_members(hint)
     names = {
         float: "a number",
         int: "a whole number",
