@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from instructemo.data.exclusions import Exclusions, row_id
 from instructemo.data.labels import LabelSpace
 from instructemo.data.readers import (
     ID_COLUMN_GUESSES,
@@ -124,6 +125,7 @@ class Split:
     # (first source, later source) of texts that appear again with other labels.
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     file: str | None = None  # the local file read, in full (None: a hub dataset); a fold keeps its whole file's
+    exclusions: Path | None = None  # the reviewed list of rows left out (exclude_ids), in full
 
 
 def split_source(split: Split) -> dict[str, str]:
@@ -177,9 +179,16 @@ def load_split(
             f"{Path(dataset_dir).resolve()} or {shared_data_dir()}; put it there or set dataset_dir"
         )
     what = f"dataset {entry.name!r} split {split!r}"
-    records, bad = [], []
+    exclusions = _exclusions(entry, split, dataset_dir)
+    records, bad, seen_ids, excluded = [], [], set(), 0
     first_seen: dict[str, str] = {}
+    truncated = False
     for row in rows:
+        if isinstance(row, Record) and exclusions is not None:
+            seen_ids.add(row_id(row))
+            if not exclusions.keeps(row):
+                excluded += 1
+                continue
         if not isinstance(row, BadRow):
             row = _check_row(row, space, first_seen)
         if isinstance(row, BadRow):
@@ -187,9 +196,15 @@ def load_split(
             continue
         records.append(row)
         if max_samples is not None and len(records) >= max_samples:
+            truncated = True
             break
     if bad:
         _report_bad_rows(bad, what, on_bad_rows)
+    if exclusions is not None:
+        if not truncated:
+            exclusions.check_all_found(seen_ids, f"{what} ({origin})")
+        origin = f"{origin}, less {excluded} rows listed in {exclusions.file}"
+        log.info("%s: left out %d rows listed in the exclusion list %s", what, excluded, exclusions.file)
     if not records:
         raise UserError(f"{what} ({origin}) has no usable rows; check the file and any filter")
     conflicts = _conflicting_duplicates(records)
@@ -202,7 +217,22 @@ def load_split(
             first,
             later,
         )
-    return Split(split, records, space, entry.template, origin, bad, conflicts, origin if path is not None else None)
+    file = str(path.resolve()) if path is not None else None
+    return Split(
+        split, records, space, entry.template, origin, bad, conflicts, file, exclusions.file if exclusions else None
+    )
+
+
+def _exclusions(entry: DatasetEntry, split: str, dataset_dir) -> Exclusions | None:
+    if entry.exclude_ids is None:
+        return None
+    path = find_file(entry.exclude_ids, dataset_dir)
+    if path is None:
+        raise UserError(
+            f"dataset {entry.name!r}: exclusion list {entry.exclude_ids} (exclude_ids) not found in "
+            f"{Path(dataset_dir).resolve()} or {shared_data_dir()}; put it there or fix the path"
+        )
+    return Exclusions.read(path.resolve(), split)
 
 
 def default_eval_spec(

@@ -43,9 +43,9 @@ def absolute_paths(cfg: Config) -> dict[str, str]:
 
 def data_record(cfg: Config, train: Split, select: Split | None) -> str:
     """data_files.json: each split's spec as configured, the file it found, and the file's digest."""
-    record = {"train": _entry(cfg.dataset, train.file or train.origin)}
+    record = {"train": _entry(cfg.dataset, train.file or train.origin, train.exclusions)}
     if select is not None:
-        record["dev"] = _entry(run_spec(cfg, "dev"), select.file or select.origin)
+        record["dev"] = _entry(run_spec(cfg, "dev"), select.file or select.origin, select.exclusions)
     try:
         spec = run_spec(cfg, "eval")
         if is_path_spec(spec):
@@ -71,6 +71,7 @@ def check_split_is_the_runs(run: Path | None, role: str, spec: str, split: Split
     if not recorded or (spec != recorded["spec"] and not _same_path(spec, recorded["file"])):
         return  # nothing recorded, or other data asked for by name
     found = split.file or split.origin
+    _check_exclusions(run, role, recorded.get("exclude_ids"), split.exclusions)
     digest = _digest(found)
     if digest == recorded["sha256"]:
         if found != recorded["file"]:
@@ -86,8 +87,24 @@ def check_split_is_the_runs(run: Path | None, role: str, spec: str, split: Split
     )
 
 
-def _entry(spec: str, origin: str) -> dict:
-    return {"spec": spec, "file": origin, "sha256": _digest(origin)}
+def _entry(spec: str, origin: str, exclusions: Path | None = None) -> dict:
+    entry = {"spec": spec, "file": origin, "sha256": _digest(origin)}
+    if exclusions is not None:
+        entry["exclude_ids"] = {"file": str(exclusions), "sha256": file_digest(exclusions)}
+    return entry
+
+
+def _check_exclusions(run: Path, role: str, recorded: dict | None, found: Path | None) -> None:
+    """The rows a run left out are part of its data: the same reviewed list, or none, must apply now."""
+    digest = file_digest(found) if found is not None else None
+    if (recorded or {}).get("sha256") == digest:
+        return
+    was = f"left out the rows listed in {recorded['file']}" if recorded else "left out no rows"
+    now = f"the registry now lists {found} (sha256 {digest})" if found else "no exclusion list applies now"
+    raise UserError(
+        f"the run in {run} {ROLES[role]} its data and {was}, but {now}; restore the registry's exclude_ids as "
+        "it was, or register the cleaned data under a new name"
+    )
 
 
 def _digest(origin: str) -> str | None:

@@ -68,6 +68,8 @@ class DatasetEntry:
     # A dataset given by path, not in a registry: an empty label cell is a missing label, never "no labels".
     from_path: bool = False
     index_labels: bool = False  # integer labels index label_space.names (declared with `labels:`)
+    # A reviewed list of rows to leave out (an audit's issues.csv, say): data/exclusions.py.
+    exclude_ids: str | None = None
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], where: str) -> "DatasetEntry":
