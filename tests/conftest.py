@@ -116,12 +116,15 @@ def tiny_tokenizer(
     return tokenizer, vocab
 
 
-def build_tiny_encoder(directory: Path, model_type: str = "bert", hidden_size: int = 32) -> Path:
-    """A 2-layer randomly initialised encoder (bert, distilbert, roberta) with the word-level tokenizer."""
+def build_tiny_encoder(
+    directory: Path, model_type: str = "bert", hidden_size: int = 32, extra_words: str = ""
+) -> Path:
+    """A 2-layer randomly initialised encoder (bert, distilbert, roberta) with the word-level tokenizer
+    (`extra_words`: more words it knows)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
-    tokenizer, vocab = tiny_tokenizer()
+    tokenizer, vocab = tiny_tokenizer(extra_words=extra_words)
     sizes = {"distilbert": dict(dim=hidden_size, n_layers=2, n_heads=4, hidden_dim=2 * hidden_size)}.get(
         model_type,
         dict(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden_size),

@@ -346,6 +346,18 @@ def test_a_csv_becomes_a_trained_evaluated_and_tried_model_in_the_browser(tmp_pa
         expect(page.get_by_role("cell", name="tiny", exact=True)).to_be_visible(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
 
+        # Audit: the run's recipe cross-fitted on its data, cleanlab's flags in tables and files.
+        page.get_by_role("tab", name="Audit").click()
+        pick(page, "run (its data and recipe)", str(tmp_path / "webui" / "runs" / "tiny"))
+        set_field(page, "folds", "2")
+        page.get_by_role("button", name="Audit", exact=True).click()
+        expect(page.locator("#audit-status")).to_contain_text("done", timeout=300_000)
+        expect(page.get_by_text("flagged rows per label")).to_be_visible()
+        audit = tmp_path / "webui" / "audits" / "tiny" / "audit"
+        assert (audit / "issues.csv").is_file() and (audit / "audit.html").is_file()
+        assert json.loads((audit / "summary.json").read_text())["audit"]["mode"] == "score"
+        page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
+
         # A bad setting: the CLI's one-line message in the page, no traceback.
         page.get_by_role("tab", name="Train").click()
         set_field(page, "run name (output_dir under the webui's runs/)", "bad name/..")

@@ -44,9 +44,12 @@ def _sft(cfg, args=None):
 
 
 def _generate_eval(cfg, args=None):
+    from pathlib import Path
+
     from instructemo.evaluate.generate import run_generate_eval
 
-    run_generate_eval(cfg)
+    unflagged = getattr(args, "unflagged", None)
+    run_generate_eval(cfg, unflagged=Path(unflagged) if unflagged else None)
 
 
 def _calibrate(cfg, args=None):
@@ -59,6 +62,12 @@ def _cv(cfg, args):
     from instructemo.verbs.cv import run_cv
 
     run_cv(cfg, args.folds)
+
+
+def _audit(cfg, args):
+    from instructemo.verbs.audit import run_audit
+
+    run_audit(cfg, args.folds, args.split, args.write_clean, args.relabel)
 
 
 def _tune(cfg, args):
@@ -183,6 +192,11 @@ VERBS = {
     ),
     "calibrate": Verb(_calibrate, "Choose per-label thresholds for multi-label score mode on the dev split."),
     "cv": Verb(_cv, "K-fold cross-validation: train and evaluate once per fold, report mean and std of every metric."),
+    "audit": Verb(
+        _audit,
+        "Find rows whose labels look wrong: out-of-fold probabilities (cv) and confident learning (cleanlab); "
+        "writes issues.csv, summary.json and audit.html.",
+    ),
     "tune": Verb(
         _tune, "Search hyperparameters with Optuna (the config's tune: section) on the dev split; writes best.yaml."
     ),
@@ -310,8 +324,30 @@ def build_parser() -> argparse.ArgumentParser:
                 help="Run until the study has this many finished trials (default: tune.trials, else 20); "
                 "run again with a higher number to extend a study.",
             )
-        if name == "cv":
+        if name in ("cv", "audit"):
             sub.add_argument("--folds", type=int, default=5, help="Number of folds (default 5).")
+        if name == "audit":
+            sub.add_argument(
+                "--split",
+                default="train",
+                choices=("train", "test", "all"),
+                help="Rows to audit: train (out of fold), test (scored by the fold models, which never train on "
+                "it) or all (default train).",
+            )
+            sub.add_argument(
+                "--write-clean",
+                metavar="FILE",
+                help="Also write the training rows without the flagged ones to this new .csv or .jsonl file.",
+            )
+            sub.add_argument(
+                "--relabel", action="store_true", help="With --write-clean: give flagged rows the suggested label."
+            )
+        if name == "generate-eval":
+            sub.add_argument(
+                "--unflagged",
+                metavar="AUDIT_DIR",
+                help="Also score the rows an audit of this split did not flag, reported beside the full figure.",
+            )
         if name == "predict":
             sub.add_argument("--input", required=True, help="Unlabelled .csv, .tsv or .jsonl file.")
             sub.add_argument("--output", required=True, help="Where to write predictions (.csv, .tsv or .jsonl).")

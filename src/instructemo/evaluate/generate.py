@@ -8,6 +8,7 @@ from pathlib import Path
 
 from instructemo.config.schema import Config, load_config
 from instructemo.data.datasets import Split, load_run_split, run_spec, split_source
+from instructemo.data.exclusions import audit_flags
 from instructemo.data.recorded import check_split_is_the_runs
 from instructemo.data.splits import is_training_split
 from instructemo.errors import UserError
@@ -54,6 +55,26 @@ def _normal(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def unflagged_figures(split: Split, result, flagged: tuple[set[int], str], audit: Path) -> dict:
+    """The metrics on the rows an audit did not flag: a second figure, never the benchmark one."""
+    left_out, name = flagged
+    keep = [i for i in range(len(split.records)) if i not in left_out]
+    probs = result.probabilities[keep] if result.probabilities is not None else None
+    figures = score([split.records[i].labels for i in keep], [result.labels[i] for i in keep], split.label_space, probs)
+    return {
+        "title": f"Unflagged rows only: {len(keep)} of {len(split.records)}",
+        "note": (
+            f"Scored on the {len(keep)} rows of split {name} that the audit in {audit} did not flag; the "
+            f"{len(left_out)} flagged rows are left out. The figure on all rows above is the benchmark figure; "
+            "this one shows how much of the error may be the labels."
+        ),
+        "audit": str(audit.resolve()),
+        "rows": len(keep),
+        "flagged_rows_left_out": len(left_out),
+        **{k: v for k, v in figures.items() if not isinstance(v, dict)},
+    }
+
+
 def check_shots_held_apart(cfg: Config, eval_spec: str) -> None:
     """few_shot examples come from the training split: it may not be the split being judged."""
     if is_training_split(cfg, eval_spec, "test"):
@@ -63,8 +84,12 @@ def check_shots_held_apart(cfg: Config, eval_spec: str) -> None:
         )
 
 
-def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
-    """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report."""
+def run_generate_eval(cfg: Config, split: Split | None = None, unflagged: Path | None = None) -> dict:
+    """Evaluate on cfg.eval_dataset (or the rows of `split`) and write predictions, metrics and a report.
+
+    `unflagged`: an audit folder of this split; the rows it did not flag are also scored, reported beside the
+    full figure (metrics["unflagged"]), labelled as such, never in its place.
+    """
     classifier = Classifier(cfg)
     space = classifier.space
     # A split handed in (a cross-validation fold, a tune trial's dev rows) is checked by its caller.
@@ -79,12 +104,15 @@ def run_generate_eval(cfg: Config, split: Split | None = None) -> dict:
         eval_spec = split.name
     out_dir = cfg.resolved_eval_output_dir
     check_eval_dir(out_dir)
+    flagged = audit_flags(unflagged, split.records, split.file) if unflagged is not None else None
     classifier.load()
     started = time.perf_counter()
     texts = [r.text for r in split.records]
     result = classifier.classify(texts)
     seconds = time.perf_counter() - started
     metrics = score([r.labels for r in split.records], result.labels, space, result.probabilities)
+    if flagged is not None:
+        metrics["unflagged"] = unflagged_figures(split, result, flagged, unflagged)
     rows = []
     for i, (record, labels) in enumerate(zip(split.records, result.labels)):
         row = {

@@ -79,6 +79,10 @@ def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(metrics[k])} |" for k in SUMMARY_KEYS if k in metrics]
+    if "unflagged" in metrics:
+        part = metrics["unflagged"]
+        lines += ["", f"## {part['title']}", "", part["note"], "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(part[k])} |" for k in ("rows", "flagged_rows_left_out", *SUMMARY_KEYS) if k in part]
     lines += ["", "## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, m in metrics["per_class"].items():
         lines.append(f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")

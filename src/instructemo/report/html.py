@@ -32,15 +32,15 @@ SUMMARY_KEYS = (
 WORST_MISTAKES = 25
 
 
-def confusion_figure(cm: dict) -> str:
+def confusion_figure(cm: dict, columns: str = "predicted", rows: str = "gold") -> str:
     plt = pyplot()
     counts = cm["counts"]
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cm["columns"]), 1.0 + 0.6 * len(cm["labels"])))
     image = ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(len(cm["columns"])), cm["columns"], rotation=45, ha="right")
     ax.set_yticks(range(len(cm["labels"])), cm["labels"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
+    ax.set_xlabel(columns)
+    ax.set_ylabel(rows)
     top = max(max(row) for row in counts) or 1
     for i, row in enumerate(counts):
         for j, value in enumerate(row):
@@ -255,3 +255,43 @@ def _environment() -> jinja2.Environment:
 
 def _template(name: str) -> jinja2.Template:
     return _environment().get_template(name)
+
+
+AUDIT_ROWS_SHOWN = 100
+
+
+def render_audit(summary: dict, issues: list[dict]) -> str:
+    """audit.html: per split, the flagged share per label, the given labels against the suggested ones, the
+    estimated noise, and the flagged rows the least likely first."""
+    labels = summary["audit"]["labels"]
+    multi_label = summary["audit"]["multi_label"]
+    figures = {}
+    for role, part in summary["splits"].items():
+        shares = [part["per_class"][n]["flagged_share"] for n in labels]
+        figures[role] = [
+            (
+                "Share of each label's rows flagged",
+                grouped_bars(f"{role}: flagged share per label", labels, {role: shares}, "share flagged"),
+            )
+        ]
+        if not multi_label and part["flagged"]:
+            counts = [[part["given_vs_suggested"][g][s] for s in labels] for g in labels]
+            cm = {"labels": labels, "columns": labels, "counts": counts}
+            figures[role].append(
+                (
+                    "Flagged rows: given label (rows) against suggested (columns)",
+                    confusion_figure(cm, "suggested", "given"),
+                )
+            )
+    context = {k: v for k, v in summary["audit"].items() if k not in ("labels", "multi_label")}
+    context.update(seconds=summary["seconds"], rows_per_second=summary["rows_per_second"])
+    return _template("audit.html.j2").render(
+        title=f"Label audit of {summary['audit']['dataset']}",
+        context=context,
+        splits=summary["splits"],
+        figures=figures,
+        labels=labels,
+        multi_label=multi_label,
+        issues=issues[:AUDIT_ROWS_SHOWN],
+        total=len(issues),
+    )

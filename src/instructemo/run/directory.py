@@ -61,6 +61,10 @@ REPORT_MD_FILE = "report.md"
 REPORT_HTML_FILE = "report.html"
 # Files of a cross-validation.
 CV_DIR = "cv"
+AUDIT_DIR = "audit"  # output_dir/audit: instructemo audit's flagged rows (issues.csv is also an exclusion list)
+AUDIT_ISSUES_FILE = "issues.csv"
+AUDIT_SUMMARY_FILE = "summary.json"
+AUDIT_HTML_FILE = "audit.html"
 CV_SUMMARY_FILE = "summary.json"
 CV_SUMMARY_MD_FILE = "summary.md"
 
@@ -93,6 +97,7 @@ KINDS = {
     "train": "training run",
     "eval": "evaluation",
     "cv": "cross-validation",
+    "audit": "label audit",
     "compare": "comparison",
     "tune": "hyperparameter search",
 }

@@ -1,10 +1,11 @@
-"""`instructemo webui`: the CLI's verbs behind four tabs (Train, Evaluate, Try, Compare), in Gradio.
+"""`instructemo webui`: the CLI's verbs behind five tabs (Train, Evaluate, Try, Compare, Audit), in Gradio.
 
 Nothing here decides anything about data or models. A training or an
 evaluation is the CLI's command, run as a job (jobs.py) from a YAML file the
 page writes and shows; a file's columns and label counts come from
 tools.describe_dataset, the report from html_report.report_parts, a try from
-tools.classify_texts, the table from compare.compare_runs. Their one-line
+tools.classify_texts, the table from compare.compare_runs, an audit is the
+CLI's `audit` run as a job and shown from its summary.json and issues.csv. Their one-line
 errors are what the page shows.
 """
 
@@ -30,6 +31,10 @@ from instructemo.errors import UserError
 from instructemo.models.load import ALIASES, DIRECTORY_ALIASES
 from instructemo.report.html import report_parts
 from instructemo.run.directory import (
+    AUDIT_DIR,
+    AUDIT_HTML_FILE,
+    AUDIT_ISSUES_FILE,
+    AUDIT_SUMMARY_FILE,
     COMPARE_MD_FILE,
     COMPARE_PLOT_FILE,
     CONFIG_FILE,
@@ -277,6 +282,53 @@ class WebUI:
         compare_runs([Path(r) for r in runs or []], out)
         return (out / COMPARE_MD_FILE).read_text(), str(out / COMPARE_PLOT_FILE)
 
+    def audit(self, run: str, folds, split: str, again: bool):
+        """instructemo audit of the data a run trained on, with its recipe, as a job; then its findings."""
+        run = self.listed_run(run, "audit the data of")
+        out = self.workdir / "audits" / Path(run).name
+        if RunDir(out / AUDIT_DIR).is_complete() and not again:
+            yield ("the last audit of this run's data (tick 'again' to audit anew)", *self.audit_report(out))
+            return
+        # mode=score: a generative recipe's probabilities (a head has its own); the audit needs them.
+        args = [run, f"output_dir={out}", "mode=score", "--folds", str(int(folds)), "--split", split]
+        if again:
+            args.append("overwrite_output_dir=true")
+        job = self.jobs.submit("audit", args)
+        while not job.finished:
+            yield f"job {job.id}: {job.state} `{job.command}`", None, None, None, None
+            time.sleep(1.0)
+        if job.state != "done":
+            raise UserError(job.error() or f"job {job.id} {job.state}")
+        yield (f"job {job.id}: done", *self.audit_report(out))
+
+    def audit_report(self, out: Path):
+        folder = out / AUDIT_DIR
+        summary = read_json(folder / AUDIT_SUMMARY_FILE)
+        splits = pd.DataFrame(
+            [
+                {
+                    "split": role,
+                    "rows": part["rows"],
+                    "flagged": part["flagged"],
+                    "share flagged": round(part["flagged_share"], 4),
+                    "audit model, held out": round(part["held_out_accuracy"], 4),
+                    "probabilities": part["probabilities"],
+                    "warning": part.get("warning", ""),
+                }
+                for role, part in summary["splits"].items()
+            ]
+        )
+        per_class = pd.DataFrame(
+            [
+                {"split": role, "label": name, **row}
+                for role, part in summary["splits"].items()
+                for name, row in part["per_class"].items()
+            ]
+        )
+        issues = pd.read_csv(folder / AUDIT_ISSUES_FILE, keep_default_na=False).head(200)
+        issues = issues[["rank", "split", "id", "text", "given", "suggested", "self_confidence"]]  # source: in the file
+        return splits, per_class, issues, [str(folder / AUDIT_ISSUES_FILE), str(folder / AUDIT_HTML_FILE)]
+
 
 JOB_COLUMNS = ["job", "state", "command", "minutes", "error"]
 
@@ -387,6 +439,27 @@ def build(ui: WebUI) -> gr.Blocks:
             compare = gr.Button("Compare", variant="primary")
             table = gr.Markdown()
             plot = gr.Image(label="per-class F1", type="filepath")
+        with gr.Tab("Audit"):
+            gr.Markdown(
+                "Rows whose labels look wrong in the data a run trained on: K models of the run's recipe, each "
+                "trained without one fold, score the fold they never saw; cleanlab flags the rows whose label "
+                "the probabilities contradict. A flag is a row to review, not a verdict."
+            )
+            with gr.Row():
+                audit_run = gr.Dropdown(ui.runs(), label="run (its data and recipe)", allow_custom_value=True)
+                audit_folds = gr.Number(value=5, precision=0, minimum=2, label="folds")
+                audit_split = gr.Dropdown(["train", "test", "all"], value="train", label="rows to audit")
+                audit_again = gr.Checkbox(value=False, label="again (retrain the folds)")
+            audit_button = gr.Button("Audit", variant="primary")
+            audit_status = gr.Markdown(elem_id="audit-status")
+            audit_splits = gr.Dataframe(label="flagged rows per split", interactive=False)
+            audit_classes = gr.Dataframe(label="flagged rows per label", interactive=False)
+            audit_issues = gr.Dataframe(
+                label="flagged rows, the least likely labels first", interactive=False, wrap=True
+            )
+            audit_files = gr.File(
+                label="issues.csv (an exclusion list once reviewed) and audit.html", file_count="multiple"
+            )
 
         check.click(shows_errors(ui.describe), [dataset, upload, text_column, label_column], [data_info, counts])
         inputs = [dataset, upload, text_column, label_column, test_fraction, model, run_name, *settings]
@@ -396,16 +469,27 @@ def build(ui: WebUI) -> gr.Blocks:
 
         def refreshed():
             runs, evaluated = ui.runs(), ui.runs(evaluated=True)
-            return gr.update(choices=runs), gr.update(choices=runs), gr.update(choices=evaluated)
+            return (
+                gr.update(choices=runs),
+                gr.update(choices=runs),
+                gr.update(choices=evaluated),
+                gr.update(choices=runs),
+            )
 
-        refresh.click(refreshed, None, [eval_run, try_run, compare_runs_choice])
-        page.load(refreshed, None, [eval_run, try_run, compare_runs_choice])
+        run_lists = [eval_run, try_run, compare_runs_choice, audit_run]
+        refresh.click(refreshed, None, run_lists)
+        page.load(refreshed, None, run_lists)
         report = [eval_status, summary, per_class, figures, mistakes]
         eval_run.input(shows_errors(ui.last_report), [eval_run], report)
         evaluate.click(shows_errors(ui.evaluate), [eval_run, eval_mode], report)
         classify.click(shows_errors(ui.try_text), [try_run, text], [probabilities, chosen])
         predict.click(shows_errors(ui.predict_file), [try_run, texts_file], [predict_status, predictions])
         compare.click(shows_errors(ui.compare), [compare_runs_choice], [table, plot])
+        audit_button.click(
+            shows_errors(ui.audit),
+            [audit_run, audit_folds, audit_split, audit_again],
+            [audit_status, audit_splits, audit_classes, audit_issues, audit_files],
+        )
     return page
 
 
