@@ -27,12 +27,14 @@ from result_file import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVES = ROOT / "saves" / "bench-audit"
+EXTRA: list[str] = []  # --extra: overrides added to every command (a quick smoke run of this script)
 EXE = str(Path(sys.executable).with_name("instructemo"))
 SEEDS = (42, 43)
 SAMPLE_ROWS = 30
 
 
 def run(command: list[str]) -> float:
+    command = [*command, *EXTRA]
     print("$", " ".join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
@@ -45,7 +47,9 @@ def complete(folder: Path) -> bool:
 
 
 def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def read_issues(path: Path) -> list[dict]:
@@ -55,7 +59,7 @@ def read_issues(path: Path) -> list[dict]:
 
 def audit(config: str, out: Path, extra: list[str], split: str, commands: list[str]) -> tuple[dict, float | None]:
     command = [EXE, "audit", config, f"output_dir={out}", "--split", split, *extra]
-    commands.append(" ".join(command[1:]))
+    commands.append(" ".join([*command[1:], *EXTRA]))
     seconds = None if complete(out / "audit") else run(command)
     return json.loads((out / "audit" / "summary.json").read_text()), seconds
 
@@ -91,15 +95,26 @@ def emotion(args) -> dict:
                 "sft",
                 "examples/minilm_head_emotion_best.yaml",
                 f"seed={seed}",
-                f"output_dir={run_dir.relative_to(ROOT)}",
+                f"output_dir={run_dir}",
                 "do_eval=true",
             ]
             if cleaned:
-                command += ["dataset=emotion_clean", f"dataset_dir={data.relative_to(ROOT)}", "eval_dataset=emotion:test"]
-            commands.append(" ".join(command[1:]))
+                command += [
+                    "dataset=emotion_clean",
+                    f"dataset_dir={data}",
+                    "eval_dataset=emotion:test",
+                ]
+            commands.append(" ".join([*command[1:], *EXTRA]))
             train_seconds = None if complete(run_dir) else run(command)
-            unflagged = [EXE, "generate-eval", str(run_dir.relative_to(ROOT)), f"eval_output_dir={run_dir.relative_to(ROOT)}/eval-unflagged", "--unflagged", str((out / "audit").relative_to(ROOT))]
-            commands.append(" ".join(unflagged[1:]))
+            unflagged = [
+                EXE,
+                "generate-eval",
+                str(run_dir),
+                f"eval_output_dir={run_dir}/eval-unflagged",
+                "--unflagged",
+                str(out / "audit"),
+            ]
+            commands.append(" ".join([*unflagged[1:], *EXTRA]))
             if not complete(run_dir / "eval-unflagged"):
                 run(unflagged)
             full = metrics_of(run_dir)
@@ -143,7 +158,10 @@ def emotion(args) -> dict:
         "commands": commands,
         "audit": summary,
         "audit_seconds_this_call": seconds,
-        "flagged": {role: {"rows": p["rows"], "flagged": p["flagged"], "share": p["flagged_share"]} for role, p in summary["splits"].items()},
+        "flagged": {
+            role: {"rows": p["rows"], "flagged": p["flagged"], "share": p["flagged_share"]}
+            for role, p in summary["splits"].items()
+        },
         "test_rows_both_uncleaned_models_get_wrong_alike": len(same_wrong),
         "of_them_flagged": len(set(same_wrong) & flagged_test),
         "note_on_the_65_rows": "The 65 test rows that MiniLM, SmolLM2 and Gemma 3 all got wrong alike (docs/results.md) "
@@ -185,10 +203,16 @@ def multi_label(dataset: str, config_args: list[str], rows: int | None) -> dict:
 
 
 def main() -> None:
+    global SAVES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=("emotion", "semeval", "goemotions"))
     parser.add_argument("--rows", type=int, default=10000, help="GoEmotions training rows audited (default 10000)")
+    parser.add_argument("--saves", type=Path, default=SAVES, help="Folder for the runs (default saves/bench-audit)")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="Folder for the result file")
+    parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every command (smoke runs)")
     args = parser.parse_args()
+    SAVES = args.saves.resolve()
+    EXTRA.extend(args.extra)
     started = time.perf_counter()
     if args.dataset == "emotion":
         record = emotion(args)
@@ -201,7 +225,14 @@ def main() -> None:
     else:
         record = multi_label(
             "goemotions",
-            ["dataset=goemotions", "eval_dataset=goemotions:test", f"max_samples={args.rows}", "num_train_epochs=2", "--folds", "4"],
+            [
+                "dataset=goemotions",
+                "eval_dataset=goemotions:test",
+                f"max_samples={args.rows}",
+                "num_train_epochs=2",
+                "--folds",
+                "4",
+            ],
             args.rows,
         )
     record.update(
@@ -212,7 +243,8 @@ def main() -> None:
         measured=time.strftime("%Y-%m-%d"),
     )
     name = {"semeval": "semeval2018_ec"}.get(args.dataset, args.dataset)
-    write_result(ROOT / "bench" / "results" / f"audit_{name}.json", record)
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_result(args.results / f"audit_{name}.json", record)
     print(json.dumps({k: record[k] for k in ("flagged", "seconds_this_call")}, indent=2))
 
 

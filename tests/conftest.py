@@ -116,9 +116,7 @@ def tiny_tokenizer(
     return tokenizer, vocab
 
 
-def build_tiny_encoder(
-    directory: Path, model_type: str = "bert", hidden_size: int = 32, extra_words: str = ""
-) -> Path:
+def build_tiny_encoder(directory: Path, model_type: str = "bert", hidden_size: int = 32, extra_words: str = "") -> Path:
     """A 2-layer randomly initialised encoder (bert, distilbert, roberta) with the word-level tokenizer
     (`extra_words`: more words it knows)."""
     import torch

@@ -182,7 +182,8 @@ def test_multi_label_audit_flags_a_missing_and_an_added_label(tmp_path):
 @pytest.mark.slow
 def test_the_exclusion_list_round_trips_through_the_registry(tmp_path):
     noisy, _ = flip(invented_rows(40, seed=8), 0.1, seed=9)
-    data = write_dataset(tmp_path / "data", noisy, invented_rows(10, seed=10))
+    test_rows, _ = flip(invented_rows(10, seed=10), 0.1, seed=11)  # three wrong test labels
+    data = write_dataset(tmp_path / "data", noisy, test_rows)
     config = audit_config(tmp_path, data)
     clean_csv = tmp_path / "clean.csv"
     assert run_cli("audit", config, "--folds", 4, "--split", "all", "--write-clean", clean_csv) == 0
@@ -199,7 +200,7 @@ def test_the_exclusion_list_round_trips_through_the_registry(tmp_path):
         writer = csv.DictWriter(handle, fieldnames=list(issues[0]))
         writer.writeheader()
         writer.writerows(kept)
-    write_dataset(data, noisy, invented_rows(10, seed=10), exclude="reviewed.csv")
+    write_dataset(data, noisy, test_rows, exclude="reviewed.csv")
     from instructemo.config.schema import load_config
     from instructemo.data.datasets import load_run_split
 
@@ -215,11 +216,23 @@ def test_the_exclusion_list_round_trips_through_the_registry(tmp_path):
     recorded = json.loads((run2 / "data_files.json").read_text())["train"]["exclude_ids"]
     assert recorded["file"] == str(reviewed.resolve())
     # generate-eval reports the unflagged figure beside the full one, never in its place.
-    if flagged_test:
-        assert run_cli("generate-eval", config, f"output_dir={run2}", "--unflagged", tmp_path / "run" / "audit") == 0
-        metrics = json.loads((run2 / "eval" / "metrics.json").read_text())["metrics"]
-        assert metrics["n"] == 30 and metrics["unflagged"]["rows"] == 30 - len(flagged_test)
-        assert "Unflagged rows only" in (run2 / "eval" / "report.md").read_text()
+    assert flagged_test
+    assert run_cli("generate-eval", config, f"output_dir={run2}", "--unflagged", tmp_path / "run" / "audit") == 0
+    metrics = json.loads((run2 / "eval" / "metrics.json").read_text())["metrics"]
+    assert metrics["n"] == 30 and metrics["unflagged"]["rows"] == 30 - len(flagged_test)
+    assert "Unflagged rows only" in (run2 / "eval" / "report.md").read_text()
+    # An audit of other rows cannot stand for this split's flags: one changed row, and it is refused.
+    other = tmp_path / "other_test.csv"
+    other.write_text((data / "test.csv").read_text().replace("the", "a", 1))
+    args = [
+        "generate-eval",
+        config,
+        f"output_dir={run2}",
+        f"eval_dataset={other}",
+        "--unflagged",
+        tmp_path / "run" / "audit",
+    ]
+    assert run_cli(*args) == 2
     with reviewed.open("a", newline="") as handle:
         handle.write("")
     reviewed.write_text(reviewed.read_text().replace(kept[0]["text"], "the day was sunny and then it"))

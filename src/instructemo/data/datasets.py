@@ -126,6 +126,7 @@ class Split:
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     file: str | None = None  # the local file read, in full (None: a hub dataset); a fold keeps its whole file's
     exclusions: Path | None = None  # the reviewed list of rows left out (exclude_ids), in full
+    excluded: int = 0  # how many rows it left out
 
 
 def split_source(split: Split) -> dict[str, str]:
@@ -219,7 +220,16 @@ def load_split(
         )
     file = str(path.resolve()) if path is not None else None
     return Split(
-        split, records, space, entry.template, origin, bad, conflicts, file, exclusions.file if exclusions else None
+        split,
+        records,
+        space,
+        entry.template,
+        origin,
+        bad,
+        conflicts,
+        file,
+        exclusions.file if exclusions else None,
+        excluded,
     )
 
 

@@ -53,8 +53,11 @@ def data_record(cfg: Config, train: Split, select: Split | None) -> str:
         else:
             entry, split = entry_for(spec, cfg.dataset_dir, default_split="test", **spec_options(cfg))
             path = find_file(entry.splits[split]["file"], cfg.dataset_dir)
+        exclusions = None
+        if not is_path_spec(spec) and entry.exclude_ids is not None:
+            exclusions = find_file(entry.exclude_ids, cfg.dataset_dir)
         if path is not None:
-            record["eval"] = _entry(spec, str(path.resolve()))
+            record["eval"] = _entry(spec, str(path.resolve()), exclusions.resolve() if exclusions else None)
     except UserError:  # no evaluation split to pair with: generate-eval will name its own
         pass
     return json_text(record)

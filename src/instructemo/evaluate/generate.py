@@ -167,6 +167,10 @@ def run_generate_eval(cfg: Config, split: Split | None = None, unflagged: Path |
         "dtype": classifier.dtype,
         "device": str(classifier.device),
         "decoding": "sampling" if cfg.do_sample and classifier.mode == "generate" else "greedy",
+        # Rows a reviewed exclusion list left out of this split: the figures are not the full split's.
+        "rows_left_out_by_exclusion_list": (
+            {"rows": split.excluded, "list": str(split.exclusions)} if split.excluded else None
+        ),
         "thresholds": classifier.threshold_record(),
         "prompting": classifier.prompting_record(),
         "answers_cut_at_max_new_tokens": result.unfinished if result.answers is not None else None,

@@ -76,6 +76,13 @@ def markdown_report(rows: list[dict], metrics: dict, context: dict) -> str:
             "the figures are optimistic.**",
             "",
         ]
+    left_out = context.get("rows_left_out_by_exclusion_list")
+    if left_out:
+        lines += [
+            f"**Not the full split: {left_out['rows']} rows were left out by the exclusion list {left_out['list']}; "
+            "these figures are not comparable with figures on the whole split.**",
+            "",
+        ]
     lines += [f"- {k}: {v}" for k, v in context.items()]
     lines += ["", "## Summary", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(metrics[k])} |" for k in SUMMARY_KEYS if k in metrics]

@@ -143,6 +143,11 @@ def reuse(cfg: Config, data: Split, folds: int, root: RunDir) -> list[Fold]:
         expected = [data.records[i] for i in test_rows]
         if [p["text"] for p in predictions] != [r.text for r in expected]:
             raise UserError(f"{eval_dir} scored other rows than fold {k} of these {len(data.records)}; {fix}")
+        if [sorted(p["gold"]) for p in predictions] != [sorted(r.labels) for r in expected]:
+            raise UserError(
+                f"fold {k} in {root.path} was trained and scored with other labels for these rows (the data has "
+                f"changed since); {fix}"
+            )
         results.append(Fold(k, test_rows, fold_cfg, read_json(eval_dir / METRICS_FILE)))
     log.info("reusing the %d-fold cross-validation in %s (same rows, folds and recipe)", folds, root.path)
     return results
