@@ -106,6 +106,10 @@ def emotion(args) -> dict:
                 ]
             commands.append(" ".join([*command[1:], *EXTRA]))
             train_seconds = None if complete(run_dir) else run(command)
+            if not (run_dir / "eval" / "metrics.json").is_file():  # trained, but its do_eval did not finish
+                evaluate = [EXE, "generate-eval", str(run_dir)]
+                commands.append(" ".join([*evaluate[1:], *EXTRA]))
+                run(evaluate)
             unflagged = [
                 EXE,
                 "generate-eval",
