@@ -221,6 +221,7 @@ def test_the_exclusion_list_round_trips_through_the_registry(tmp_path):
     metrics = json.loads((run2 / "eval" / "metrics.json").read_text())["metrics"]
     assert metrics["n"] == 30 and metrics["unflagged"]["rows"] == 30 - len(flagged_test)
     assert "Unflagged rows only" in (run2 / "eval" / "report.md").read_text()
+    assert "Unflagged rows only" in (run2 / "eval" / "report.html").read_text()
     # An audit of other rows cannot stand for this split's flags: one changed row, and it is refused.
     other = tmp_path / "other_test.csv"
     other.write_text((data / "test.csv").read_text().replace("the", "a", 1))

@@ -32,7 +32,7 @@ SUMMARY_KEYS = (
 WORST_MISTAKES = 25
 
 
-def confusion_figure(cm: dict, columns: str = "predicted", rows: str = "gold") -> str:
+def confusion_figure(cm: dict, columns: str = "predicted", rows: str = "gold", title: str = "Confusion matrix") -> str:
     plt = pyplot()
     counts = cm["counts"]
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(cm["columns"]), 1.0 + 0.6 * len(cm["labels"])))
@@ -46,7 +46,7 @@ def confusion_figure(cm: dict, columns: str = "predicted", rows: str = "gold") -
         for j, value in enumerate(row):
             ax.text(j, i, value, ha="center", va="center", color="white" if value > top / 2 else "black", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title("Confusion matrix")
+    ax.set_title(title)
     return png_data_uri(fig)
 
 
@@ -196,7 +196,10 @@ def report_parts(rows: list[dict], metrics: dict, history: list[dict] | None = N
 
 def render(rows: list[dict], metrics: dict, context: dict, history: list[dict] | None = None) -> str:
     return _template("report.html.j2").render(
-        title=f"instructemo report: {context.get('model', '')}", context=context, **report_parts(rows, metrics, history)
+        title=f"instructemo report: {context.get('model', '')}",
+        context=context,
+        unflagged=metrics.get("unflagged"),
+        **report_parts(rows, metrics, history),
     )
 
 
@@ -280,7 +283,7 @@ def render_audit(summary: dict, issues: list[dict]) -> str:
             figures[role].append(
                 (
                     "Flagged rows: given label (rows) against suggested (columns)",
-                    confusion_figure(cm, "suggested", "given"),
+                    confusion_figure(cm, "suggested", "given", "Flagged rows: given against suggested"),
                 )
             )
     context = {k: v for k, v in summary["audit"].items() if k not in ("labels", "multi_label")}

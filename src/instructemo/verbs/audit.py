@@ -116,7 +116,7 @@ def run_audit(
             "dataset": cfg.dataset,
             "model": cfg.model_name_or_path,
             "stage": cfg.stage,
-            "mode": cfg.mode,
+            "mode": cfg.mode if cfg.stage == "sft" else "head",
             "folds": folds,
             "seed": cfg.seed,
             "cv_folder": str(root.path.resolve()),
