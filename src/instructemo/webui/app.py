@@ -206,15 +206,21 @@ class WebUI:
             )
         return run
 
-    def evaluate(self, run: str, mode: str):
-        run = self.listed_run(run, "evaluate")
-        args = [run] + ([f"mode={mode}"] if mode != "auto" else [])  # a run's folder stands for its config
-        job = self.jobs.submit("generate-eval", args)
+    def _job(self, verb: str, args: list[str], outputs: int):
+        """The CLI's verb as a job: yields its state (and `outputs` empty outputs) until it ends, then returns it;
+        a failed job raises the CLI's one-line error."""
+        job = self.jobs.submit(verb, args)
         while not job.finished:
-            yield f"job {job.id}: {job.state} `{job.command}`", None, None, None, None
+            yield (f"job {job.id}: {job.state} `{job.command}`", *[None] * outputs)
             time.sleep(1.0)
         if job.state != "done":
             raise UserError(job.error() or f"job {job.id} {job.state}")
+        return job
+
+    def evaluate(self, run: str, mode: str):
+        run = self.listed_run(run, "evaluate")
+        args = [run] + ([f"mode={mode}"] if mode != "auto" else [])  # a run's folder stands for its config
+        job = yield from self._job("generate-eval", args, outputs=4)
         yield (f"job {job.id}: done", *self.report(run))
 
     def report(self, run: str):
@@ -267,12 +273,7 @@ class WebUI:
         out = self.workdir / "predictions" / f"{source.stem}-{Path(run).name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         args = [run, "--input", str(source), "--output", str(out)]
-        job = self.jobs.submit("predict", args)
-        while not job.finished:
-            yield f"job {job.id}: {job.state} `{job.command}`", None
-            time.sleep(1.0)
-        if job.state != "done":
-            raise UserError(job.error() or f"job {job.id} {job.state}")
+        job = yield from self._job("predict", args, outputs=1)
         yield f"job {job.id}: done, {out.name}", str(out)
 
     def compare(self, runs: list[str]):
@@ -293,12 +294,7 @@ class WebUI:
         args = [run, f"output_dir={out}", "mode=score", "--folds", str(int(folds)), "--split", split]
         if again:
             args.append("overwrite_output_dir=true")
-        job = self.jobs.submit("audit", args)
-        while not job.finished:
-            yield f"job {job.id}: {job.state} `{job.command}`", None, None, None, None
-            time.sleep(1.0)
-        if job.state != "done":
-            raise UserError(job.error() or f"job {job.id} {job.state}")
+        job = yield from self._job("audit", args, outputs=4)
         yield (f"job {job.id}: done", *self.audit_report(out))
 
     def audit_report(self, out: Path):
