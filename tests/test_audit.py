@@ -267,6 +267,10 @@ def test_the_audit_refuses_before_training_what_it_cannot_write(tmp_path, capsys
     assert run_cli("audit", config, "--folds", 2, "--relabel") == 2
     assert run_cli("audit", config, "--folds", 2, "stage=sft") == 2
     assert "add mode=score" in capsys.readouterr().err
+    assert run_cli("audit", config, "--folds", 1) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
+    assert run_cli("cv", config, "--folds", 1) == 2
+    assert not (tmp_path / "run").exists()  # nothing written by any refusal so far
     (tmp_path / "run" / "audit").mkdir(parents=True)
     (tmp_path / "run" / "audit" / "notes.txt").write_text("mine")
     assert run_cli("audit", config, "--folds", 2) == 2

@@ -66,9 +66,10 @@ def fold_config(cfg: Config, root: Path, k: int) -> Config:
 
 def cross_validate(cfg: Config, data: Split, folds: int) -> tuple[list[Fold], dict]:
     """Train and evaluate every fold into output_dir/cv and publish the summary: the folds and the summary."""
+    held_out = fold_indices(data, folds, cfg.seed)  # impossible folds are refused before the folder is touched
     root = cv_root(cfg)
     root.begin("cv", replace=cfg.overwrite_output_dir)
-    results = cross_fit(cfg, data, folds, root)
+    results = cross_fit(cfg, data, held_out, root)
     summary = summarise([fold.metrics for fold in results], data.label_space.names)
     summary.update(
         {
@@ -88,9 +89,9 @@ def cross_validate(cfg: Config, data: Split, folds: int) -> tuple[list[Fold], di
     return results, summary
 
 
-def cross_fit(cfg: Config, data: Split, folds: int, root: RunDir) -> list[Fold]:
-    """Train and evaluate each fold into root (already begun) and return the folds."""
-    held_out = fold_indices(data, folds, cfg.seed)
+def cross_fit(cfg: Config, data: Split, held_out: list[np.ndarray], root: RunDir) -> list[Fold]:
+    """Train and evaluate each fold (its held-out rows in `held_out`) into root, already begun; the folds."""
+    folds = len(held_out)
     results = []
     for k, test_rows in enumerate(held_out, start=1):
         train, test = fold_splits(cfg, data, folds, k, test_rows)
