@@ -10,9 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def project_relative(value: Any, root: Path = ROOT) -> Any:
-    """The value with this checkout's absolute path taken out of every string (`/x/main/saves/a` -> `saves/a`)."""
+    """The value with this checkout's absolute path taken out of every string (`/x/main/saves/a` -> `saves/a`),
+    and the folder beside it, where the shared datasets are, written from the project (`/x/shared/d` -> `../shared/d`)."""
     if isinstance(value, str):
-        return value.replace(f"{root}/", "").replace(str(root), ".")
+        return value.replace(f"{root}/", "").replace(str(root), ".").replace(f"{root.parent}/", "../")
     if isinstance(value, dict):
         return {k: project_relative(v, root) for k, v in value.items()}
     if isinstance(value, list):
