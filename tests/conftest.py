@@ -139,15 +139,26 @@ def build_tiny_encoder(directory: Path, model_type: str = "bert", hidden_size: i
 def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size: int = 32, heads: int = 4) -> Path:
     """A 2-layer randomly initialised decoder (llama, mistral, qwen2, gemma3_text, ...) with a
     word-level tokenizer and a ChatML template."""
+    tokenizer, vocab = tiny_tokenizer()
+    tokenizer.chat_template = CHATML
+    return save_tiny_causal_lm(
+        directory, tokenizer, len(vocab), model_type, hidden_size, heads, ("<|im_start|>", "<|im_end|>", "<pad>")
+    )
+
+
+def save_tiny_causal_lm(
+    directory: Path, tokenizer, vocab_size: int, model_type: str, hidden_size: int, heads: int, bos_eos_pad
+) -> Path:
+    """A 2-layer random decoder of `model_type` for `tokenizer`, saved with it; bos, eos and pad name its tokens.
+    Generation stops at the eos alone: a turn's end must come from the chat template."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    tokenizer, vocab = tiny_tokenizer()
-    tokenizer.chat_template = CHATML
+    bos, eos, pad = (tokenizer.convert_tokens_to_ids(token) for token in bos_eos_pad)
     torch.manual_seed(0)
     config = AutoConfig.for_model(
         model_type,
-        vocab_size=len(vocab),
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
@@ -156,13 +167,13 @@ def build_tiny_causal_lm(directory: Path, model_type: str = "llama", hidden_size
         head_dim=hidden_size // heads,
         max_position_embeddings=512,
         tie_word_embeddings=True,
-        bos_token_id=vocab["<|im_start|>"],
-        eos_token_id=vocab["<|im_end|>"],
-        pad_token_id=vocab["<pad>"],
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
     )
     model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.eos_token_id = vocab["<|im_end|>"]
-    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-from conftest import tiny_tokenizer
+from conftest import save_tiny_causal_lm, tiny_tokenizer
 
 TEMPLATES = Path(__file__).parents[1] / "chat_templates"
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -162,29 +161,7 @@ HIDDEN = 64  # Gemma's head_dim of 16 at 4 heads is fine on CPU; the test is abo
 
 def build_model(family: Family, directory: Path, hidden: int = HIDDEN, heads: int = 4) -> Path:
     """A 2-layer random model of the family's architecture, saved with the family's tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tokenizer = family.tokenizer()
-    ids = tokenizer.convert_tokens_to_ids
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        family.model_type,
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        head_dim=hidden // heads,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=ids(family.bos),
-        eos_token_id=ids(family.eos),
-        pad_token_id=ids(family.pad),
+    return save_tiny_causal_lm(
+        directory, tokenizer, len(tokenizer), family.model_type, hidden, heads, (family.bos, family.eos, family.pad)
     )
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.eos_token_id = ids(family.eos)  # the eos alone: the turn end must come from the template
-    model.generation_config.pad_token_id = ids(family.pad)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
