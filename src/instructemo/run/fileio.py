@@ -9,7 +9,9 @@ refuses a key given twice instead of letting the last one win silently.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -40,6 +42,15 @@ def json_text(value: Any, indent: int | None = 2) -> str:
 
 def jsonl_text(rows: Iterable[Any]) -> str:
     return "".join(json_text(row, indent=None) + "\n" for row in rows)
+
+
+def csv_text(rows: list[dict], fields: Iterable[str]) -> str:
+    """A header of `fields`, then a line per row (a dict keyed by them)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def file_digest(path: Path) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import json
 import logging
 import warnings
@@ -27,6 +25,7 @@ from instructemo.run.directory import (
     TRIALS_MD_FILE,
     RunDir,
 )
+from instructemo.run.fileio import csv_text
 from instructemo.tune.space import trial_config
 
 log = logging.getLogger(__name__)
@@ -68,12 +67,7 @@ def trial_rows(study, metric: str) -> list[dict]:
 
 
 def trials_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(rows, rows[0]) if rows else ""
 
 
 def trials_markdown(rows: list[dict], title: str) -> str:

@@ -19,9 +19,6 @@ ones, or with the suggested labels (`--relabel`): fixing is the user's choice.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -45,7 +42,7 @@ from instructemo.run.directory import (
     AUDIT_SUMMARY_FILE,
     RunDir,
 )
-from instructemo.run.fileio import file_digest, json_text, write_atomic
+from instructemo.run.fileio import csv_text, file_digest, json_text, jsonl_text, write_atomic
 from instructemo.train.folds import Fold, cross_validate, cv_root, out_of_fold_probabilities, reuse
 
 log = logging.getLogger(__name__)
@@ -139,7 +136,7 @@ def run_audit(
     audit.begin("audit", replace=cfg.overwrite_output_dir)
     audit.publish(
         lambda staging: (
-            write_atomic(staging / AUDIT_ISSUES_FILE, _csv_text(issues)),
+            write_atomic(staging / AUDIT_ISSUES_FILE, csv_text(issues, ISSUE_COLUMNS)),
             write_atomic(staging / AUDIT_SUMMARY_FILE, json_text(summary)),
             write_atomic(staging / AUDIT_HTML_FILE, render_audit(summary, issues)),
         )
@@ -313,34 +310,17 @@ def _issue_rows(parts: list[Part], space: LabelSpace) -> list[dict]:
     return [{"rank": k, **row} for k, row in enumerate(rows, start=1)]
 
 
-def _csv_text(rows: list[dict]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=ISSUE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
 def _clean_text(part: Part, path: Path, relabel: bool) -> str:
     """The training rows, the flagged ones left out or relabelled, as CSV (text,label[,id]) or JSONL."""
+    multi_label = part.split.label_space.multi_label
     rows = []
     for record, flagged, suggested in zip(part.split.records, part.flagged, part.suggested):
         if flagged and not relabel:
             continue
         labels = suggested if flagged else record.labels
-        rows.append((record, labels))
-    with_ids = any(record.id is not None for record, _ in rows)
+        rows.append({"text": record.text, "label": list(labels) if multi_label else labels[0], "id": record.id})
+    if not any(row["id"] is not None for row in rows):
+        rows = [{"text": row["text"], "label": row["label"]} for row in rows]
     if path.suffix.lower() == ".jsonl":
-        lines = []
-        for record, labels in rows:
-            row = {"text": record.text, "label": list(labels) if part.split.label_space.multi_label else labels[0]}
-            if with_ids:
-                row["id"] = record.id
-            lines.append(json.dumps(row, ensure_ascii=False))
-        return "\n".join(lines) + "\n"
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["text", "label", "id"] if with_ids else ["text", "label"])
-    for record, labels in rows:
-        writer.writerow([record.text, labels[0], record.id] if with_ids else [record.text, labels[0]])
-    return out.getvalue()
+        return jsonl_text(rows)
+    return csv_text(rows, ["text", "label", "id"] if rows and "id" in rows[0] else ["text", "label"])
